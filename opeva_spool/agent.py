@@ -1,0 +1,311 @@
+"""The worker for one host: watch the queue, claim, run, report, stop.
+
+The server's embedded ``local`` worker and ``opeva-spool agent --host X`` are this same
+class. An agent is the only writer of its jobs' logs, attempt records and terminal
+moves; everything it learns from the API (stop requests) comes as files it reads.
+"""
+
+import logging
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import filelock
+
+from . import fsio, hosts
+from .exceptions import RuntimeFailure
+from .jobs import ANY_HOST, utc_now
+from .runtimes.base import Launch
+from .spool import QUEUED, RUNNING, Entry, Location
+from .states import JobState
+from .watching import DirectoryWatcher
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.2  # how often a runner checks its execution and stop requests
+
+
+class HostLock:
+    """Serializes claims among this host's agent processes.
+
+    flock is not forwarded across NFS (or sshfs) hosts, so the lock file lives on local
+    disk and only coordinates processes of one host; exclusion between hosts comes from
+    the atomic rename in Spool.claim.
+    """
+
+    def __init__(self, lock_dir, host):
+        lock_dir = lock_dir or tempfile.gettempdir()
+        os.makedirs(lock_dir, exist_ok=True)
+        self.lock = filelock.FileLock(os.path.join(lock_dir, f"opeva-spool-{host}.lock"))
+
+    def __enter__(self):
+        self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+class Runner(threading.Thread):
+    """Runs one claimed attempt to its end and records how it ended."""
+
+    def __init__(self, agent, entry, spec, gpus, execution=None):
+        super().__init__(name=f"job-{entry.job_id}", daemon=True)
+        self.agent, self.entry, self.spec, self.gpus = agent, entry, spec, gpus
+        self.execution = execution  # given when re-attached after an agent restart
+        self.stop_event = threading.Event()
+
+    def run(self):
+        agent, entry = self.agent, self.entry
+        try:
+            self._run()
+        except Exception as exc:  # a bug or an I/O error must still end the attempt on disk
+            log.exception("job %s attempt %s crashed its runner", entry.job_id, entry.attempt)
+            self._finish(JobState.FAILED, {"reason": "agent_error", "error": str(exc)})
+        finally:
+            agent.runner_done(self)
+
+    def _finish(self, state, details):
+        agent = self.agent
+        if not agent.spool.finish(self.entry, agent.host, agent.agent_id, state, **details):
+            log.warning("job %s attempt %s was superseded; its ending is ignored", self.entry.job_id,
+                        self.entry.attempt)
+
+    def _run(self):
+        agent, entry = self.agent, self.entry
+        folder = agent.spool.folder(entry.job_id)
+        if self.execution is not None:
+            agent.note(folder.log, "agent restarted; re-attached to this attempt")
+        else:
+            fsio.makedirs(os.path.dirname(folder.log))
+            if entry.attempt > 1 and os.path.exists(folder.log):
+                # Keep every attempt's log: the previous attempt's output moves aside.
+                os.replace(folder.log, folder.log[: -len(".log")] + f".attempt-{entry.attempt - 1}.log")
+            try:
+                self.execution = agent.runtime.start(agent.launch_for(entry, self.spec, folder.log, self.gpus))
+            except RuntimeFailure as failure:
+                agent.note(folder.log, f"cannot start: {failure.detail}")
+                return self._finish(JobState.FAILED, {"reason": failure.reason, "error": failure.detail})
+            agent.spool.write_attempt(entry, agent.host, agent.agent_id, JobState.RUNNING,
+                                      started_at=utc_now(), runtime=agent.runtime.name, gpus=list(self.gpus),
+                                      **self.execution.describe())
+        self._supervise(folder)
+
+    def _supervise(self, folder):
+        agent, execution = self.agent, self.execution
+        while True:
+            code = execution.poll()
+            if code is not None:
+                execution.release()
+                if code == 0:
+                    return self._finish(JobState.FINISHED, {"exit_code": code})
+                return self._finish(JobState.FAILED, {"exit_code": code, "reason": "exit_code",
+                                                      "error": f"the job exited with code {code}"})
+            reason = self.stop_reason()
+            if reason == "agent_shutdown" and agent.runtime.survives_agent:
+                return execution.detach()  # the restarted agent re-attaches (Runtime.adopt)
+            if reason:
+                agent.note(folder.log, f"{reason}: SIGTERM, then SIGKILL after {agent.settings.stop_grace:g}s")
+                code = execution.stop(agent.settings.stop_grace)
+                execution.release()
+                return self._after_stop(reason, code)
+            self.stop_event.wait(POLL_SECONDS)
+
+    def _after_stop(self, reason, code):
+        agent, entry = self.agent, self.entry
+        if reason == "stop_requested":
+            return self._finish(JobState.STOPPED, {"exit_code": code, "reason": reason})
+        if reason == "entry_removed":
+            return None  # deleted or requeued by the server: there is no entry left to end
+        # lease_lost / agent_shutdown: the job did nothing wrong; retry policy decides.
+        agent.spool.recover_lost(entry, agent.host, reason)
+        return None
+
+    def stop_reason(self):
+        agent, entry = self.agent, self.entry
+        if agent.lease_lost:
+            return "lease_lost"
+        if agent.spool.stop_requested(entry.job_id):
+            return "stop_requested"
+        if not os.path.exists(os.path.join(agent.spool.running_dir(agent.host), entry.name)):
+            return "entry_removed"
+        if agent.stopping.is_set():
+            return "agent_shutdown"
+        return None
+
+
+class Agent:
+    def __init__(self, settings, spool, runtime, host=None):
+        self.settings = settings
+        self.spool = spool
+        self.runtime = runtime
+        self.host = host or settings.host
+        self.agent_id = f"{self.host}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.capacity = settings.capacity
+        self.gpu_ids = tuple(settings.gpu_ids)
+        self.host_lock = HostLock(settings.lock_dir, self.host)
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.drain_signaled = False
+        self.lease_lost = False
+        self._runners = {}
+        self._lock = threading.Lock()
+        self._threads = []
+        self.heartbeat = hosts.HeartbeatWriter(spool, self)
+        self.watcher = DirectoryWatcher(settings.observer, settings.scan_interval)
+
+    # ----- lifecycle ----------------------------------------------------------------------
+
+    def start(self):
+        self.spool.ensure_layout()
+        fsio.makedirs(self.spool.running_dir(self.host))
+        self.recover()
+        self.watcher.watch(self.spool.queued_dir, lambda _path: self.wake.set())
+        self.watcher.start()
+        for target in (self._claim_loop, self.heartbeat.run):
+            thread = threading.Thread(target=target, name=f"agent-{self.host}-{target.__name__}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def shutdown(self, timeout=None):
+        """Stop claiming and end this agent's threads; running jobs are stopped and requeued."""
+        self.stopping.set()
+        self.wake.set()
+        self.watcher.stop()
+        for runner in self.runners():
+            runner.stop_event.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        for runner in self.runners():
+            runner.join(timeout)
+
+    def drain(self):
+        """Finish running jobs, take no new ones (SIGUSR1); ``opeva-spool drain`` does it by file."""
+        self.drain_signaled = True
+
+    @property
+    def draining(self):
+        return self.drain_signaled or os.path.exists(self.spool.drain_path(self.host))
+
+    def runners(self):
+        with self._lock:
+            return list(self._runners.values())
+
+    def running_job_ids(self):
+        with self._lock:
+            return sorted(self._runners)
+
+    def runner_done(self, runner):
+        with self._lock:
+            self._runners.pop(runner.entry.job_id, None)
+        self.wake.set()
+
+    # ----- recovery -----------------------------------------------------------------------
+
+    def recover(self):
+        """Deal with what an earlier incarnation of this host's agent left in running/.
+
+        Entries whose ending is recorded are moved on. The rest belong to attempts whose
+        agent died: the runtime re-attaches to those it can (containers), and the others
+        are requeued or failed like a lost host's jobs.
+        """
+        self.spool.complete_finished(self.host)
+        adopted = self.runtime.adopt(self.host)
+        running = self.spool.running_dir(self.host)
+        for name in sorted(fsio.listdir(running)):
+            entry = Entry.parse(name)
+            if entry is None:
+                continue
+            spec = self.spool.read_spec(Location(RUNNING, self.host), entry)
+            execution = adopted.pop((entry.job_id, entry.attempt), None)
+            if execution is not None and spec is not None:
+                record = self.spool.read_attempt(entry) or {}
+                self._start_runner(Runner(self, entry, spec, tuple(record.get("gpus", ())), execution))
+                continue
+            self.spool.recover_lost(entry, self.host, reason="agent_restarted")
+        for execution in adopted.values():  # executions of superseded attempts
+            execution.kill()
+            execution.release()
+
+    # ----- claiming -----------------------------------------------------------------------
+
+    def _claim_loop(self):
+        while not self.stopping.is_set():
+            self.wake.wait(self.settings.scan_interval)
+            self.wake.clear()
+            if self.stopping.is_set():
+                break
+            try:
+                self.claim_ready()
+            except OSError:
+                log.exception("claiming on %s failed; retrying at the next scan", self.host)
+
+    def claim_ready(self):
+        """Claim queued jobs for this host (or any host) while there is room, in queue order."""
+        if self.draining or self.lease_lost:
+            return
+        for name in sorted(fsio.listdir(self.spool.queued_dir)):
+            if self.stopping.is_set() or len(self.runners()) >= self.capacity:
+                return
+            entry = Entry.parse(name)
+            if entry is None or entry.target not in (self.host, ANY_HOST):
+                continue
+            spec = self.spool.read_spec(Location(QUEUED), entry)
+            if spec is None:
+                continue  # claimed meanwhile, or not readable yet: the next scan sees it
+            gpus = self.assign_gpus(spec.gpus)
+            if gpus is None:
+                continue  # not enough free GPUs here now; a later job may fit
+            with self.host_lock:
+                if len(fsio.listdir(self.spool.running_dir(self.host))) >= self.capacity:
+                    return  # another agent process of this host filled it
+                won = self.spool.claim(entry, self.host, self.agent_id)
+            if won:
+                self._start_runner(Runner(self, entry, spec, gpus))
+
+    def _start_runner(self, runner):
+        with self._lock:
+            self._runners[runner.entry.job_id] = runner
+        runner.start()
+
+    def assign_gpus(self, wanted):
+        """Specific free GPU ids for a job asking for ``wanted`` (0, N or "all"); None if they are taken."""
+        if not wanted:
+            return ()
+        busy = {gpu for runner in self.runners() for gpu in runner.gpus}
+        free = [gpu for gpu in self.gpu_ids if gpu not in busy]
+        count = len(self.gpu_ids) if wanted == "all" else wanted
+        if count == 0 or len(free) < count:
+            return None
+        return tuple(free[:count])
+
+    # ----- what a job gets ----------------------------------------------------------------
+
+    def launch_for(self, entry, spec, log_path, gpus):
+        root = self.runtime.job_root
+        config_path = f"{root}/configs/{spec.config_file}" if spec.config_file else ""
+        command = spec.command
+        if command is None:
+            template = self.settings.docker_command if self.runtime.name == "docker" else self.settings.process_command
+            command = template.format(job_id=spec.job_id, config_path=config_path,
+                                      config_file=spec.config_file, python=sys.executable)
+        env = {
+            "OPEVA_BASE_DIR": root,
+            "OPEVA_JOB_ID": spec.job_id,
+            "OPEVA_CONFIG_PATH": config_path,
+            "OPEVA_ATTEMPT": str(entry.attempt),
+            "OPEVA_HOST": self.host,
+            **spec.env,
+        }
+        return Launch(job_id=spec.job_id, attempt=entry.attempt, host=self.host, command=command, env=env,
+                      log_path=log_path, image=spec.image or self.settings.default_image, gpus=gpus)
+
+    def note(self, log_path, message):
+        """A line of ours in the job's log (the agent is that file's writer)."""
+        with open(log_path, "a", encoding="utf-8") as handle:
+            handle.write(f"[opeva-spool {utc_now()} {self.host}] {message}\n")

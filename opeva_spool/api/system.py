@@ -1,0 +1,89 @@
+"""Hosts and health."""
+
+import os
+import threading
+import time
+
+import bottle
+
+from .. import __version__, fsio
+from ..exceptions import Unavailable
+
+DEPENDENCY_CHECK_TTL = 10.0
+
+
+class CachedCheck:
+    """A slow reachability check (MongoDB, Docker) run in the background at most every ``ttl`` s.
+
+    /health answers from the last result so it stays fast while the check is slow or hangs.
+    """
+
+    def __init__(self, check, ttl=DEPENDENCY_CHECK_TTL):
+        self.check = check
+        self.ttl = ttl
+        self.result = {"status": "checking"}
+        self.checked_at = None
+        self._lock = threading.Lock()
+        self._running = False
+
+    def get(self):
+        with self._lock:
+            stale = self.checked_at is None or time.monotonic() - self.checked_at > self.ttl
+            if stale and not self._running:
+                self._running = True
+                threading.Thread(target=self._refresh, daemon=True).start()
+            return self.result
+
+    def _refresh(self):
+        try:
+            problem = self.check()
+            result = {"status": "ok"} if problem is None else {"status": "unreachable", "detail": problem}
+        except Exception as exc:  # any failure of a dependency is a health fact, not an error
+            result = {"status": "unreachable", "detail": str(exc)}
+        with self._lock:
+            self.result, self.checked_at, self._running = result, time.monotonic(), False
+
+
+def install(app, ctx):
+    spool, settings = ctx.spool, ctx.settings
+    monitor = ctx.monitor
+    dependency_checks = {name: CachedCheck(check) for name, check in ctx.dependency_checks.items()}
+
+    @app.get("/hosts")
+    def hosts():
+        monitor.observe()
+        names = monitor.hosts()
+        return {"available_hosts": names, "hosts": [monitor.describe(host) for host in names]}
+
+    @app.get("/health")
+    def health():
+        problems = []
+        probe = fsio.temp_name(spool.staging_dir, "health")
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"ok")
+            os.unlink(probe)
+        except OSError as exc:
+            problems.append(f"the shared root is not writable: {exc}")
+        layout = spool.check_one_filesystem()
+        if layout:
+            problems.append(layout)
+        body = {
+            "status": "ok" if not problems else "error",
+            "version": __version__,
+            "shared_root": spool.root,
+            "problems": problems,
+            "jobs": ctx.index.counts(),
+            "mongodb": dependency_checks["mongodb"].get() if "mongodb" in dependency_checks
+            else {"status": "not_configured"},
+            "docker": dependency_checks["docker"].get() if "docker" in dependency_checks
+            else {"status": "not_configured"},
+        }
+        if problems:
+            raise Unavailable("; ".join(problems), **{k: v for k, v in body.items() if k != "problems"})
+        return body
+
+    @app.get("/")
+    def root():
+        bottle.response.content_type = "application/json"
+        return {"service": "opeva-spool", "version": __version__, "docs": "see README.md"}

@@ -1,0 +1,113 @@
+"""A simulated training run that writes what the real OPEVA image writes.
+
+    python -m opeva_spool.demo --config CONFIG --job_id ID [--base-dir DIR]
+
+Same arguments as the image's ``run_experiment.py``; ``--base-dir`` defaults to
+$OPEVA_BASE_DIR. It prints its log to stdout (the runtime captures it into
+``logs/<job_id>.log``), rewrites ``progress/progress.json`` by temp + rename, and writes
+``results/result.json`` with a plain write, starting ``pending`` — all as the real image
+does, so the spooler is exercised against the same formats. The config's optional
+``demo`` section sets ``episodes``, ``steps``, ``step_seconds`` and ``fail_at_step``.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import yaml
+
+from .fsio import atomic_write_json
+from .names import job_id
+
+
+def utc_iso():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def load_demo_section(config_path):
+    if not config_path:
+        return {}
+    with open(config_path, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle) or {}
+    section = config.get("demo") if isinstance(config, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
+def run(job_dir, job_name, episodes, steps, step_seconds, fail_at_step=None, seed=22):
+    progress_path = os.path.join(job_dir, "progress", "progress.json")
+    result_path = os.path.join(job_dir, "results", "result.json")
+    for sub in ("progress", "results", "logs"):
+        os.makedirs(os.path.join(job_dir, sub), exist_ok=True)
+    with open(result_path, "w", encoding="utf-8") as handle:  # plain write, like the image
+        json.dump({"status": "pending"}, handle)
+    total = episodes * steps
+    base = {"episode_total": episodes, "step_total": steps, "global_step_total": total}
+    atomic_write_json(progress_path, dict(base, episode=0, episode_current=0, step=0, step_current=0,
+                                          global_step=0, progress_pct=0.0, status="initializing",
+                                          timestamp=utc_iso()), durable=False)
+    rng = random.Random(seed)
+    rewards = []
+    print(f"[demo] job {job_name}: {episodes} episodes x {steps} steps", flush=True)
+    global_step = 0
+    for episode in range(1, episodes + 1):
+        episode_reward = 0.0
+        for step in range(1, steps + 1):
+            global_step += 1
+            if fail_at_step and global_step >= fail_at_step:
+                error = f"simulated failure at global step {global_step}"
+                atomic_write_json(progress_path, dict(base, episode=episode, step=step, global_step=global_step,
+                                                      progress_pct=round(100 * global_step / total, 2),
+                                                      status="failed", error_type="RuntimeError", error=error,
+                                                      timestamp=utc_iso()), durable=False)
+                with open(result_path, "w", encoding="utf-8") as handle:
+                    json.dump({"status": "failed", "error_type": "RuntimeError", "error": error,
+                               "timestamp": utc_iso(), "traceback": "RuntimeError: " + error}, handle)
+                print(f"[demo] ERROR {error}", file=sys.stderr, flush=True)
+                return 1
+            episode_reward += -1.0 + math.tanh(global_step / total * 3) + rng.uniform(-0.1, 0.1)
+            time.sleep(step_seconds)
+            atomic_write_json(progress_path, dict(base, episode=episode, episode_current=episode, step=step,
+                                                  step_current=step, global_step=global_step,
+                                                  progress_pct=round(100 * global_step / total, 2),
+                                                  status="running", rewards={"episode": round(episode_reward, 4)},
+                                                  timestamp=utc_iso()), durable=False)
+        rewards.append(round(episode_reward, 4))
+        print(f"[demo] episode {episode}/{episodes} reward {episode_reward:.4f}", flush=True)
+    atomic_write_json(progress_path, dict(base, episode=episodes, episode_current=episodes, step=steps,
+                                          step_current=steps, global_step=total, progress_pct=100,
+                                          status="completed", rewards={"episodes": rewards},
+                                          timestamp=utc_iso()), durable=False)
+    with open(result_path, "w", encoding="utf-8") as handle:
+        json.dump({"status": "completed", "job_id": job_name, "episodes": episodes, "steps_per_episode": steps,
+                   "episode_rewards": rewards, "final_reward": rewards[-1] if rewards else None,
+                   "kpis": {"average_reward": round(sum(rewards) / len(rewards), 4) if rewards else None},
+                   "timestamp": utc_iso()}, handle)
+    print(f"[demo] done: final reward {rewards[-1] if rewards else None}", flush=True)
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="")
+    parser.add_argument("--job_id", required=True)
+    parser.add_argument("--base-dir", default=os.environ.get("OPEVA_BASE_DIR", "/data"))
+    args = parser.parse_args(argv)
+    job_id(args.job_id)  # the id becomes a directory name: refuse anything path-like
+    section = load_demo_section(args.config)
+    return run(
+        os.path.join(args.base_dir, "jobs", args.job_id),
+        args.job_id,
+        episodes=int(section.get("episodes", 3)),
+        steps=int(section.get("steps", 20)),
+        step_seconds=float(section.get("step_seconds", 0.05)),
+        fail_at_step=section.get("fail_at_step"),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Every error the spooler reports, flat, each with the HTTP status it maps to.
+
+The HTTP layer turns any ``SpoolError`` into ``{"error": ..., "detail": ...}``
+with ``status``; code below the HTTP layer raises these and never builds
+responses itself.
+"""
+
+
+class SpoolError(Exception):
+    """Base class: ``error`` is a short machine-readable slug, ``detail`` a sentence."""
+
+    status = 500
+    error = "internal_error"
+
+    def __init__(self, detail, **extra):
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    def as_dict(self):
+        return {"error": self.error, "detail": self.detail, **self.extra}
+
+
+class BadRequest(SpoolError):
+    status = 400
+    error = "bad_request"
+
+
+class InvalidName(BadRequest):
+    """A job id, host, config, dataset or site name that fails its pattern."""
+
+    error = "invalid_name"
+
+
+class Unauthorized(SpoolError):
+    status = 401
+    error = "unauthorized"
+
+
+class NotFound(SpoolError):
+    status = 404
+    error = "not_found"
+
+
+class Conflict(SpoolError):
+    status = 409
+    error = "conflict"
+
+
+class IllegalTransition(Conflict):
+    """A state change the lifecycle does not allow; nothing was changed."""
+
+    error = "illegal_transition"
+
+
+class PayloadTooLarge(SpoolError):
+    status = 413
+    error = "payload_too_large"
+
+
+class Unavailable(SpoolError):
+    """A dependency (MongoDB, Docker, the shared root) cannot be reached."""
+
+    status = 503
+    error = "unavailable"
+
+
+class RuntimeFailure(Exception):
+    """A runtime could not start a job (missing image, bad command); the job fails with this reason."""
+
+    def __init__(self, reason, detail):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail

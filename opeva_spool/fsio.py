@@ -1,0 +1,133 @@
+"""Small filesystem primitives with the NFS rules of docs/spool.md built in.
+
+- Writes of state files go temp -> flush -> fsync -> close -> os.replace in the same
+  directory, then fsync the directory, so a reader sees the old or the new file, never half.
+- Reads tolerate what a moving tree does: a missing file, ESTALE, and a half-written
+  JSON document (the training image writes result.json with a plain write) all read
+  as ``None`` ("not ready"), never as an exception.
+"""
+
+import errno
+import json
+import os
+import uuid
+
+# ESTALE: the file was replaced or removed by another NFS client while we looked.
+_GONE = (errno.ENOENT, errno.ESTALE, errno.ENOTDIR)
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name(directory, base):
+    """A temp name that no other writer (process or host) can pick."""
+    return os.path.join(directory, f".{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def atomic_write_bytes(path, data, durable=True):
+    """Replace ``path`` with ``data`` atomically; ``durable=False`` skips fsync (progress, heartbeats)."""
+    directory, base = os.path.split(path)
+    tmp = temp_name(directory, base)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if durable:
+                # NFS reports write errors at fsync/close: both raise here, before the rename.
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if durable:
+        fsync_dir(directory)
+
+
+def atomic_create_bytes(path, data):
+    """Create ``path`` with ``data`` only if it does not exist (FileExistsError otherwise).
+
+    A hard link of a complete temp file is atomic and exclusive, also on NFS, where
+    O_EXCL on the final name would expose a half-written file.
+    """
+    directory, base = os.path.split(path)
+    tmp = temp_name(directory, base)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    fsync_dir(directory)
+
+
+def atomic_write_json(path, obj, durable=True):
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n", durable)
+
+
+def read_json(path):
+    """The parsed document, or None if it is missing, vanishing or not (yet) valid JSON."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        if exc.errno in _GONE or exc.errno == errno.EISDIR:
+            return None
+        raise
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def read_json_object(path):
+    """Like read_json, but anything other than a JSON object also reads as not ready."""
+    doc = read_json(path)
+    return doc if isinstance(doc, dict) else None
+
+
+def rename_claim(src, dst):
+    """Rename src -> dst; True if this call moved it, False if someone else did first.
+
+    On NFS a rename whose reply was lost is retransmitted and the retry reports ENOENT
+    although the first attempt succeeded. So after ENOENT, ``dst`` existing means
+    "maybe ours": the caller decides with information only it has (see spool.claim).
+    Returns None in that ambiguous case.
+    """
+    try:
+        os.rename(src, dst)
+        return True
+    except OSError as exc:
+        if exc.errno not in _GONE:
+            raise
+    return None if os.path.exists(dst) else False
+
+
+def listdir(path):
+    """Names in a directory, [] if it does not exist (yet); hidden temp files left out."""
+    try:
+        return [name for name in os.listdir(path) if not name.startswith(".")]
+    except OSError as exc:
+        if exc.errno in _GONE:
+            return []
+        raise
+
+
+def is_gone(exc):
+    return isinstance(exc, OSError) and exc.errno in _GONE
+
+
+def makedirs(path):
+    os.makedirs(path, exist_ok=True)

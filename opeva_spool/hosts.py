@@ -1,0 +1,173 @@
+"""Liveness without shared clocks.
+
+Each agent rewrites ``spool/<host>/heartbeat.json`` every ``heartbeat_interval`` seconds
+with an increasing counter. Readers never compare the timestamps in it with their own
+clock: the server notes when *it* saw the (boot_id, counter) pair change, on its own
+monotonic clock, and judges a host online, suspect or offline from that age alone.
+
+The agent's side of the lease: if it has not managed to rewrite its heartbeat for
+``lease_seconds`` (half the server's offline threshold), it stops its jobs and claims
+nothing, so by the time the server calls it offline and requeues its jobs, the old
+attempts are already dead: two live attempts of one job never overlap.
+"""
+
+import logging
+import os
+import threading
+import time
+
+from . import __version__, fsio
+from .spool import Entry
+
+log = logging.getLogger(__name__)
+
+ONLINE, SUSPECT, OFFLINE = "online", "suspect", "offline"
+
+
+def boot_id():
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "unknown"
+
+
+class HeartbeatWriter:
+    def __init__(self, spool, agent):
+        self.spool = spool
+        self.agent = agent
+        self.counter = 0
+        self.boot_id = boot_id()
+        self.lease_seconds = agent.settings.offline_after / 2
+        self.last_written = time.monotonic()
+
+    def document(self):
+        agent = self.agent
+        busy = {gpu for runner in agent.runners() for gpu in runner.gpus}
+        return {
+            "host": agent.host,
+            "agent_id": agent.agent_id,
+            "boot_id": self.boot_id,
+            "counter": self.counter,
+            "pid": os.getpid(),
+            "capacity": agent.capacity,
+            "gpu_ids": list(agent.gpu_ids),
+            "free_gpus": [gpu for gpu in agent.gpu_ids if gpu not in busy],
+            "running": agent.running_job_ids(),
+            "runtime": agent.runtime.name,
+            "version": __version__,
+            "draining": agent.draining,
+            "interval": agent.settings.heartbeat_interval,
+        }
+
+    def beat(self):
+        """Write one heartbeat; returns True if it reached the share."""
+        self.counter += 1
+        try:
+            # No fsync: a lost heartbeat is replaced by the next one.
+            fsio.atomic_write_json(self.spool.heartbeat_path(self.agent.host), self.document(), durable=False)
+        except OSError as exc:
+            log.warning("heartbeat of %s failed: %s", self.agent.host, exc)
+            return False
+        self.last_written = time.monotonic()
+        return True
+
+    def run(self):
+        agent = self.agent
+        while not agent.stopping.is_set():
+            written = self.beat()
+            lost = not written and time.monotonic() - self.last_written > self.lease_seconds
+            if lost != agent.lease_lost:
+                log.warning("%s lease %s", agent.host, "lost: stopping its jobs" if lost else "regained")
+                agent.lease_lost = lost
+                agent.wake.set()
+            agent.stopping.wait(agent.settings.heartbeat_interval)
+
+
+class HostView:
+    """What the server last saw of one host, timed by the server's own clock."""
+
+    __slots__ = ("key", "changed_at", "doc")
+
+    def __init__(self, key, changed_at, doc):
+        self.key, self.changed_at, self.doc = key, changed_at, doc
+
+
+class LivenessMonitor:
+    """Reads heartbeats, judges hosts, and puts a lost host's jobs back in the queue."""
+
+    def __init__(self, spool, configured_hosts, offline_after, on_requeue=None):
+        self.spool = spool
+        self.configured_hosts = tuple(configured_hosts)
+        self.offline_after = offline_after
+        self.on_requeue = on_requeue or (lambda entry, host: None)
+        self.started = time.monotonic()
+        self._views = {}
+        self._lock = threading.Lock()
+
+    def observe(self):
+        now = time.monotonic()
+        for host in self.hosts():
+            doc = fsio.read_json_object(self.spool.heartbeat_path(host))
+            if doc is None:
+                continue
+            key = (doc.get("boot_id"), doc.get("agent_id"), doc.get("counter"))
+            with self._lock:
+                view = self._views.get(host)
+                if view is None or view.key != key:
+                    self._views[host] = HostView(key, now, doc)
+
+    def hosts(self):
+        return sorted(set(self.configured_hosts) | set(self.spool.worker_hosts()))
+
+    def age(self, host):
+        """Seconds since the server saw this host's heartbeat change (since start-up if never)."""
+        with self._lock:
+            view = self._views.get(host)
+        return time.monotonic() - (view.changed_at if view else self.started)
+
+    def state(self, host):
+        with self._lock:
+            view = self._views.get(host)
+        age = self.age(host)
+        interval = float((view.doc if view else {}).get("interval") or 2.0)
+        if view is not None and age <= 3 * interval:
+            return ONLINE
+        return OFFLINE if age > self.offline_after else SUSPECT
+
+    def describe(self, host):
+        with self._lock:
+            view = self._views.get(host)
+        doc = view.doc if view else {}
+        return {
+            "host": host,
+            "state": self.state(host),
+            "seconds_since_seen": round(self.age(host), 1) if view else None,
+            "configured": host in self.configured_hosts,
+            "capacity": doc.get("capacity"),
+            "gpu_ids": doc.get("gpu_ids", []),
+            "free_gpus": doc.get("free_gpus", []),
+            "running": doc.get("running", []),
+            "runtime": doc.get("runtime"),
+            "version": doc.get("version"),
+            "draining": bool(doc.get("draining", False)),
+        }
+
+    def reclaim_offline(self):
+        """Requeue (or fail, per max_retries) the running entries of every offline host."""
+        moved = []
+        for host in self.spool.worker_hosts():
+            if self.state(host) != OFFLINE:
+                continue
+            for name in fsio.listdir(self.spool.running_dir(host)):
+                entry = Entry.parse(name)
+                if entry is None:
+                    continue
+                record = self.spool.read_attempt(entry) or {}
+                if record.get("state") in ("finished", "failed", "stopped"):
+                    continue  # ended; its owner (or complete_finished) moves it
+                result = self.spool.recover_lost(entry, host, reason="host_lost")
+                if result:
+                    moved.append((entry, host))
+                    self.on_requeue(entry, host)
+        return moved

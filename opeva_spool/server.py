@@ -1,0 +1,202 @@
+"""The server: the HTTP API over the spool, its index and maintenance, and the embedded worker."""
+
+import logging
+import os
+import threading
+
+import waitress
+
+from . import fsio
+from .agent import Agent
+from .api import app as api_app
+from .api import configs as configs_api
+from .api import jobs as jobs_api
+from .api import sites as sites_api
+from .api import system as system_api
+from .hosts import LivenessMonitor
+from .inbox import Inbox
+from .index import JobIndex
+from .runtimes.process import ProcessRuntime
+from .service import JobService
+from .spool import DONE, QUEUED, RUNNING, TERMINAL_DIRS, Entry, Location, Spool
+from .watching import DirectoryWatcher
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_HOST = "local"
+# done/ can hold every job ever run; it is listed in full only every this many scans.
+FULL_SCAN_EVERY = 12
+WAITRESS_THREADS = 8
+
+
+def dependency_checks(settings):
+    """Reachability checks for /health, only for what is configured."""
+    checks = {}
+    if settings.mongo_uri:
+        def mongodb():
+            import pymongo
+
+            client = pymongo.MongoClient(settings.mongo_uri, serverSelectionTimeoutMS=settings.mongo_timeout_ms,
+                                         connectTimeoutMS=settings.mongo_timeout_ms)
+            try:
+                client.admin.command("ping")
+            finally:
+                client.close()
+
+        checks["mongodb"] = mongodb
+    if settings.runtime == "docker" or settings.docker_host:
+        def docker_engine():
+            from .runtimes.docker import DockerRuntime
+
+            return DockerRuntime(settings).check()
+
+        checks["docker"] = docker_engine
+    return checks
+
+
+class Server:
+    def __init__(self, settings, runtime=None):
+        self.settings = settings
+        self.spool = Spool(settings.shared_root)
+        self.spool.ensure_layout()
+        self.index = JobIndex(self.spool)
+        self.index.sync(include_done=True)
+        removed = self.spool.recover_orphans(self.index.job_ids())
+        if removed:
+            log.warning("moved %d half-published job folders to the trash: %s", len(removed), removed[:10])
+        self.jobs = JobService(settings, self.spool, self.index)
+        self.monitor = LivenessMonitor(self.spool, settings.hosts, settings.offline_after,
+                                       on_requeue=lambda entry, host: self.index.resolve(entry.job_id))
+        self.inbox = Inbox(self.spool, self.jobs)
+        ctx = api_app.Context(settings, spool=self.spool, index=self.index, jobs=self.jobs, monitor=self.monitor,
+                              dependency_checks=dependency_checks(settings))
+        self.app = api_app.make_app(ctx, [jobs_api, configs_api, system_api, sites_api])
+        self.agent = None
+        if settings.embedded_worker:
+            self.agent = Agent(settings, self.spool, runtime or ProcessRuntime(self.spool.root), host=EMBEDDED_HOST)
+        self.watcher = DirectoryWatcher(settings.observer, settings.scan_interval)
+        self.stopping = threading.Event()
+        self.nudge = threading.Event()
+        self._maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
+        self._httpd = None
+
+    # ----- events and maintenance ---------------------------------------------------------
+
+    def _location_of_dir(self, directory):
+        if directory == self.spool.queued_dir:
+            return Location(QUEUED)
+        parent, leaf = os.path.split(directory)
+        if leaf == RUNNING and os.path.dirname(parent) == self.spool.spool_dir:
+            return Location(RUNNING, os.path.basename(parent))
+        if parent == self.spool.done_dir and leaf in TERMINAL_DIRS:
+            return Location(DONE, leaf)
+        return None
+
+    def _on_entry_event(self, event):
+        """Feed the index from an event: dest paths are placements, src paths departures."""
+        if event.is_directory:
+            return
+        dest = getattr(event, "dest_path", "") or ""
+        arrived = dest or (event.src_path if event.event_type in ("created", "modified") else "")
+        departed = event.src_path if event.event_type in ("deleted", "moved") else ""
+        for path, arriving in ((arrived, True), (departed, False)):
+            if not path:
+                continue
+            directory, name = os.path.split(path)
+            entry, location = Entry.parse(name), self._location_of_dir(directory)
+            if entry is None or location is None:
+                continue
+            if arriving:
+                self.index.place(location, entry)
+            else:
+                self.index.vacate(location, entry)
+
+    def _on_spool_dir_event(self, event):
+        # A new host's running/ appears when its agent first starts: watch it too.
+        self.nudge.set()
+
+    def _watch_entry_dirs(self):
+        self.watcher.watch(self.spool.queued_dir, self._on_entry_event)
+        for host in self.spool.worker_hosts():
+            self.watcher.watch(self.spool.running_dir(host), self._on_entry_event)
+        if self.settings.observer == "native":
+            # Polling done/ (every job ever run) would cost a listing per second; leaving a
+            # running/ dir is enough of a hint there, and the full scan is the safety net.
+            for state in TERMINAL_DIRS:
+                self.watcher.watch(self.spool.done_path(state), self._on_entry_event)
+
+    def maintain_once(self, rounds=0):
+        self._watch_entry_dirs()
+        self.index.sync(include_done=rounds % FULL_SCAN_EVERY == 0)
+        self.monitor.observe()
+        self.monitor.reclaim_offline()
+        self.inbox.scan()
+        self.spool.empty_trash()
+        self._clear_answered_stop_requests()
+
+    def _clear_answered_stop_requests(self):
+        for name in fsio.listdir(self.spool.requests_dir):
+            job_id = name[: -len(".stop")] if name.endswith(".stop") else None
+            record = self.index.get(job_id) if job_id in self.index else None
+            if job_id and (record is None or self.index.state_of(record).terminal):
+                self.spool.clear_stop_request(job_id)
+
+    def _maintain(self):
+        rounds = 1  # the constructor did the first full sync
+        while not self.stopping.is_set():
+            self.nudge.wait(self.settings.scan_interval)
+            self.nudge.clear()
+            if self.stopping.is_set():
+                return
+            try:
+                self.maintain_once(rounds)
+            except Exception:  # maintenance must keep running through transient NFS errors
+                log.exception("maintenance round failed")
+            rounds += 1
+
+    # ----- lifecycle ----------------------------------------------------------------------
+
+    def start(self):
+        """Start watching, maintenance and the embedded worker (not the HTTP listener)."""
+        self._watch_entry_dirs()
+        self.watcher.watch(self.spool.spool_dir, self._on_spool_dir_event)
+        self.watcher.watch(self.spool.inbox_dir, self._on_spool_dir_event)
+        self.watcher.start()
+        self._maintenance.start()
+        if self.agent:
+            self.agent.start()
+        self.inbox.scan()
+        return self
+
+    def serve_forever(self):
+        self._httpd = waitress.create_server(self.app, host=self.settings.bind, port=self.settings.port,
+                                             threads=WAITRESS_THREADS)
+        log.info("serving on http://%s:%s, shared root %s", self.settings.bind, self._httpd.effective_port,
+                 self.spool.root)
+        try:
+            self._httpd.run()
+        finally:
+            self.close()
+
+    def close(self):
+        self.stopping.set()
+        self.nudge.set()
+        if self._httpd is not None:
+            self._httpd.close()
+        self.watcher.stop()
+        if self.agent:
+            self.agent.shutdown(timeout=self.settings.stop_grace + 5)
+
+    def submit_demo(self):
+        """The quick start's demo job: a simulated training run on the embedded worker."""
+        self.spool.write_config("demo.yaml", DEMO_CONFIG)
+        return self.jobs.submit({"config_path": "demo.yaml", "target_host": EMBEDDED_HOST,
+                                 "job_name": "demo-training", "submitted_by": "quick-start"})
+
+
+DEMO_CONFIG = """\
+experiment: {name: demo, run_name: quick-start, logging: {log_level: INFO, mlflow: false}}
+simulator: {dataset_path: /data/datasets/demo/schema.json, central_agent: false, reward_function: RewardFunction}
+algorithm: {seed: 22, hyperparameters: {checkpoint_interval: 20}}
+demo: {episodes: 3, steps: 40, step_seconds: 0.1}
+"""

@@ -1,0 +1,159 @@
+"""One Settings object, read from environment variables and an optional YAML file.
+
+Precedence: explicit keyword arguments > environment (``OPEVA_<NAME>``) > the YAML
+file named by ``OPEVA_CONFIG`` (or ``config_file=``) > the defaults below.
+Every setting is listed in ``FIELDS`` with its default and a one-line description;
+``docs/configuration.md`` is generated from the same table
+(``opeva-spool settings --markdown``).
+"""
+
+import os
+from dataclasses import dataclass, field, fields
+
+import yaml
+
+from .exceptions import BadRequest
+
+DEFAULT_SHARED_ROOT = "/opt/opeva_shared_data"
+DEFAULT_BIND = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_HOSTS = ("local",)
+DEFAULT_IMAGE = "calof/opeva_simulator:latest"
+# Formatted with job_id, config_path (absolute, as the runtime sees it) and config_file.
+DEFAULT_DOCKER_COMMAND = "--config {config_path} --job_id {job_id}"
+DEFAULT_PROCESS_COMMAND = "{python} -m opeva_spool.demo --config {config_path} --job_id {job_id}"
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_SCAN_INTERVAL = 5.0
+DEFAULT_STOP_GRACE = 10.0
+DEFAULT_HEARTBEAT_INTERVAL = 2.0
+DEFAULT_OFFLINE_AFTER = 30.0
+DEFAULT_MONGO_TIMEOUT_MS = 2000
+
+
+@dataclass
+class Settings:
+    shared_root: str = DEFAULT_SHARED_ROOT
+    bind: str = DEFAULT_BIND
+    port: int = DEFAULT_PORT
+    hosts: tuple = DEFAULT_HOSTS
+    default_image: str = DEFAULT_IMAGE
+    docker_command: str = DEFAULT_DOCKER_COMMAND
+    process_command: str = DEFAULT_PROCESS_COMMAND
+    observer: str = "native"
+    scan_interval: float = DEFAULT_SCAN_INTERVAL
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    api_token: str = ""
+    embedded_worker: bool = True
+    # --- agent (one worker host) ---
+    host: str = "local"
+    runtime: str = "process"
+    capacity: int = 2
+    gpu_ids: tuple = ()
+    stop_grace: float = DEFAULT_STOP_GRACE
+    lock_dir: str = ""
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    offline_after: float = DEFAULT_OFFLINE_AFTER
+    # --- docker runtime ---
+    docker_host: str = ""
+    docker_data_mount: str = ""
+    docker_network_mode: str = ""
+    docker_allow_pull: bool = False
+    docker_env: dict = field(default_factory=dict)
+    # --- site data ---
+    mongo_uri: str = ""
+    mongo_timeout_ms: int = DEFAULT_MONGO_TIMEOUT_MS
+
+
+DESCRIPTIONS = {
+    "shared_root": "The shared directory (NFS) holding spool/, jobs/, configs/, datasets/.",
+    "bind": "Address the HTTP server listens on.",
+    "port": "Port the HTTP server listens on.",
+    "hosts": "Known worker hosts (comma-separated in env); `local` is the embedded worker.",
+    "default_image": "Docker image for jobs that name none.",
+    "docker_command": "Command template for Docker jobs ({job_id}, {config_path}, {config_file}).",
+    "process_command": "Command template for process-runtime jobs ({python} is this interpreter).",
+    "observer": "`native` (inotify) or `polling` (sees other hosts' writes on NFS).",
+    "scan_interval": "Seconds between full scans of the spool (events are only hints).",
+    "max_body_bytes": "Largest accepted request body; larger gets 413.",
+    "api_token": "When set, mutating endpoints need `Authorization: Bearer <token>`.",
+    "embedded_worker": "`serve` also runs the worker for host `local`.",
+    "host": "Name of the host an agent works for.",
+    "runtime": "`process` (subprocess) or `docker`.",
+    "capacity": "Most jobs an agent runs at once.",
+    "gpu_ids": "GPU ids this host may hand out (comma-separated in env).",
+    "stop_grace": "Seconds between SIGTERM and SIGKILL when stopping a job.",
+    "lock_dir": "Local (not NFS) directory for same-host lock files; default: the system temp dir.",
+    "heartbeat_interval": "Seconds between an agent's heartbeat rewrites.",
+    "offline_after": "Seconds without a heartbeat change before a host counts as offline.",
+    "docker_host": "Docker engine URL (else the DOCKER_HOST environment variable).",
+    "docker_data_mount": "Host path mounted at /data in containers (default: shared_root).",
+    "docker_network_mode": "Network mode for job containers (empty: engine default).",
+    "docker_allow_pull": "Pull a missing image instead of failing the job.",
+    "docker_env": "Extra environment for every container (YAML mapping).",
+    "mongo_uri": "MongoDB URI for site data; empty disables the site endpoints (503).",
+    "mongo_timeout_ms": "Server-selection and socket timeout for MongoDB, in milliseconds.",
+}
+
+
+def _coerce(name, value, default):
+    """Turn an env/YAML value into the type of the field's default."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            return str(value).strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                return tuple(part.strip() for part in value.split(",") if part.strip())
+            return tuple(str(part) for part in value)
+        if isinstance(default, dict):
+            parsed = yaml.safe_load(value) if isinstance(value, str) else value
+            if not isinstance(parsed, dict):
+                raise ValueError("expected a mapping")
+            return {str(k): str(v) for k, v in parsed.items()}
+        return str(value)
+    except (TypeError, ValueError, yaml.YAMLError) as exc:
+        raise BadRequest(f"setting {name!r} has an invalid value {value!r}: {exc}") from None
+
+
+def load_settings(config_file=None, environ=None, **overrides):
+    environ = os.environ if environ is None else environ
+    defaults = Settings()
+    values = {}
+    config_file = config_file or environ.get("OPEVA_CONFIG")
+    if config_file:
+        with open(config_file, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, dict):
+            raise BadRequest(f"{config_file} must hold a mapping of settings")
+        unknown = set(loaded) - {f.name for f in fields(Settings)}
+        if unknown:
+            raise BadRequest(f"unknown settings in {config_file}: {sorted(unknown)}")
+        values.update(loaded)
+    for f in fields(Settings):
+        env_name = "OPEVA_" + f.name.upper()
+        if env_name in environ:
+            values[f.name] = environ[env_name]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    coerced = {name: _coerce(name, value, getattr(defaults, name)) for name, value in values.items()}
+    settings = Settings(**coerced)
+    if settings.observer not in ("native", "polling"):
+        raise BadRequest("observer must be 'native' or 'polling'")
+    if settings.runtime not in ("process", "docker"):
+        raise BadRequest("runtime must be 'process' or 'docker'")
+    return settings
+
+
+def settings_markdown():
+    defaults = Settings()
+    rows = ["| setting | environment | default | meaning |", "|---|---|---|---|"]
+    for f in fields(Settings):
+        default = getattr(defaults, f.name)
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        rows.append(f"| `{f.name}` | `OPEVA_{f.name.upper()}` | `{default!s}` | {DESCRIPTIONS[f.name]} |")
+    return "\n".join(rows) + "\n"

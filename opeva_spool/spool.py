@@ -1,0 +1,429 @@
+"""The on-disk protocol; docs/spool.md is its prose twin and must change with it.
+
+    <root>/spool/staging/<uuid>/      submissions being built (same filesystem as the queue)
+    <root>/spool/queued/<entry>       published, waiting for a claim
+    <root>/spool/<host>/running/<entry>   claimed by <host> (one rename from queued/)
+    <root>/spool/<host>/heartbeat.json    written by <host>'s agent
+    <root>/spool/done/<state>/<entry>     ended: finished | failed | stopped | canceled
+    <root>/spool/requests/<job_id>.stop   stop requests, written by the API only
+    <root>/spool/trash/               two-phase deletes
+    <root>/spool/inbox/<folder>/job.json  job folders dropped onto the share
+    <root>/spool/rejected/<folder>/   dropped folders that were invalid, with reason.json
+    <root>/jobs/<job_id>/             the job's data; never moves while the job exists
+
+An entry's name is ``PPP_TTTTTTTTTTTTTTTTTTT_<target>_AAA_<job_id>.json``: PPP is
+100 - priority, T the submit time in ns, A the attempt. A sorted listing of queued/
+is therefore the dispatch order, and the attempt in the name is what fences a
+superseded attempt (its owner's renames fail, its records are not the current one).
+"""
+
+import errno
+import os
+import shutil
+import time
+import uuid
+from typing import NamedTuple
+
+from . import fsio, names
+from .exceptions import Conflict
+from .jobs import DATA_SUBDIRS, MAX_PRIORITY, JobFolder, JobSpec, utc_now
+from .states import TERMINAL_STATES, JobState
+
+ENTRY_SUFFIX = ".json"
+QUEUED = "queued"
+DONE = "done"
+RUNNING = "running"
+TERMINAL_DIRS = tuple(sorted(state.value for state in TERMINAL_STATES))
+
+
+class Entry(NamedTuple):
+    priority: int
+    submit_ns: int
+    target: str
+    attempt: int
+    job_id: str
+
+    @property
+    def name(self):
+        return (
+            f"{MAX_PRIORITY - self.priority:03d}_{self.submit_ns:019d}_{self.target}"
+            f"_{self.attempt:03d}_{self.job_id}{ENTRY_SUFFIX}"
+        )
+
+    @classmethod
+    def parse(cls, name):
+        """The Entry a file name encodes, or None for anything else (temp files, strays)."""
+        if not name.endswith(ENTRY_SUFFIX) or name.startswith("."):
+            return None
+        parts = name[: -len(ENTRY_SUFFIX)].split("_", 4)
+        if len(parts) != 5:
+            return None
+        prio, ts, target, attempt, job_id = parts
+        if not (prio.isdigit() and ts.isdigit() and attempt.isdigit()):
+            return None
+        if not names.JOB_ID.match(job_id) or not names.HOST.match(target):
+            return None
+        return cls(MAX_PRIORITY - int(prio), int(ts), target, int(attempt), job_id)
+
+    def next_attempt(self):
+        return self._replace(attempt=self.attempt + 1)
+
+
+class Location(NamedTuple):
+    """Where an entry sits: kind is queued | running | done; host for running, state for done."""
+
+    kind: str
+    detail: str = ""
+
+
+class Spool:
+    def __init__(self, root):
+        self.root = os.path.abspath(root)
+        self.spool_dir = os.path.join(self.root, "spool")
+        self.jobs_dir = os.path.join(self.root, "jobs")
+        self.configs_dir = os.path.join(self.root, "configs")
+        self.datasets_dir = os.path.join(self.root, "datasets")
+        self.staging_dir = os.path.join(self.spool_dir, "staging")
+        self.queued_dir = os.path.join(self.spool_dir, QUEUED)
+        self.done_dir = os.path.join(self.spool_dir, DONE)
+        self.requests_dir = os.path.join(self.spool_dir, "requests")
+        self.trash_dir = os.path.join(self.spool_dir, "trash")
+        self.inbox_dir = os.path.join(self.spool_dir, "inbox")
+        self.rejected_dir = os.path.join(self.spool_dir, "rejected")
+
+    # ----- layout -------------------------------------------------------------------------
+
+    def ensure_layout(self):
+        for path in (self.jobs_dir, self.configs_dir, self.datasets_dir, self.staging_dir,
+                     self.queued_dir, self.requests_dir, self.trash_dir, self.inbox_dir,
+                     self.rejected_dir, *(self.done_path(state) for state in TERMINAL_DIRS)):
+            fsio.makedirs(path)
+
+    def running_dir(self, host):
+        return os.path.join(self.spool_dir, host, RUNNING)
+
+    def heartbeat_path(self, host):
+        return os.path.join(self.spool_dir, host, "heartbeat.json")
+
+    def drain_path(self, host):
+        return os.path.join(self.spool_dir, host, "drain")
+
+    def request_drain(self, host, undo=False):
+        """Ask ``host``'s agent to take no new jobs (``undo`` lifts it); a file the agent reads."""
+        path = self.drain_path(names.host(host))
+        if undo:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            return
+        fsio.makedirs(os.path.dirname(path))
+        fsio.atomic_write_json(path, {"host": host, "requested_at": utc_now()})
+
+    def done_path(self, state):
+        return os.path.join(self.done_dir, state)
+
+    def location_dir(self, location):
+        if location.kind == QUEUED:
+            return self.queued_dir
+        if location.kind == RUNNING:
+            return self.running_dir(location.detail)
+        return self.done_path(location.detail)
+
+    def entry_path(self, location, entry):
+        return os.path.join(self.location_dir(location), entry.name)
+
+    def folder(self, job_id):
+        return JobFolder(self.jobs_dir, job_id)
+
+    def worker_hosts(self):
+        """Hosts that have (or had) a running/ directory on the share."""
+        return sorted(
+            name for name in fsio.listdir(self.spool_dir)
+            if names.HOST.match(name) and name not in names.RESERVED_HOSTS
+            and os.path.isdir(self.running_dir(name))
+        )
+
+    def locations(self):
+        """Every place an entry can be, queue first."""
+        yield Location(QUEUED)
+        for host in self.worker_hosts():
+            yield Location(RUNNING, host)
+        for state in TERMINAL_DIRS:
+            yield Location(DONE, state)
+
+    def scan(self, include_done=True):
+        """(Location, Entry) for every entry on disk; a listing, no file is opened."""
+        for location in self.locations():
+            if location.kind == DONE and not include_done:
+                continue
+            for name in fsio.listdir(self.location_dir(location)):
+                entry = Entry.parse(name)
+                if entry:
+                    yield location, entry
+
+    def find(self, entry, hint=None):
+        """Where ``entry`` is now (stat per candidate, no listing), or None."""
+        candidates = list(self.locations())
+        if hint is not None and hint in candidates:
+            candidates.remove(hint)
+            candidates.insert(0, hint)
+        for location in candidates:
+            if os.path.exists(self.entry_path(location, entry)):
+                return location
+        return None
+
+    # ----- publish ------------------------------------------------------------------------
+
+    def publish(self, spec, config_text=None, config_mode="same"):
+        """Make a job visible atomically; returns its Entry.
+
+        The folder and the entry are built in staging/ and fsynced; the folder is renamed
+        to jobs/<id> (refused if the id exists: a rename onto a non-empty directory
+        fails), then the entry is renamed into queued/. That last rename is the commit
+        point: until then the job is not in the queue, and a crash in between leaves a
+        folder with no entry, which ``recover_orphans`` removes.
+        """
+        target = self.folder(spec.job_id).path
+        if os.path.exists(target):
+            raise Conflict(f"job {spec.job_id!r} already exists", job_id=spec.job_id)
+        stage = os.path.join(self.staging_dir, uuid.uuid4().hex)
+        os.makedirs(stage)
+        try:
+            folder_stage = os.path.join(stage, "job")
+            for sub in DATA_SUBDIRS:
+                os.makedirs(os.path.join(folder_stage, sub))
+            fsio.atomic_write_json(os.path.join(folder_stage, "job_info.json"), spec.job_info())
+            for sub in DATA_SUBDIRS:
+                fsio.fsync_dir(os.path.join(folder_stage, sub))
+            entry = Entry(spec.priority, time.time_ns(), spec.target_host, 1, spec.job_id)
+            entry_stage = os.path.join(stage, entry.name)
+            fsio.atomic_write_json(entry_stage, spec.to_dict())
+            if config_text is not None:
+                self.write_config(spec.config_file, config_text, mode=config_mode)
+            try:
+                os.rename(folder_stage, target)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise Conflict(f"job {spec.job_id!r} already exists", job_id=spec.job_id) from None
+                raise
+            fsio.fsync_dir(self.jobs_dir)
+            os.rename(entry_stage, os.path.join(self.queued_dir, entry.name))
+            fsio.fsync_dir(self.queued_dir)
+            return entry
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+    def write_config(self, file_name, text, mode="same"):
+        """Save a config under configs/ atomically.
+
+        mode ``create``: 409 if the name exists; ``replace``: overwrite; ``same``: 409
+        only if the name exists with other content (a re-submitted ``save_as``).
+        """
+        path = os.path.join(self.configs_dir, names.config_file(file_name))
+        data = text.encode("utf-8")
+        if mode == "replace":
+            fsio.atomic_write_bytes(path, data)
+            return path
+        if mode == "same":
+            try:
+                with open(path, "rb") as handle:
+                    if handle.read() == data:
+                        return path
+            except FileNotFoundError:
+                pass
+        try:
+            fsio.atomic_create_bytes(path, data)
+        except FileExistsError:
+            raise Conflict(f"config {file_name!r} already exists; pass overwrite to replace it",
+                           file=file_name) from None
+        return path
+
+    def read_spec(self, location, entry):
+        doc = fsio.read_json_object(self.entry_path(location, entry))
+        return JobSpec.from_dict(doc) if doc else None
+
+    # ----- claim, run, finish (the owner's side) ------------------------------------------
+
+    def claim(self, entry, host, agent_id):
+        """Move a queued entry into ``host``'s running/; True if this agent owns it now.
+
+        Exactly one claimer wins because rename is atomic at the server. The caller
+        holds the same-host lock (see agent.HostLock), so among this host's agents only
+        one is inside claim() at a time and a winner writes its attempt record before
+        releasing the lock. That settles the NFS case of a retransmitted rename reporting
+        ENOENT although it succeeded: the entry is in our running/ with no record from
+        another agent of this host, so the rename was ours.
+        """
+        src = os.path.join(self.queued_dir, entry.name)
+        running = self.running_dir(host)
+        dst = os.path.join(running, entry.name)
+        moved = fsio.rename_claim(src, dst)
+        if moved is None:
+            record = fsio.read_json_object(self.folder(entry.job_id).attempt_record(entry.attempt))
+            moved = record is None or record.get("agent_id") == agent_id
+        if not moved:
+            return False
+        self.write_attempt(entry, host, agent_id, JobState.DISPATCHED, claimed_at=utc_now())
+        return True
+
+    def write_attempt(self, entry, host, agent_id, state, **details):
+        """The attempt record jobs/<id>/attempts/<n>.json; only attempt n's owner writes it."""
+        folder = self.folder(entry.job_id)
+        path = folder.attempt_record(entry.attempt)
+        record = fsio.read_json_object(path) or {}
+        record.update(details)
+        record.update(job_id=entry.job_id, attempt=entry.attempt, host=host, agent_id=agent_id,
+                      state=JobState(state).value, updated_at=utc_now())
+        fsio.makedirs(os.path.dirname(path))
+        fsio.atomic_write_json(path, record)
+        return record
+
+    def read_attempt(self, entry):
+        return fsio.read_json_object(self.folder(entry.job_id).attempt_record(entry.attempt))
+
+    def finish(self, entry, host, agent_id, state, **details):
+        """Record the end of an attempt, then move its entry to done/<state>/.
+
+        The record comes first: a crash between the two leaves a running entry whose
+        record is terminal, which readers report as terminal and ``complete_finished``
+        moves later. If the rename finds the entry gone, this attempt was superseded
+        (requeued after the host was judged lost, or deleted): returns False and the
+        record, written under a stale attempt number, is ignored by every reader.
+        """
+        state = JobState(state)
+        self.write_attempt(entry, host, agent_id, state, ended_at=utc_now(), **details)
+        src = os.path.join(self.running_dir(host), entry.name)
+        moved = fsio.rename_claim(src, os.path.join(self.done_path(state.value), entry.name))
+        if moved is False:
+            return False
+        fsio.fsync_dir(self.done_path(state.value))
+        return True
+
+    def complete_finished(self, host):
+        """Move entries whose terminal record is written but which are still in running/."""
+        for name in fsio.listdir(self.running_dir(host)):
+            entry = Entry.parse(name)
+            record = self.read_attempt(entry) if entry else None
+            if record and JobState(record.get("state", "unknown")).terminal:
+                fsio.rename_claim(os.path.join(self.running_dir(host), name),
+                                  os.path.join(self.done_path(record["state"]), name))
+
+    # ----- requests from the API ----------------------------------------------------------
+
+    def cancel_queued(self, entry):
+        """Cancel a queued entry by winning the rename race against claimers; True if canceled."""
+        src = os.path.join(self.queued_dir, entry.name)
+        moved = fsio.rename_claim(src, os.path.join(self.done_path(JobState.CANCELED.value), entry.name))
+        # Ambiguous (NFS retransmit) means the target exists: only this call moves to canceled/.
+        return moved is not False
+
+    def stop_request_path(self, job_id):
+        return os.path.join(self.requests_dir, f"{job_id}.stop")
+
+    def request_stop(self, job_id, by=""):
+        fsio.atomic_write_json(self.stop_request_path(job_id), {"job_id": job_id, "requested_at": utc_now(),
+                                                               "requested_by": by})
+
+    def stop_requested(self, job_id):
+        return os.path.exists(self.stop_request_path(job_id))
+
+    def clear_stop_request(self, job_id):
+        try:
+            os.unlink(self.stop_request_path(job_id))
+        except OSError as exc:
+            if not fsio.is_gone(exc):
+                raise
+
+    def requeue(self, entry, host):
+        """Put a lost host's running entry back in the queue as the next attempt.
+
+        One rename, racing the owner's finish(): if the owner finished first, the rename
+        fails and the job keeps its ending. Returns the new Entry or None.
+        """
+        new = entry.next_attempt()
+        moved = fsio.rename_claim(os.path.join(self.running_dir(host), entry.name),
+                                  os.path.join(self.queued_dir, new.name))
+        return new if moved is not False else None
+
+    def recover_lost(self, entry, host, reason):
+        """A running attempt whose agent is gone: requeue it if the job's max_retries allow, else fail it."""
+        spec = self.read_spec(Location(RUNNING, host), entry)
+        if spec is not None and entry.attempt <= spec.max_retries:
+            return self.requeue(entry, host)
+        return self.fail_lost(entry, host, reason)
+
+    def fail_lost(self, entry, host, reason):
+        """End a lost host's running entry as failed; the server acts as the owner of record."""
+        src = os.path.join(self.running_dir(host), entry.name)
+        dst = os.path.join(self.done_path(JobState.FAILED.value), entry.name)
+        if fsio.rename_claim(src, dst) is False:
+            return False
+        record = self.read_attempt(entry) or {}
+        record.update(job_id=entry.job_id, attempt=entry.attempt, host=host, state=JobState.FAILED.value,
+                      reason=reason, ended_at=utc_now(), updated_at=utc_now())
+        fsio.atomic_write_json(self.folder(entry.job_id).attempt_record(entry.attempt), record)
+        return True
+
+    # ----- delete and recovery ------------------------------------------------------------
+
+    def trash(self, path):
+        """Phase one of a delete: one rename out of sight. ``empty_trash`` does phase two."""
+        target = os.path.join(self.trash_dir, f"{uuid.uuid4().hex}-{os.path.basename(path)}")
+        try:
+            os.rename(path, target)
+        except OSError as exc:
+            if fsio.is_gone(exc):
+                return False
+            raise
+        return True
+
+    def empty_trash(self):
+        # .nfsXXXX files (deleted while open elsewhere) make rmtree fail: leave them for later.
+        for name in fsio.listdir(self.trash_dir):
+            shutil.rmtree(os.path.join(self.trash_dir, name), ignore_errors=True)
+            try:
+                os.unlink(os.path.join(self.trash_dir, name))
+            except OSError:
+                pass
+
+    def recover_orphans(self, known_job_ids, min_age=60.0):
+        """Clean what a crash in the middle of publish() or delete can leave behind.
+
+        Staging dirs older than ``min_age`` are removed (never published). A job folder
+        with no entry anywhere and older than ``min_age`` belongs to a submission that
+        never got its 2xx (or to a delete half done): it goes to the trash.
+        """
+        now = time.time()
+        removed = []
+        for name in fsio.listdir(self.staging_dir):
+            path = os.path.join(self.staging_dir, name)
+            if _age(path, now) > min_age:
+                shutil.rmtree(path, ignore_errors=True)
+        for job_id in fsio.listdir(self.jobs_dir):
+            if job_id in known_job_ids:
+                continue
+            path = os.path.join(self.jobs_dir, job_id)
+            if _age(path, now) > min_age and self.trash(path):
+                removed.append(job_id)
+        return removed
+
+    def check_one_filesystem(self):
+        """None if the whole tree is on one filesystem (renames need it), else a sentence."""
+        devices = {}
+        for path in (self.root, self.spool_dir, self.jobs_dir, self.configs_dir, self.queued_dir,
+                     self.done_dir, self.trash_dir, self.staging_dir):
+            try:
+                devices[path] = os.stat(path).st_dev
+            except OSError as exc:
+                return f"cannot stat {path}: {exc.strerror}"
+        if len(set(devices.values())) > 1:
+            return "the shared root spans several filesystems; renames between them fail (EXDEV)"
+        return None
+
+
+def _age(path, now):
+    try:
+        return now - os.stat(path).st_mtime
+    except OSError:
+        return 0.0

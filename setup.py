@@ -1,0 +1,21 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="opeva-spool",
+    version="0.1.0",
+    description="Filesystem-native job spooler for OPEVA simulation and training jobs",
+    packages=find_packages(include=["opeva_spool", "opeva_spool.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "bottle>=0.13",
+        "waitress>=3.0",
+        "watchdog>=4.0",
+        "filelock>=3.12",
+        "docker>=7.0",
+        "pymongo>=4.6",
+        "pyyaml>=6.0",
+        "pandas>=2.0",
+    ],
+    extras_require={"test": ["pytest>=8", "nx-27017"]},
+    entry_points={"console_scripts": ["opeva-spool=opeva_spool.cli:main"]},
+)
