@@ -51,6 +51,18 @@ def atomic_write_bytes(path, data, durable=True):
         fsync_dir(directory)
 
 
+def write_new_durable(path, data):
+    """Write a new file in a private directory (staging) and fsync it; no temp name needed."""
+    with open(path, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def json_bytes(obj):
+    return json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n"
+
+
 def atomic_create_bytes(path, data):
     """Create ``path`` with ``data`` only if it does not exist (FileExistsError otherwise).
 
@@ -74,7 +86,7 @@ def atomic_create_bytes(path, data):
 
 
 def atomic_write_json(path, obj, durable=True):
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n", durable)
+    atomic_write_bytes(path, json_bytes(obj), durable)
 
 
 def read_json(path):

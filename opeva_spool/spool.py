@@ -190,15 +190,19 @@ class Spool:
         stage = os.path.join(self.staging_dir, uuid.uuid4().hex)
         os.makedirs(stage)
         try:
+            # Staging is private to this call, so files are written in place (no temp + rename).
+            # Only the entry is fsynced before the commit rename: it holds the whole spec, and
+            # readers fall back to it if an OS crash loses job_info.json. (kill -9 of the server
+            # needs no fsync at all; the page cache survives it.)
             folder_stage = os.path.join(stage, "job")
+            os.mkdir(folder_stage)
             for sub in DATA_SUBDIRS:
-                os.makedirs(os.path.join(folder_stage, sub))
-            fsio.atomic_write_json(os.path.join(folder_stage, "job_info.json"), spec.job_info())
-            for sub in DATA_SUBDIRS:
-                fsio.fsync_dir(os.path.join(folder_stage, sub))
+                os.mkdir(os.path.join(folder_stage, sub))
+            with open(os.path.join(folder_stage, "job_info.json"), "xb") as handle:
+                handle.write(fsio.json_bytes(spec.job_info()))
             entry = Entry(spec.priority, time.time_ns(), spec.target_host, 1, spec.job_id)
             entry_stage = os.path.join(stage, entry.name)
-            fsio.atomic_write_json(entry_stage, spec.to_dict())
+            fsio.write_new_durable(entry_stage, fsio.json_bytes(spec.to_dict()))
             if config_text is not None:
                 self.write_config(spec.config_file, config_text, mode=config_mode)
             try:
@@ -212,7 +216,7 @@ class Spool:
             fsio.fsync_dir(self.queued_dir)
             return entry
         finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            shutil.rmtree(stage, ignore_errors=True)  # empty after success; a failed attempt's leftovers
 
     def write_config(self, file_name, text, mode="same"):
         """Save a config under configs/ atomically.

@@ -6,7 +6,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import waitress.server
 
@@ -47,7 +47,7 @@ class WsgiClient:
         data, content_type = _encode(body, json)
         environ = {
             "REQUEST_METHOD": method,
-            "PATH_INFO": parts.path,
+            "PATH_INFO": unquote(parts.path, encoding="latin-1"),  # decoded, as a real server does
             "QUERY_STRING": parts.query,
             "SERVER_NAME": "127.0.0.1",
             "SERVER_PORT": "80",

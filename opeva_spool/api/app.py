@@ -27,8 +27,8 @@ class Context:
             setattr(self, name, value)
 
 
-def error_response(status, error, detail, **extra):
-    bottle.response.status = status
+def error_response(http_status, error, detail, **extra):
+    bottle.response.status = http_status
     bottle.response.content_type = "application/json"
     return json.dumps({"error": error, "detail": detail, **extra})
 
@@ -104,7 +104,8 @@ class ErrorsAsJson:
 
 
 def make_app(ctx, route_modules):
-    app = bottle.Bottle(autojson=False, catchall=False)
+    app = bottle.Bottle()
+    app.config["json.enable"] = False
     app.config["opeva.max_body_bytes"] = ctx.settings.max_body_bytes
     # Bottle buffers bodies up to MEMFILE_MAX in memory; we read at most limit + 1 bytes anyway.
     bottle.BaseRequest.MEMFILE_MAX = max(bottle.BaseRequest.MEMFILE_MAX, ctx.settings.max_body_bytes + 1)

@@ -1,0 +1,85 @@
+"""Routes for site data (MongoDB), site schemas and CityLearn datasets; see docs/datasets.md."""
+
+import os
+
+import bottle
+
+from ..exceptions import BadRequest
+from ..sitedata.datasets import Datasets, zip_stream
+from ..sitedata.mongo import SiteData
+from .app import json_body, query_int
+
+MAX_MINUTES = 366 * 24 * 60
+MAX_LIMIT = 5000
+DEFAULT_LIMIT = 500
+
+
+def install(app, ctx):
+    if getattr(ctx, "sitedata", None) is None:
+        ctx.sitedata = SiteData(ctx.settings)
+    if getattr(ctx, "datasets", None) is None:
+        ctx.datasets = Datasets(ctx.settings, ctx.sitedata)
+    sitedata, datasets = ctx.sitedata, ctx.datasets
+
+    @app.get("/sites")
+    def sites():
+        return {"sites": sitedata.sites()}
+
+    @app.get("/real-time-data/<site>")
+    def real_time_data(site):
+        minutes = query_int("minutes", None, 1, MAX_MINUTES)
+        limit = query_int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        page = query_int("page", 1, 1, 1_000_000)
+        return sitedata.real_time(site, minutes, limit, page)
+
+    @app.post("/schema/create")
+    def schema_create():
+        body = json_body()
+        site = body.get("site")
+        sitedata.create_schema(site, body.get("schema"))
+        bottle.response.status = 201
+        return {"message": f"schema of site {site!r} created", "site": site}
+
+    @app.put("/schema/update/<site>")
+    def schema_update(site):
+        body = json_body()
+        if "schema" not in body:
+            raise BadRequest("body must be {\"schema\": {...}}")
+        sitedata.update_schema(site, body["schema"])
+        return {"message": f"schema of site {site!r} updated", "site": site}
+
+    @app.get("/schema/<site>")
+    def schema_get(site):
+        return sitedata.schema(site)
+
+    @app.get("/dataset/dates-available/<site>")
+    def dates_available(site):
+        return sitedata.dates_available(site)
+
+    @app.post("/dataset")
+    def dataset_create():
+        accepted = datasets.start_build(json_body())
+        bottle.response.status = 202
+        bottle.response.set_header("Location", accepted["status_url"])
+        return accepted
+
+    @app.get("/dataset/status/<name>")
+    def dataset_status(name):
+        return datasets.status(name)
+
+    @app.get("/datasets")
+    def dataset_list():
+        return datasets.list()
+
+    @app.get("/dataset/download/<name>")
+    def dataset_download(name):
+        path = datasets.path(name)
+        if not os.path.isdir(path):
+            return bottle.static_file(name, root=datasets.root, download=name)
+        bottle.response.content_type = "application/zip"
+        bottle.response.set_header("Content-Disposition", f'attachment; filename="{name}.zip"')
+        return zip_stream(path, name)
+
+    @app.delete("/dataset/<name>")
+    def dataset_delete(name):
+        return datasets.delete(name)

@@ -1,0 +1,1 @@
+"""Site data: MongoDB sensor data per site, site schemas, and CityLearn datasets built from them."""

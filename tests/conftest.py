@@ -1,0 +1,83 @@
+"""Shared fixtures: a shared root in a temp dir, a started Server, in-process and real HTTP clients."""
+
+import os
+import sys
+import time
+
+import pytest
+
+from opeva_spool.server import Server
+from opeva_spool.settings import Settings
+
+from .http import ThreadedServer, WsgiClient
+
+pytest_plugins = ["tests.mongo_support", "tests.docker_support"]
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_settings(tmp_path, **overrides):
+    values = dict(
+        shared_root=str(tmp_path / "share"),
+        scan_interval=0.5,
+        stop_grace=2.0,
+        lock_dir=str(tmp_path / "locks"),
+        heartbeat_interval=0.5,
+        hosts=("local", "gpu-a", "gpu-b"),
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def server(settings):
+    srv = Server(settings).start()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def client(server):
+    return WsgiClient(server.app)
+
+
+@pytest.fixture
+def http(server):
+    with ThreadedServer(server.app) as http_client:
+        yield http_client
+
+
+def wait_for(predicate, timeout=15.0, interval=0.05, message="condition"):
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def wait_for_status(client, job_id, wanted, timeout=15.0):
+    wanted = {wanted} if isinstance(wanted, str) else set(wanted)
+
+    def check():
+        status = client.get(f"/status/{job_id}").json()["status"]
+        return status if status in wanted else None
+
+    return wait_for(check, timeout, message=f"job {job_id} to reach {sorted(wanted)}")
+
+
+def demo_config(episodes=2, steps=5, step_seconds=0.01, **extra):
+    config = {"experiment": {"name": "exp", "run_name": "r1"},
+              "demo": {"episodes": episodes, "steps": steps, "step_seconds": step_seconds, **extra}}
+    return config
+
+
+PYTHON = sys.executable
