@@ -79,7 +79,8 @@ class Runner(threading.Thread):
         agent, entry = self.agent, self.entry
         folder = agent.spool.folder(entry.job_id)
         if self.execution is not None:
-            agent.note(folder.log, "agent restarted; re-attached to this attempt")
+            # No note in the log here: while a container runs, its output copier is the log's writer.
+            log.info("job %s attempt %s re-attached after a restart", entry.job_id, entry.attempt)
         else:
             fsio.makedirs(os.path.dirname(folder.log))
             if entry.attempt > 1 and os.path.exists(folder.log):
@@ -109,9 +110,11 @@ class Runner(threading.Thread):
             if reason == "agent_shutdown" and agent.runtime.survives_agent:
                 return execution.detach()  # the restarted agent re-attaches (Runtime.adopt)
             if reason:
-                agent.note(folder.log, f"{reason}: SIGTERM, then SIGKILL after {agent.settings.stop_grace:g}s")
                 code = execution.stop(agent.settings.stop_grace)
                 execution.release()
+                # Noted only once it ended: while it runs, the runtime is the log's only writer.
+                agent.note(folder.log, f"{reason}: stopped with SIGTERM (SIGKILL after "
+                                       f"{agent.settings.stop_grace:g}s), exit code {code}")
                 return self._after_stop(reason, code)
             self.stop_event.wait(POLL_SECONDS)
 
@@ -163,7 +166,7 @@ class Agent:
     def start(self):
         self.spool.ensure_layout()
         fsio.makedirs(self.spool.running_dir(self.host))
-        self.recover()
+        self.recovered = self.recover()
         self.watcher.watch(self.spool.queued_dir, lambda _path: self.wake.set())
         self.watcher.start()
         for target in (self._claim_loop, self.heartbeat.run):
@@ -215,7 +218,12 @@ class Agent:
         are requeued or failed like a lost host's jobs.
         """
         self.spool.complete_finished(self.host)
-        adopted = self.runtime.adopt(self.host)
+        try:
+            adopted = self.runtime.adopt(self.host)
+        except RuntimeFailure as failure:
+            # Not knowing what still runs, failing those jobs could run them twice: retry later.
+            log.warning("cannot recover %s yet: %s", self.host, failure.detail)
+            return False
         running = self.spool.running_dir(self.host)
         for name in sorted(fsio.listdir(running)):
             entry = Entry.parse(name)
@@ -229,8 +237,8 @@ class Agent:
                 continue
             self.spool.recover_lost(entry, self.host, reason="agent_restarted")
         for execution in adopted.values():  # executions of superseded attempts
-            execution.kill()
             execution.release()
+        return True
 
     # ----- claiming -----------------------------------------------------------------------
 
@@ -241,7 +249,10 @@ class Agent:
             if self.stopping.is_set():
                 break
             try:
-                self.claim_ready()
+                if not self.recovered:
+                    self.recovered = self.recover()
+                if self.recovered:
+                    self.claim_ready()
             except OSError:
                 log.exception("claiming on %s failed; retrying at the next scan", self.host)
 

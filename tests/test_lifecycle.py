@@ -55,7 +55,7 @@ def test_stop_of_running_job_terminates_it_and_ends_stopped(client, server):
     wait_for_status(client, job["job_id"], "stopped")
     info = client.get(f"/job-info/{job['job_id']}").json()
     assert info["reason"] == "stop_requested" and info["exit_code"] in (-15, 143)
-    assert "stop_requested: SIGTERM" in client.get(f"/logs/{job['job_id']}").text
+    assert "stop_requested: stopped with SIGTERM" in client.get(f"/logs/{job['job_id']}").text
     # The answered request file is cleaned up by maintenance.
     wait_for(lambda: not server.spool.stop_requested(job["job_id"]), message="stop request cleanup")
 

@@ -35,7 +35,6 @@ def install(app, ctx):
             raise BadRequest("'config' must be a JSON object or a YAML string")
         overwrite = bool(body.get("overwrite")) or query_flag("overwrite")
         spool.write_config(names.config_file(file_name), text, mode="replace" if overwrite else "create")
-        bottle.response.status = 201
         return {"message": f"config {file_name} saved", "file": names.config_file(file_name),
                 "config_path": f"configs/{names.config_file(file_name)}"}
 

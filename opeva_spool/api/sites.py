@@ -37,7 +37,6 @@ def install(app, ctx):
         body = json_body()
         site = body.get("site")
         sitedata.create_schema(site, body.get("schema"))
-        bottle.response.status = 201
         return {"message": f"schema of site {site!r} created", "site": site}
 
     @app.put("/schema/update/<site>")

@@ -130,6 +130,13 @@ class DockerExecution(Execution):
         except ENGINE_ERRORS as exc:
             raise RuntimeFailure("engine_error", f"cannot signal {self.container_name}: {_explain(exc)}") from None
 
+    def describe(self):
+        return {"container_id": self.container_id, "container_name": self.container_name}
+
+    def detach(self):
+        # The container runs on; the restarted agent adopts it and resumes the log copy.
+        self._closing.set()
+
     def signal_stop(self):
         # kill with SIGTERM returns at once; `docker stop` would block for its own grace period.
         self._signal("SIGTERM")
@@ -195,6 +202,7 @@ class DockerExecution(Execution):
 class DockerRuntime(Runtime):
     name = "docker"
     job_root = "/data"
+    survives_agent = True
 
     def __init__(self, settings):
         self.settings = settings

@@ -1,0 +1,163 @@
+"""Sites, real-time data, dates available and site schemas against a real nx-27017 over TCP."""
+
+import datetime as dt
+import time
+import uuid
+
+import pytest
+
+import opeva_spool.api.sites
+from opeva_spool.api.app import Context, make_app
+from opeva_spool.settings import Settings
+from tests.http import ThreadedServer, WsgiClient, free_port
+from tests.mongo_support import LAB, LAB_SAMPLES, LAB_SCHEMA, LAB_START, SAMPLE
+
+
+def make_client(tmp_path, mongo_uri, **settings):
+    app = make_app(Context(Settings(shared_root=str(tmp_path), mongo_uri=mongo_uri, **settings)), [opeva_spool.api.sites])
+    return WsgiClient(app)
+
+
+@pytest.fixture
+def client(tmp_path, mongo_uri, lab_site):
+    return make_client(tmp_path, mongo_uri)
+
+
+@pytest.fixture
+def fresh_site():
+    return "s" + uuid.uuid4().hex[:10]
+
+
+def test_sites_lists_site_databases_without_system_databases(client):
+    response = client.get("/sites")
+    assert response.status == 200
+    sites = response.json()["sites"]
+    assert LAB in sites
+    assert not {"admin", "local", "config"} & set(sites)
+
+
+def test_unconfigured_mongo_answers_503_json(tmp_path):
+    response = make_client(tmp_path, "").get("/sites")
+    assert response.status == 503
+    assert "mongo_uri" in response.json()["detail"]
+
+
+def test_dead_mongo_answers_503_within_the_timeout_not_a_hang(tmp_path):
+    client = make_client(tmp_path, f"mongodb://127.0.0.1:{free_port()}/", mongo_timeout_ms=300)
+    started = time.monotonic()
+    for path in ("/sites", "/real-time-data/lab", "/schema/lab", "/dataset/dates-available/lab"):
+        response = client.get(path)
+        assert response.status == 503, path
+        assert response.json()["error"] == "unavailable"
+    assert time.monotonic() - started < 4
+
+
+def test_real_time_data_filters_by_minutes_and_encodes_objectid_and_dates(client, mongo_client, fresh_site):
+    now = dt.datetime.now(dt.timezone.utc)
+    db = mongo_client[fresh_site]
+    db.building_X.insert_many([
+        {"timestamp": now - dt.timedelta(minutes=5), "non_shiftable_load": 1.0},
+        {"timestamp": now - dt.timedelta(minutes=30), "non_shiftable_load": 2.0},
+        {"timestamp": now - dt.timedelta(minutes=120), "non_shiftable_load": 3.0},
+    ])
+    body = client.get(f"/real-time-data/{fresh_site}?minutes=60").json()
+    docs = body["collections"]["building_X"]["documents"]
+    assert [d["non_shiftable_load"] for d in docs] == [1.0, 2.0]  # newest first, 120-min-old left out
+    assert isinstance(docs[0]["_id"], str) and len(docs[0]["_id"]) == 24
+    assert docs[0]["timestamp"].endswith("Z")
+    everything = client.get(f"/real-time-data/{fresh_site}").json()["collections"]["building_X"]
+    assert everything["total"] == 3
+
+
+def test_real_time_data_paginates_per_collection(client):
+    first = client.get(f"/real-time-data/{LAB}?limit=10&page=1").json()["collections"]["building_B1"]
+    second = client.get(f"/real-time-data/{LAB}?limit=10&page=2").json()["collections"]["building_B1"]
+    assert len(first["documents"]) == 10 and first["has_more"] and first["total"] == LAB_SAMPLES
+    assert first["documents"][-1]["timestamp"] > second["documents"][0]["timestamp"]
+    last_page = LAB_SAMPLES // 10 + 1
+    tail = client.get(f"/real-time-data/{LAB}?limit=10&page={last_page}").json()["collections"]["building_B1"]
+    assert not tail["has_more"] and len(tail["documents"]) == LAB_SAMPLES % 10
+
+
+@pytest.mark.parametrize("query", ["minutes=0", "minutes=-5", "minutes=99999999", "minutes=abc", "limit=0", "limit=100000", "page=0"])
+def test_real_time_data_rejects_absurd_query_values(client, query):
+    response = client.get(f"/real-time-data/{LAB}?{query}")
+    assert response.status == 400, response
+
+
+def test_unknown_or_invalid_site_is_404_or_400(client):
+    assert client.get("/real-time-data/nosuchsite").status == 404
+    assert client.get("/dataset/dates-available/nosuchsite").status == 404
+    assert client.get("/real-time-data/admin").status == 400
+    assert client.get("/real-time-data/..%2Fetc").status in (400, 404)
+    assert client.get("/real-time-data/a.b").status == 400
+
+
+def test_dates_available_sorts_on_timestamp_not_insertion_order(client, mongo_client, fresh_site):
+    db = mongo_client[fresh_site]
+    # Inserted newest first: ordering by _id would swap oldest and newest.
+    db.building_Y.insert_many([
+        {"timestamp": dt.datetime(2024, 5, 2, tzinfo=dt.timezone.utc)},
+        {"timestamp": dt.datetime(2024, 5, 3, tzinfo=dt.timezone.utc)},
+        {"timestamp": dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)},
+        {"note": "no timestamp"},
+    ])
+    assert client.get(f"/dataset/dates-available/{fresh_site}").json() == [{
+        "installation": "building_Y", "oldest_record": "2024-05-01T00:00:00Z", "newest_record": "2024-05-03T00:00:00Z",
+    }]
+
+
+def test_dates_available_of_the_lab_covers_each_installation(client):
+    rows = {row["installation"]: row for row in client.get(f"/dataset/dates-available/{LAB}").json()}
+    assert set(rows) == {"building_B1", "building_B2", "building_B10", "pricing"}
+    last = (LAB_START + (LAB_SAMPLES - 1) * SAMPLE).isoformat().replace("+00:00", "Z")
+    assert rows["building_B1"]["oldest_record"] == "2024-03-30T00:00:00Z"
+    assert rows["building_B1"]["newest_record"] == last
+
+
+def test_schema_create_on_an_existing_database_then_409_only_for_a_second_schema(client, mongo_client, fresh_site):
+    mongo_client[fresh_site].building_A.insert_one({"timestamp": LAB_START})  # data before any schema
+    schema = {"timezone": "Europe/Nicosia", "buildings": {"A": {"include": True}}}
+    assert client.get(f"/schema/{fresh_site}").status == 404
+    assert client.post("/schema/create", json={"site": fresh_site, "schema": schema}).status == 200
+    assert client.get(f"/schema/{fresh_site}").json() == schema
+    again = client.post("/schema/create", json={"site": fresh_site, "schema": schema})
+    assert again.status == 409
+    stored = mongo_client[fresh_site].schema.find_one({"_id": "schema"})
+    assert stored["schema"] == schema
+
+
+def test_schema_update_replaces_and_404s_without_a_schema(client, fresh_site):
+    schema = {"buildings": {"A": {}}}
+    assert client.put(f"/schema/update/{fresh_site}", json={"schema": schema}).status == 404
+    client.post("/schema/create", json={"site": fresh_site, "schema": schema})
+    changed = {"buildings": {"A": {}, "B": {"chargers": {"B-1": {}}}}}
+    assert client.put(f"/schema/update/{fresh_site}", json={"schema": changed}).status == 200
+    assert client.get(f"/schema/{fresh_site}").json() == changed
+
+
+@pytest.mark.parametrize("schema", [
+    None, [], {}, {"buildings": {}}, {"buildings": []}, {"structure": {"A": {}}},
+    {"buildings": {"../x": {}}}, {"buildings": {"A": 1}}, {"buildings": {"A": {"chargers": []}}},
+    {"buildings": {"A": {"chargers": {"c/1": {}}}}}, {"buildings": {"A": {}}, "timezone": "Mars/Olympus"},
+    {"buildings": {"A": {}}, "holidays": ["not a date"]}, {"buildings": {"A": {"$set": 1}}},
+])
+def test_schema_with_a_bad_shape_is_rejected_and_not_stored(client, mongo_client, fresh_site, schema):
+    response = client.post("/schema/create", json={"site": fresh_site, "schema": schema})
+    assert response.status == 400, response
+    assert fresh_site not in mongo_client.list_database_names()
+
+
+@pytest.mark.parametrize("site", ["../etc", "a/b", "admin", "", None, "x" * 80])
+def test_schema_create_rejects_bad_site_names(client, site):
+    response = client.post("/schema/create", json={"site": site, "schema": LAB_SCHEMA})
+    assert response.status == 400
+
+
+def test_routes_work_over_real_http(tmp_path, mongo_uri, lab_site):
+    app = make_app(Context(Settings(shared_root=str(tmp_path), mongo_uri=mongo_uri)), [opeva_spool.api.sites])
+    with ThreadedServer(app) as http:
+        assert LAB in http.get("/sites").json()["sites"]
+        assert http.get(f"/schema/{LAB}").json()["timezone"] == LAB_SCHEMA["timezone"]
+        missing = http.get("/schema/nosuchsite")
+        assert missing.status == 404 and missing.headers["Content-Type"].startswith("application/json")
