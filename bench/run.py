@@ -54,9 +54,9 @@ from opeva_spool.spool import Entry, Spool  # noqa: E402
 SUBMIT_BODY = {"command": "true", "target_host": seeding.SEED_HOST, "job_name": "bench-submit",
                "submitted_by": "bench"}
 HEADERS = {"Content-Type": "application/json"}
-FULL = dict(sizes=(0, 10_000, 100_000), submit_one=1000, submit_each=250, to_running=40, status=1000,
+FULL = dict(sizes=(0, 10_000, 100_000), submit_one=1000, submit_each=250, to_running=30, status=1000,
             pages=200, claims=20_000, health=400, health_submit_each=300)
-QUICK = dict(sizes=(0, 10_000), submit_one=300, submit_each=80, to_running=15, status=300,
+QUICK = dict(sizes=(0, 10_000), submit_one=300, submit_each=80, to_running=10, status=300,
              pages=60, claims=4_000, health=150, health_submit_each=120)
 
 
@@ -125,9 +125,17 @@ def machine_facts(temp_root):
             mem_kb = int(handle.readline().split()[1])
     except (OSError, ValueError, IndexError):
         pass
-    return {"nproc": os.cpu_count(), "cpu_model": cpu, "kernel": platform.release(),
+    return {"nproc": os.cpu_count(), "loadavg": os.getloadavg(), "cpu_model": cpu, "kernel": platform.release(),
             "python": platform.python_version(), "temp_dir": temp_root, "temp_fs_type": fstype[0].strip(),
             "mem_total_mb": mem_kb // 1024, "platform": platform.platform()}
+
+
+def cpu_seconds(pid):
+    """(user, system) CPU seconds a process and its reaped children have used, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def vm_status(pid):
@@ -187,7 +195,7 @@ class ServerProcess:
             return
         out = os.path.join(self.profile, f"{name}.txt")
         self._spy = subprocess.Popen(["py-spy", "record", "-p", str(self.pid), "-d", str(int(seconds)), "-r", "250",
-                                      "--format", "raw", "--threads", "-o", out, "--nonblocking"],
+                                      "--format", "raw", "--threads", "--idle", "-o", out, "--nonblocking"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)  # let it attach
 
@@ -242,8 +250,12 @@ def _client_proc(port, kind, count, ids, barrier, queue, seed_value):
     queue.put({"lat": lat, "errors": errors, "t_start": t_start, "t_end": t_end, "created": created})
 
 
-def http_load(port, kind, clients, count_each, ids=(), during=None):
-    """Run ``clients`` processes; ``during(stop_event)`` runs in a thread while they do."""
+def http_load(port, kind, clients, count_each, ids=(), during=None, server_pid=None):
+    """Run ``clients`` processes; ``during(stop_event)`` runs in a thread while they do.
+
+    With ``server_pid``, the server's CPU time over the run is recorded too (user and system
+    ms per request): on 2 cores that tells CPU-bound (GIL) from waiting on the filesystem.
+    """
     ctx = multiprocessing.get_context("fork")
     barrier, queue = ctx.Barrier(clients + 1), ctx.Queue()
     procs = [ctx.Process(target=_client_proc, args=(port, kind, count_each, list(ids), barrier, queue, n))
@@ -251,6 +263,7 @@ def http_load(port, kind, clients, count_each, ids=(), during=None):
     for proc in procs:
         proc.start()
     barrier.wait()
+    cpu_before = cpu_seconds(server_pid) if server_pid else None
     stop = threading.Event()
     side = None
     if during is not None:
@@ -258,6 +271,7 @@ def http_load(port, kind, clients, count_each, ids=(), during=None):
         side = threading.Thread(target=lambda: side_result.update(during(stop)), daemon=True)
         side.start()
     results = [queue.get(timeout=600) for _ in procs]
+    cpu_after = cpu_seconds(server_pid) if server_pid else None
     stop.set()
     for proc in procs:
         proc.join(30)
@@ -271,6 +285,10 @@ def http_load(port, kind, clients, count_each, ids=(), during=None):
                created_sample=[j for r in results for j in r["created"]][:5])
     if side is not None:
         out["during"] = side_result
+    if cpu_before:
+        user, system = (cpu_after[i] - cpu_before[i] for i in (0, 1))
+        out["server_cpu"] = {"user_ms_per_req": 1000 * user / len(lat), "sys_ms_per_req": 1000 * system / len(lat),
+                             "cores_busy": (user + system) / wall if wall else None}
     return out
 
 
@@ -294,7 +312,8 @@ def health_prober(port, interval=0.01, limit=100000):
 
 # ----- submit -> claimed / running on the embedded worker -----------------------------------
 
-def submit_to_running(port, root, count, timeout=10.0):
+def submit_to_running(port, root, count, gap, timeout=10.0):
+    """One job at a time; the next is sent ``gap`` s after the previous one ended."""
     client = Client(port)
     body = {"command": "true", "target_host": "local", "job_name": "bench-latency", "submitted_by": "bench"}
     to_claim, to_running, to_end, misses = [], [], [], 0
@@ -326,10 +345,10 @@ def submit_to_running(port, root, count, timeout=10.0):
             continue
         to_claim.append(claimed - t_ok)
         to_running.append(running - t_ok)
-        time.sleep(0.02)  # let the runner release its slot before the next job
+        time.sleep(gap)
     client.close()
     return {"claimed": summary_ms(to_claim), "running": summary_ms(to_running), "ended": summary_ms(to_end),
-            "timeouts": misses, "jobs": count, "method": "client stats/reads jobs/<id>/attempts/1.json every 0.5 ms"}
+            "timeouts": misses, "jobs": count, "gap_s": gap, "method": "client stats/reads jobs/<id>/attempts/1.json every 0.5 ms"}
 
 
 # ----- claims racing over one spool -----------------------------------------------------------
@@ -530,34 +549,37 @@ def main(argv=None):
             try:
                 point = {}
                 server.spy(f"submit-1client-{n}", 60)
-                point["one"] = http_load(server.port, "submit", 1, cfg["submit_one"])
+                point["one"] = http_load(server.port, "submit", 1, cfg["submit_one"], server_pid=server.pid)
                 server.unspy()
                 server.spy(f"submit-8clients-{n}", 60)
-                point["eight"] = http_load(server.port, "submit", 8, cfg["submit_each"])
+                point["eight"] = http_load(server.port, "submit", 8, cfg["submit_each"], server_pid=server.pid)
                 server.unspy()
                 raw["submit"][str(n)] = point
                 log(f"submit at {n:,}: 1 client p50 {point['one']['p50_ms']:.2f} ms, "
                     f"8 clients {point['eight']['per_s']:.0f} jobs/s")
                 if n == sizes[0] or n == sizes[-1]:
-                    label = f"{n:,} jobs"
-                    server.spy(f"to-running-{n}", 60)
-                    raw["to_running"][label] = submit_to_running(server.port, root, cfg["to_running"])
-                    server.unspy()
-                    log(f"submit -> running at {label}: p50 {raw['to_running'][label]['running']['p50_ms']:.1f} ms")
+                    # Idle queue: the next job comes 0.7 s after the last ended (nothing left in the
+                    # watcher's pipeline). Back-to-back: 20 ms after, as on a busy queue.
+                    for mode, gap in (("idle queue", 0.7), ("back-to-back", 0.02)):
+                        label = f"{n:,} jobs, {mode}"
+                        server.spy(f"to-running-{n}-{mode.replace(' ', '-')}", 60)
+                        raw["to_running"][label] = submit_to_running(server.port, root, cfg["to_running"], gap)
+                        server.unspy()
+                        log(f"submit -> running at {label}: p50 {raw['to_running'][label]['running']['p50_ms']:.1f} ms")
                 if n == sizes[-1]:
                     raw["rss"] = {"after_start": vm_status(server.pid)}
                     ids = [job_id for job_id, _, _ in seeded["jobs"]] or ["missing"]
-                    raw["health_idle"] = http_load(server.port, "health", 1, 200)
+                    raw["health_idle"] = http_load(server.port, "health", 1, 200, server_pid=server.pid)
                     server.spy(f"status-{n}", 60)
-                    raw["status"] = http_load(server.port, "status", 1, cfg["status"], ids=ids)
+                    raw["status"] = http_load(server.port, "status", 1, cfg["status"], ids=ids, server_pid=server.pid)
                     server.unspy()
                     server.spy(f"jobs-page-{n}", 60)
-                    raw["jobs_page"] = http_load(server.port, "jobs", 1, cfg["pages"])
+                    raw["jobs_page"] = http_load(server.port, "jobs", 1, cfg["pages"], server_pid=server.pid)
                     server.unspy()
                     log(f"status p50 {raw['status']['p50_ms']:.2f} ms, /jobs p50 {raw['jobs_page']['p50_ms']:.2f} ms")
                     server.spy(f"health-under-load-{n}", 60)
                     raw["health_under_load"] = http_load(server.port, "submit", 8, cfg["health_submit_each"],
-                                                         during=health_prober(server.port))
+                                                         during=health_prober(server.port), server_pid=server.pid)
                     server.unspy()
                     log(f"/health under load p50 {raw['health_under_load']['during']['p50_ms']:.2f} ms")
                     raw["rss"]["after_load"] = vm_status(server.pid)

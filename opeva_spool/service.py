@@ -12,9 +12,9 @@ import uuid
 import yaml
 
 from . import fsio, jobs, names
-from .exceptions import BadRequest, Conflict, IllegalTransition, NotFound
+from .exceptions import BadRequest, Conflict, NotFound
 from .spool import DONE, QUEUED, RUNNING, Location
-from .states import JobState
+from .states import JobState, check_transition
 
 MAX_CONFIG_BYTES = 512 * 1024
 LOG_CHUNK = 64 * 1024
@@ -165,17 +165,16 @@ class JobService:
         record = self.record(job_id)
         state = self.index.state_of(record)
         if state == JobState.QUEUED:
+            check_transition(state, JobState.CANCELED)
             if self.spool.cancel_queued(record.entry):
                 self.index.place(Location(DONE, JobState.CANCELED.value), record.entry)
                 return {"message": f"job {job_id} canceled before it started", "status": JobState.CANCELED.value}
             record = self.index.resolve(record.entry.job_id)  # a host claimed it meanwhile
             state = self.index.state_of(record) if record else JobState.NOT_FOUND
-        if state.active:
-            self.spool.request_stop(record.entry.job_id, by)
-            return {"message": f"stop requested; host {record.host} stops job {job_id}", "status": state.value,
-                    "stop_requested": True}
-        raise IllegalTransition(f"job {job_id} is {state.value}; only queued or running jobs can be stopped",
-                                status=state.value, job_id=job_id)
+        check_transition(state, JobState.STOPPED)  # 409 unless dispatched or running
+        self.spool.request_stop(record.entry.job_id, by)
+        return {"message": f"stop requested; host {record.host} stops job {job_id}", "status": state.value,
+                "stop_requested": True}
 
     def delete(self, job_id, force=False):
         """Remove a job's entry and folder; a running job only with ``force`` (it is stopped)."""

@@ -27,7 +27,7 @@ from typing import NamedTuple
 from . import fsio, names
 from .exceptions import Conflict
 from .jobs import DATA_SUBDIRS, MAX_PRIORITY, JobFolder, JobSpec, utc_now
-from .states import TERMINAL_STATES, JobState
+from .states import TERMINAL_STATES, JobState, check_transition
 
 ENTRY_SUFFIX = ".json"
 QUEUED = "queued"
@@ -276,6 +276,8 @@ class Spool:
         folder = self.folder(entry.job_id)
         path = folder.attempt_record(entry.attempt)
         record = fsio.read_json_object(path) or {}
+        if record.get("state") not in (None, JobState(state).value):
+            check_transition(record["state"], state)  # an ended attempt is never rewritten
         record.update(details)
         record.update(job_id=entry.job_id, attempt=entry.attempt, host=host, agent_id=agent_id,
                       state=JobState(state).value, updated_at=utc_now())
@@ -364,9 +366,8 @@ class Spool:
         if fsio.rename_claim(src, dst) is False:
             return False
         record = self.read_attempt(entry) or {}
-        record.update(job_id=entry.job_id, attempt=entry.attempt, host=host, state=JobState.FAILED.value,
-                      reason=reason, ended_at=utc_now(), updated_at=utc_now())
-        fsio.atomic_write_json(self.folder(entry.job_id).attempt_record(entry.attempt), record)
+        self.write_attempt(entry, host, record.get("agent_id", ""), JobState.FAILED, reason=reason,
+                           ended_at=utc_now())
         return True
 
     # ----- delete and recovery ------------------------------------------------------------

@@ -50,5 +50,6 @@ class DirectoryWatcher:
 
     def stop(self):
         if self.observer.is_alive():
+            self.observer.unschedule_all()  # first, so no emitter queues events into a stopping observer
             self.observer.stop()
             self.observer.join(5)

@@ -1,0 +1,140 @@
+"""The job index over a real spool directory: paging, filters, and staying true without events."""
+
+import os
+
+import pytest
+
+from opeva_spool import fsio
+from opeva_spool.index import JobIndex
+from opeva_spool.jobs import build_spec
+from opeva_spool.spool import DONE, QUEUED, RUNNING, Entry, Location, Spool
+from opeva_spool.states import JobState
+
+
+@pytest.fixture
+def spool(tmp_path):
+    spool = Spool(str(tmp_path / "share"))
+    spool.ensure_layout()
+    return spool
+
+
+def publish(spool, count, target="gpu-a", prefix="j"):
+    entries = []
+    for i in range(count):
+        spec = build_spec({"command": "true", "target_host": target}, [target], "", None, job_id=f"{prefix}{i:03d}")
+        entries.append(spool.publish(spec))
+    return entries
+
+
+def test_pages_are_newest_first_and_cursor_continues_without_gaps(spool):
+    entries = publish(spool, 25)
+    index = JobIndex(spool)
+    index.sync()
+    seen, after = [], None
+    while True:
+        records, after, total = index.page(limit=7, after=after)
+        assert total == 25
+        seen.extend(record.entry.job_id for record in records)
+        if after is None:
+            break
+    assert seen == [entry.job_id for entry in reversed(entries)]
+    records, _, _ = index.page(limit=5, offset=20)
+    assert [record.entry.job_id for record in records] == [entry.job_id for entry in reversed(entries[:5])]
+
+
+def test_status_and_host_filters(spool):
+    entries = publish(spool, 6)
+    publish(spool, 2, target="gpu-b", prefix="b")
+    os.makedirs(spool.running_dir("gpu-a"))
+    assert spool.claim(entries[0], "gpu-a", "agent-1")  # dispatched (no running record yet)
+    assert spool.claim(entries[1], "gpu-a", "agent-1")
+    spool.write_attempt(entries[1], "gpu-a", "agent-1", JobState.RUNNING)
+    assert spool.cancel_queued(entries[2])
+    index = JobIndex(spool)
+    index.sync()
+
+    def ids(**filters):
+        return sorted(record.entry.job_id for record in index.page(limit=100, **filters)[0])
+
+    assert ids(status=JobState.RUNNING) == ["j001"]
+    assert ids(status=JobState.DISPATCHED) == ["j000"]
+    assert ids(status=JobState.CANCELED) == ["j002"]
+    assert ids(status=JobState.QUEUED) == ["b000", "b001", "j003", "j004", "j005"]
+    assert ids(status=JobState.QUEUED, host="gpu-b") == ["b000", "b001"]
+    assert ids(host="gpu-a") == ["j000", "j001", "j002", "j003", "j004", "j005"]
+    assert index.page(status=JobState.FINISHED)[0] == []
+
+
+def test_moves_made_behind_the_index_are_found_without_events(spool):
+    entry = publish(spool, 1)[0]
+    index = JobIndex(spool)
+    index.sync()
+    os.makedirs(spool.running_dir("gpu-a"))
+    spool.claim(entry, "gpu-a", "agent-1")  # no event reaches this index
+    record = index.get(entry.job_id)  # get() notices the entry left queued/
+    assert record.location == Location(RUNNING, "gpu-a")
+    spool.write_attempt(entry, "gpu-a", "agent-1", JobState.RUNNING)
+    spool.finish(entry, "gpu-a", "agent-1", JobState.FINISHED, exit_code=0)
+    assert index.state_of(index.get(entry.job_id)) == JobState.FINISHED
+    assert index.get(entry.job_id).location == Location(DONE, "finished")
+    assert index.get(entry.job_id).host == "gpu-a"
+
+
+def test_sync_drops_deleted_jobs_and_adds_new_ones(spool):
+    first, second = publish(spool, 2)
+    index = JobIndex(spool)
+    index.sync()
+    os.unlink(os.path.join(spool.queued_dir, first.name))
+    third = publish(spool, 1, prefix="k")[0]
+    index.sync(include_done=False)
+    assert first.job_id not in index and second.job_id in index and third.job_id in index
+
+
+def test_superseded_attempt_moving_late_does_not_override_the_requeued_entry(spool):
+    entry = publish(spool, 1)[0]
+    index = JobIndex(spool)
+    index.sync()
+    os.makedirs(spool.running_dir("gpu-a"))
+    spool.claim(entry, "gpu-a", "agent-1")
+    requeued = spool.requeue(entry, "gpu-a")
+    index.place(Location(QUEUED), requeued)
+    # The stale owner tries to finish attempt 1: its rename finds nothing to move.
+    assert not spool.finish(entry, "gpu-a", "agent-1", JobState.FAILED)
+    index.place(Location(DONE, "failed"), entry)  # a stale event for the old name
+    record = index.get(entry.job_id)
+    assert record.entry.attempt == 2 and index.state_of(record) == JobState.QUEUED
+
+
+def test_entry_names_round_trip_and_sort_in_dispatch_order():
+    entries = [Entry(5, 200, "any", 1, "late-high"), Entry(5, 100, "gpu-a", 2, "early-high.x_y"),
+               Entry(-3, 50, "any", 1, "low"), Entry(0, 300, "node-1.lab", 1, "mid")]
+    for entry in entries:
+        assert Entry.parse(entry.name) == entry
+    order = [Entry.parse(name).job_id for name in sorted(entry.name for entry in entries)]
+    assert order == ["early-high.x_y", "late-high", "mid", "low"]
+    for junk in ["x.json", "1_2_3.json", ".000_1_any_001_j.json", "000_1_any_001_../x.json", "000_a_any_001_j.json"]:
+        assert Entry.parse(junk) is None
+
+
+def test_claim_after_an_ambiguous_rename_is_decided_by_the_attempt_record(spool):
+    first, second = publish(spool, 2)
+    os.makedirs(spool.running_dir("gpu-a"))
+    # Another agent of this host claimed first: the source is gone, the target exists with its record.
+    assert spool.claim(first, "gpu-a", "agent-1")
+    assert not spool.claim(first, "gpu-a", "agent-2")
+    # A rename whose reply was lost (NFS) moved it but reported ENOENT: no record yet, so it is ours.
+    os.rename(os.path.join(spool.queued_dir, second.name), os.path.join(spool.running_dir("gpu-a"), second.name))
+    assert spool.claim(second, "gpu-a", "agent-2")
+    assert fsio.read_json_object(spool.folder(second.job_id).attempt_record(1))["agent_id"] == "agent-2"
+
+
+def test_an_ended_attempt_record_is_never_rewritten(spool):
+    entry = publish(spool, 1)[0]
+    os.makedirs(spool.running_dir("gpu-a"))
+    spool.claim(entry, "gpu-a", "agent-1")
+    spool.write_attempt(entry, "gpu-a", "agent-1", JobState.RUNNING)
+    spool.finish(entry, "gpu-a", "agent-1", JobState.FINISHED, exit_code=0)
+    with pytest.raises(Exception) as raised:
+        spool.write_attempt(entry, "gpu-a", "probe", JobState.FAILED, reason="late probe")
+    assert raised.value.status == 409
+    assert fsio.read_json_object(spool.folder(entry.job_id).attempt_record(1))["state"] == "finished"
