@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -33,12 +34,29 @@ def cmd_serve(args):
         job = server.submit_demo()
         log.info("demo job %s queued; follow it at http://%s:%s/status/%s", job["job_id"], settings.bind,
                  settings.port, job["job_id"])
+        threading.Thread(target=_narrate, args=(server, job["job_id"]), daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: server.close())
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         server.close()
     return 0
+
+
+def _narrate(server, job_id):
+    """Log the demo job's state and progress as they change, then its result."""
+    last = None
+    while not server.stopping.is_set():
+        status = server.jobs.status(job_id)["status"]
+        progress = server.jobs.progress(job_id)
+        shown = (status, int(progress.get("progress_pct", 0) // 10))
+        if shown != last:
+            log.info("demo job: %s, progress %s%%", status, progress.get("progress_pct", 0))
+            last = shown
+        if status in ("finished", "failed", "stopped", "canceled"):
+            log.info("demo job result: %s", json.dumps(server.jobs.result(job_id)))
+            return
+        time.sleep(0.2)
 
 
 def cmd_agent(args):

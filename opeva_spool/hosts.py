@@ -5,10 +5,14 @@ with an increasing counter. Readers never compare the timestamps in it with thei
 clock: the server notes when *it* saw the (boot_id, counter) pair change, on its own
 monotonic clock, and judges a host online, suspect or offline from that age alone.
 
-The agent's side of the lease: if it has not managed to rewrite its heartbeat for
-``lease_seconds`` (half the server's offline threshold), it stops its jobs and claims
-nothing, so by the time the server calls it offline and requeues its jobs, the old
-attempts are already dead: two live attempts of one job never overlap.
+The agent's side of the lease (docs/guarantees.md has the timeline): an agent that has
+not rewritten its heartbeat for ``lease_seconds`` (half the offline threshold) claims
+nothing and stops its jobs; since it may be too frozen to do so, a guard process
+(runtimes/guard.py) that watches the same file ends them on its own clock, SIGTERM at
+the lease and SIGKILL ``grace`` later. lease + grace <= 3/4 of ``offline_after``; the
+last quarter absorbs the guard's polling and the share's attribute caching. So by the
+time the server calls the host offline and requeues its jobs, the old attempts are
+dead: two live attempts of one job never overlap.
 """
 
 import logging
@@ -32,14 +36,23 @@ def boot_id():
         return "unknown"
 
 
+def lease_times(settings):
+    """(lease, grace) for an agent with these settings: see the module docstring."""
+    lease = settings.offline_after / 2
+    return lease, min(settings.stop_grace, settings.offline_after / 4)
+
+
 class HeartbeatWriter:
     def __init__(self, spool, agent):
         self.spool = spool
         self.agent = agent
         self.counter = 0
         self.boot_id = boot_id()
-        self.lease_seconds = agent.settings.offline_after / 2
+        self.lease_seconds, self.grace = lease_times(agent.settings)
         self.last_written = time.monotonic()
+        # How often the lease has lapsed. An attempt started under an earlier count may have been
+        # killed by its guard meanwhile (an agent that was frozen wakes up to a lapsed lease).
+        self.lapses = 0
 
     def document(self):
         agent = self.agent
@@ -60,8 +73,25 @@ class HeartbeatWriter:
             "interval": agent.settings.heartbeat_interval,
         }
 
+    def lease_expired(self):
+        """True while the heartbeat has not reached the share for longer than the lease.
+
+        Computed from the last success, not kept as a flag by the writing thread: that
+        thread may itself be stuck in a write to an unreachable hard-mounted share.
+        """
+        return time.monotonic() - self.last_written > self.lease_seconds
+
+    def lease_broken(self, since):
+        """True if the lease has lapsed now or at any time after lapse count ``since``."""
+        # Order matters against beat(): it counts the lapse before it renews last_written,
+        # so reading the expiry first and the count second never misses a lapse.
+        expired = self.lease_expired()
+        return expired or self.lapses != since
+
     def beat(self):
         """Write one heartbeat; returns True if it reached the share."""
+        if self.lease_expired():
+            self.lapses += 1
         self.counter += 1
         try:
             # No fsync: a lost heartbeat is replaced by the next one.
@@ -75,11 +105,11 @@ class HeartbeatWriter:
     def run(self):
         agent = self.agent
         while not agent.stopping.is_set():
-            written = self.beat()
-            lost = not written and time.monotonic() - self.last_written > self.lease_seconds
-            if lost != agent.lease_lost:
-                log.warning("%s lease %s", agent.host, "lost: stopping its jobs" if lost else "regained")
-                agent.lease_lost = lost
+            lapses = self.lapses
+            if not self.beat() and self.lease_expired():
+                log.warning("%s cannot renew its lease: its jobs are being stopped", agent.host)
+            elif self.lapses != lapses:
+                log.warning("%s renewed a lapsed lease: its jobs were stopped and go back to the queue", agent.host)
                 agent.wake.set()
             agent.stopping.wait(agent.settings.heartbeat_interval)
 

@@ -18,7 +18,7 @@ DEFAULT_SHARED_ROOT = "/opt/opeva_shared_data"
 DEFAULT_BIND = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_HOSTS = ("local",)
-DEFAULT_IMAGE = "calof/opeva_simulator:latest"
+DEFAULT_IMAGE = "opeva-simulator:latest"  # set default_image to your training image
 # Formatted with job_id, config_path (absolute, as the runtime sees it) and config_file.
 DEFAULT_DOCKER_COMMAND = "--config {config_path} --job_id {job_id}"
 DEFAULT_PROCESS_COMMAND = "{python} -m opeva_spool.demo --config {config_path} --job_id {job_id}"

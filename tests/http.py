@@ -136,11 +136,21 @@ class ThreadedServer:
         self.server = waitress.server.create_server(app, host="127.0.0.1", port=0, threads=8)
         self.port = self.server.effective_port
         self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.closing = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.server.run()
+        except (OSError, ValueError):
+            if not self.closing:  # closing the sockets under the loop makes it raise: expected
+                raise
 
     def __enter__(self):
         self.thread.start()
         return HttpClient(self.url)
 
     def __exit__(self, *exc):
+        self.closing = True
         self.server.close()
+        self.thread.join(5)

@@ -8,4 +8,4 @@ def make_runtime(settings):
         return DockerRuntime(settings)
     from .process import ProcessRuntime
 
-    return ProcessRuntime(settings.shared_root)
+    return ProcessRuntime(settings.shared_root, settings.lock_dir)

@@ -13,6 +13,16 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class Lease:
+    """What a guard needs to end an attempt once its agent stops renewing the heartbeat (see guard.py)."""
+
+    heartbeat_path: str
+    seconds: float  # no heartbeat change for this long: SIGTERM
+    grace: float  # then SIGKILL this much later; seconds + grace stays well under offline_after
+    agent_id: str = ""
+
+
+@dataclass
 class Launch:
     job_id: str
     attempt: int
@@ -23,6 +33,7 @@ class Launch:
     image: str = ""
     gpus: tuple = ()  # the specific GPU ids the agent assigned to this attempt
     labels: dict = field(default_factory=dict)
+    lease: Lease = None  # None: no guard (a runtime used on its own, as in its tests)
 
     def argv(self):
         if isinstance(self.command, str):
@@ -89,9 +100,17 @@ class Runtime(abc.ABC):
         """Executions of this host left by an earlier incarnation of the agent.
 
         Returns ``{(job_id, attempt): Execution}``. A runtime that cannot re-attach
-        returns {} and the agent fails those attempts instead.
+        makes sure none of them still runs and returns {}; the agent then requeues or
+        fails those attempts.
         """
         return {}
+
+    def guard_host(self, host, lease):
+        """Start whatever outlives a frozen agent to end this host's jobs when ``lease`` lapses.
+
+        Returns a Popen-like object or None (a runtime that guards each attempt instead).
+        """
+        return None
 
     def check(self):
         """None if the runtime is usable, else a sentence saying why not (for /health)."""

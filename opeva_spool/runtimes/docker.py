@@ -17,6 +17,8 @@ without rotation, whatever the daemon's default.
 import logging
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -306,6 +308,22 @@ class DockerRuntime(Runtime):
                 log.warning("cannot remove the failed container %s", spec["name"])
             raise RuntimeFailure("start_failed", f"cannot start container {spec['name']}: {_explain(exc)}") from None
         return DockerExecution(container, launch.log_path)
+
+    def guard_host(self, host, lease):
+        """The containers guard (guard.py): kills this host's containers if the lease lapses.
+
+        Its own session, so a signal to the agent's process group (Ctrl-C, systemd's
+        KillMode=mixed) does not reach it, and stdout/stderr go to the agent's, so its
+        kills appear in the agent's log (journald).
+        """
+        env = dict(os.environ)
+        package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_parent, env.get("PYTHONPATH"))))
+        argv = [sys.executable, "-m", "opeva_spool.runtimes.guard", "containers",
+                "--heartbeat", lease.heartbeat_path, "--lease", str(lease.seconds), "--grace", str(lease.grace),
+                "--host", host, "--agent-id", lease.agent_id, "--agent-pid", str(os.getpid()),
+                "--docker-host", self.settings.docker_host or os.environ.get("DOCKER_HOST", "")]
+        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
     def adopt(self, host):
         found = {}

@@ -1,10 +1,19 @@
-"""The process runtime: a job's command as a subprocess of the agent."""
+"""The process runtime: a job's command as a subprocess of the agent, under a lease guard.
+
+With a lease, the command runs under the guard (``runtimes/guard.py process``),
+which leads the attempt's session and process group and kills the group when the
+agent's heartbeat stops changing (a frozen or dead agent): see guard.py.
+"""
 
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 
 from ..exceptions import RuntimeFailure
+from . import guard
 from .base import Execution, Runtime
 
 
@@ -35,8 +44,13 @@ class ProcessExecution(Execution):
 class ProcessRuntime(Runtime):
     name = "process"
 
-    def __init__(self, shared_root):
+    def __init__(self, shared_root, lock_dir=""):
         self.job_root = shared_root
+        self.lock_dir = lock_dir or tempfile.gettempdir()
+
+    def guard_dir(self, host):
+        """Local-disk dir of the attempt locks that guards hold (see guard.reap)."""
+        return os.path.join(self.lock_dir, f"opeva-spool-{host}.attempts")
 
     def start(self, launch):
         env = dict(os.environ)
@@ -44,6 +58,17 @@ class ProcessRuntime(Runtime):
         argv = launch.argv()
         if not argv:
             raise RuntimeFailure("bad_command", "the job's command is empty")
+        # Checked here because under a guard the exec happens in the guard's child, too late to refuse.
+        if shutil.which(argv[0], path=env.get("PATH")) is None:
+            raise RuntimeFailure("bad_command", f"cannot run {argv[0]!r}: not found or not executable")
+        if launch.lease is not None:
+            lease = launch.lease
+            lock = os.path.join(self.guard_dir(launch.host), f"{launch.job_id}.{launch.attempt}.lock")
+            # Run as an isolated script, not with -m: the process form needs only the standard library,
+            # so the job's environment stays exactly what was asked for (no PYTHONPATH of ours).
+            argv = [sys.executable, "-I", guard.__file__, "process",
+                    "--heartbeat", lease.heartbeat_path, "--lease", str(lease.seconds),
+                    "--grace", str(lease.grace), "--lock", lock, "--", *argv]
         with open(launch.log_path, "ab") as log:
             try:
                 popen = subprocess.Popen(
@@ -58,3 +83,9 @@ class ProcessRuntime(Runtime):
             except OSError as exc:
                 raise RuntimeFailure("bad_command", f"cannot run {argv[0]!r}: {exc.strerror}") from None
         return ProcessExecution(popen)
+
+    def adopt(self, host):
+        # A process attempt cannot be re-attached (it was the dead agent's child): make sure
+        # none still runs before the agent requeues them, or the next attempt would overlap it.
+        guard.reap(self.guard_dir(host))
+        return {}
