@@ -19,7 +19,7 @@ import filelock
 from . import fsio, hosts
 from .exceptions import RuntimeFailure
 from .jobs import ANY_HOST, utc_now
-from .runtimes.base import Launch
+from .runtimes.base import Launch, Lease
 from .spool import QUEUED, RUNNING, Entry, Location
 from .states import JobState
 from .watching import DirectoryWatcher
@@ -58,6 +58,7 @@ class Runner(threading.Thread):
         self.agent, self.entry, self.spec, self.gpus = agent, entry, spec, gpus
         self.execution = execution  # given when re-attached after an agent restart
         self.stop_event = threading.Event()
+        self.lease_epoch = agent.heartbeat.lapses  # a lapse after this may have killed the job (guard)
 
     def run(self):
         agent, entry = self.agent, self.entry
@@ -90,7 +91,8 @@ class Runner(threading.Thread):
                 self.execution = agent.runtime.start(agent.launch_for(entry, self.spec, folder.log, self.gpus))
             except RuntimeFailure as failure:
                 agent.note(folder.log, f"cannot start: {failure.detail}")
-                return self._finish(JobState.FAILED, {"reason": failure.reason, "error": failure.detail})
+                return self._finish(JobState.FAILED, {"reason": failure.reason, "error": failure.detail,
+                                                      "gpus": list(self.gpus)})
             agent.spool.write_attempt(entry, agent.host, agent.agent_id, JobState.RUNNING,
                                       started_at=utc_now(), runtime=agent.runtime.name, gpus=list(self.gpus),
                                       **self.execution.describe())
@@ -104,19 +106,37 @@ class Runner(threading.Thread):
                 execution.release()
                 if code == 0:
                     return self._finish(JobState.FINISHED, {"exit_code": code})
+                if agent.heartbeat.lease_broken(self.lease_epoch):
+                    # Race: this agent was frozen past its lease and its guard killed the job;
+                    # the exit code is the guard's doing, not the job's failure.
+                    self._note_if_current(folder, f"lease_lost: the guard ended the job, exit code {code}")
+                    return self._after_stop("lease_lost", code)
                 return self._finish(JobState.FAILED, {"exit_code": code, "reason": "exit_code",
                                                       "error": f"the job exited with code {code}"})
             reason = self.stop_reason()
             if reason == "agent_shutdown" and agent.runtime.survives_agent:
                 return execution.detach()  # the restarted agent re-attaches (Runtime.adopt)
             if reason:
-                code = execution.stop(agent.settings.stop_grace)
+                # Without a lease the job must be dead before the server's offline threshold.
+                grace = agent.heartbeat.grace if reason == "lease_lost" else agent.settings.stop_grace
+                code = execution.stop(grace)
                 execution.release()
                 # Noted only once it ended: while it runs, the runtime is the log's only writer.
-                agent.note(folder.log, f"{reason}: stopped with SIGTERM (SIGKILL after "
-                                       f"{agent.settings.stop_grace:g}s), exit code {code}")
+                self._note_if_current(folder, f"{reason}: stopped with SIGTERM (SIGKILL after {grace:g}s), "
+                                              f"exit code {code}")
                 return self._after_stop(reason, code)
             self.stop_event.wait(POLL_SECONDS)
+
+    def _note_if_current(self, folder, message):
+        """Note in the log only while this attempt still owns the job.
+
+        Once the job was requeued, logs/<id>.log belongs to the next attempt (which moved
+        this attempt's log aside), and a second writer would corrupt it. The check and
+        the write are not atomic, but the next attempt needs a scan, a claim and a start
+        in between, and the note is only a courtesy.
+        """
+        if self.agent.owns(self.entry):
+            self.agent.note(folder.log, message)
 
     def _after_stop(self, reason, code):
         agent, entry = self.agent, self.entry
@@ -130,11 +150,11 @@ class Runner(threading.Thread):
 
     def stop_reason(self):
         agent, entry = self.agent, self.entry
-        if agent.lease_lost:
+        if agent.heartbeat.lease_broken(self.lease_epoch):
             return "lease_lost"
         if agent.spool.stop_requested(entry.job_id):
             return "stop_requested"
-        if not os.path.exists(os.path.join(agent.spool.running_dir(agent.host), entry.name)):
+        if not agent.owns(entry):
             return "entry_removed"
         if agent.stopping.is_set():
             return "agent_shutdown"
@@ -154,7 +174,7 @@ class Agent:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.drain_signaled = False
-        self.lease_lost = False
+        self.guard = None  # the runtime's host guard process, if it has one (Docker)
         self._runners = {}
         self._lock = threading.Lock()
         self._threads = []
@@ -166,17 +186,29 @@ class Agent:
     def start(self):
         self.spool.ensure_layout()
         fsio.makedirs(self.spool.running_dir(self.host))
+        # Beat before starting the host guard: it takes the first heartbeat carrying this agent's
+        # id as its own, and a different id seen later as a successor taking over. The lease
+        # is renewed from here on, so a slow recovery does not count as a lapse.
+        self.heartbeat.beat()
+        self.guard = self.runtime.guard_host(self.host, self.lease())
+        self._thread(self.heartbeat.run)
         self.recovered = self.recover()
         self.watcher.watch(self.spool.queued_dir, lambda _path: self.wake.set())
         self.watcher.start()
-        for target in (self._claim_loop, self.heartbeat.run):
-            thread = threading.Thread(target=target, name=f"agent-{self.host}-{target.__name__}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._thread(self._claim_loop)
         return self
 
+    def _thread(self, target):
+        thread = threading.Thread(target=target, name=f"agent-{self.host}-{target.__name__}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
     def shutdown(self, timeout=None):
-        """Stop claiming and end this agent's threads; running jobs are stopped and requeued."""
+        """Stop claiming and end this agent's threads; running jobs are stopped and requeued.
+
+        Containers (survives_agent) are left running for the restarted agent to adopt. The
+        host guard stays too: if no successor renews the lease in time, it kills them.
+        """
         self.stopping.set()
         self.wake.set()
         self.watcher.stop()
@@ -258,7 +290,7 @@ class Agent:
 
     def claim_ready(self):
         """Claim queued jobs for this host (or any host) while there is room, in queue order."""
-        if self.draining or self.lease_lost:
+        if self.draining or self.heartbeat.lease_expired():
             return
         for name in sorted(fsio.listdir(self.spool.queued_dir)):
             if self.stopping.is_set() or len(self.runners()) >= self.capacity:
@@ -295,7 +327,15 @@ class Agent:
             return None
         return tuple(free[:count])
 
+    def owns(self, entry):
+        """True while ``entry`` is in this host's running/ (not requeued, reclaimed or deleted)."""
+        return os.path.exists(os.path.join(self.spool.running_dir(self.host), entry.name))
+
     # ----- what a job gets ----------------------------------------------------------------
+
+    def lease(self):
+        return Lease(heartbeat_path=self.spool.heartbeat_path(self.host), seconds=self.heartbeat.lease_seconds,
+                     grace=self.heartbeat.grace, agent_id=self.agent_id)
 
     def launch_for(self, entry, spec, log_path, gpus):
         root = self.runtime.job_root
@@ -314,7 +354,8 @@ class Agent:
             **spec.env,
         }
         return Launch(job_id=spec.job_id, attempt=entry.attempt, host=self.host, command=command, env=env,
-                      log_path=log_path, image=spec.image or self.settings.default_image, gpus=gpus)
+                      log_path=log_path, image=spec.image or self.settings.default_image, gpus=gpus,
+                      lease=self.lease())
 
     def note(self, log_path, message):
         """A line of ours in the job's log (the agent is that file's writer)."""

@@ -29,34 +29,37 @@ def temp_name(directory, base):
     return os.path.join(directory, f".{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def atomic_write_bytes(path, data, durable=True):
-    """Replace ``path`` with ``data`` atomically; ``durable=False`` skips fsync (progress, heartbeats)."""
-    directory, base = os.path.split(path)
-    tmp = temp_name(directory, base)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if durable:
-                # NFS reports write errors at fsync/close: both raise here, before the rename.
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if durable:
-        fsync_dir(directory)
-
-
-def write_new_durable(path, data):
-    """Write a new file in a private directory (staging) and fsync it; no temp name needed."""
+def write_new(path, data, durable=True):
+    """Create ``path``, which must not exist, with ``data`` (in place: for private dirs and temps)."""
     with open(path, "xb") as handle:
         handle.write(data)
         handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            # NFS reports write errors at fsync/close: both raise here, before any rename or link.
+            os.fsync(handle.fileno())
+
+
+def _write_temp(path, data, durable):
+    """Write ``data`` to a fresh temp file beside ``path``; returns the temp's path."""
+    directory, base = os.path.split(path)
+    tmp = temp_name(directory, base)
+    write_new(tmp, data, durable)
+    return tmp
+
+
+def atomic_write_bytes(path, data, durable=True):
+    """Replace ``path`` with ``data`` atomically; ``durable=False`` skips fsync (progress, heartbeats)."""
+    directory = os.path.dirname(path)
+    tmp = None
+    try:
+        tmp = _write_temp(path, data, durable)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp:
+            _unlink_quietly(tmp)
+        raise
+    if durable:
+        fsync_dir(directory)
 
 
 def json_bytes(obj):
@@ -69,20 +72,19 @@ def atomic_create_bytes(path, data):
     A hard link of a complete temp file is atomic and exclusive, also on NFS, where
     O_EXCL on the final name would expose a half-written file.
     """
-    directory, base = os.path.split(path)
-    tmp = temp_name(directory, base)
+    tmp = _write_temp(path, data, durable=True)
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.link(tmp, path)
     finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-    fsync_dir(directory)
+        _unlink_quietly(tmp)
+    fsync_dir(os.path.dirname(path))
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def atomic_write_json(path, obj, durable=True):

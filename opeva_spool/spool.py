@@ -198,11 +198,10 @@ class Spool:
             os.mkdir(folder_stage)
             for sub in DATA_SUBDIRS:
                 os.mkdir(os.path.join(folder_stage, sub))
-            with open(os.path.join(folder_stage, "job_info.json"), "xb") as handle:
-                handle.write(fsio.json_bytes(spec.job_info()))
+            fsio.write_new(os.path.join(folder_stage, "job_info.json"), fsio.json_bytes(spec.job_info()), durable=False)
             entry = Entry(spec.priority, time.time_ns(), spec.target_host, 1, spec.job_id)
             entry_stage = os.path.join(stage, entry.name)
-            fsio.write_new_durable(entry_stage, fsio.json_bytes(spec.to_dict()))
+            fsio.write_new(entry_stage, fsio.json_bytes(spec.to_dict()))
             if config_text is not None:
                 self.write_config(spec.config_file, config_text, mode=config_mode)
             try:

@@ -36,7 +36,23 @@ def _encode(body, json_body):
     return body or b"", "application/octet-stream"
 
 
-class WsgiClient:
+class Verbs:
+    """get/post/put/delete over a ``request(method, url, **kw)``."""
+
+    def get(self, url, **kw):
+        return self.request("GET", url, **kw)
+
+    def post(self, url, **kw):
+        return self.request("POST", url, **kw)
+
+    def put(self, url, **kw):
+        return self.request("PUT", url, **kw)
+
+    def delete(self, url, **kw):
+        return self.request("DELETE", url, **kw)
+
+
+class WsgiClient(Verbs):
     """Calls the WSGI app in this process: fast, and exceptions surface in the test."""
 
     def __init__(self, app):
@@ -78,20 +94,8 @@ class WsgiClient:
                 chunks.close()
         return Response(captured["status"], captured["headers"], body)
 
-    def get(self, url, **kw):
-        return self.request("GET", url, **kw)
 
-    def post(self, url, **kw):
-        return self.request("POST", url, **kw)
-
-    def put(self, url, **kw):
-        return self.request("PUT", url, **kw)
-
-    def delete(self, url, **kw):
-        return self.request("DELETE", url, **kw)
-
-
-class HttpClient:
+class HttpClient(Verbs):
     """Talks to a real server over TCP with urllib."""
 
     def __init__(self, base_url):
@@ -109,18 +113,6 @@ class HttpClient:
                 return Response(resp.status, dict(resp.headers), resp.read())
         except urllib.error.HTTPError as err:
             return Response(err.code, dict(err.headers), err.read())
-
-    def get(self, url, **kw):
-        return self.request("GET", url, **kw)
-
-    def post(self, url, **kw):
-        return self.request("POST", url, **kw)
-
-    def put(self, url, **kw):
-        return self.request("PUT", url, **kw)
-
-    def delete(self, url, **kw):
-        return self.request("DELETE", url, **kw)
 
 
 def free_port():

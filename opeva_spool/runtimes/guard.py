@@ -10,7 +10,7 @@ SIGKILL ``grace`` seconds later. The agent sets lease + grace well below
 
 Two forms:
 
-``python -m opeva_spool.runtimes.guard process --heartbeat F --lease S --grace G --lock L -- ARGV``
+``python -I .../runtimes/guard.py process --heartbeat F --lease S --grace G --lock L -- ARGV``
     Wraps one attempt of the process runtime. The guard leads the attempt's session
     and process group; the job runs in that group, so the agent's ``killpg`` reaches
     both, and the guard's own kill reaches every process of the attempt. The guard
@@ -122,6 +122,9 @@ def run_process(args):
     while True:
         pid, status = os.waitpid(child, os.WNOHANG)
         if pid:
+            # Its job is over: the lock file goes (a daemon the job left behind in the group
+            # keeps the unlinked lock; reap only looks for attempts that never ended).
+            os.unlink(args.lock)
             return exit_like(status)
         if terminated_at is None and clock.age() > args.lease:
             say(f"the agent's heartbeat has not changed for {clock.age():.1f}s (lease {args.lease:g}s): "
@@ -207,10 +210,12 @@ def run_containers(args):
     clock = HeartbeatClock(args.heartbeat)
     label = {"label": f"{LABEL_HOST}={args.host}"}
     lapsed_at = None
+    seen_own = False
     while True:
         time.sleep(POLL_SECONDS)
-        successor = (clock.doc or {}).get("agent_id")
-        if successor and successor != args.agent_id:
+        writer = (clock.doc or {}).get("agent_id")
+        seen_own = seen_own or writer == args.agent_id
+        if seen_own and writer != args.agent_id:
             return 0  # a new agent of this host took over, with its own guard
         if clock.age() <= args.lease:
             lapsed_at = None
