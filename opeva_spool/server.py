@@ -16,7 +16,9 @@ from .api import system as system_api
 from .hosts import LivenessMonitor
 from .inbox import Inbox
 from .index import JobIndex
+from .runtimes import make_runtime
 from .runtimes.process import ProcessRuntime
+from .sitedata.mongo import SiteData
 from .service import JobService
 from .spool import DONE, QUEUED, RUNNING, TERMINAL_DIRS, Entry, Location, Spool
 from .watching import DirectoryWatcher
@@ -29,28 +31,13 @@ FULL_SCAN_EVERY = 12
 WAITRESS_THREADS = 8
 
 
-def dependency_checks(settings):
+def dependency_checks(settings, sitedata):
     """Reachability checks for /health, only for what is configured."""
     checks = {}
     if settings.mongo_uri:
-        def mongodb():
-            import pymongo
-
-            client = pymongo.MongoClient(settings.mongo_uri, serverSelectionTimeoutMS=settings.mongo_timeout_ms,
-                                         connectTimeoutMS=settings.mongo_timeout_ms)
-            try:
-                client.admin.command("ping")
-            finally:
-                client.close()
-
-        checks["mongodb"] = mongodb
+        checks["mongodb"] = sitedata.mongo.ping
     if settings.runtime == "docker" or settings.docker_host:
-        def docker_engine():
-            from .runtimes.docker import DockerRuntime
-
-            return DockerRuntime(settings).check()
-
-        checks["docker"] = docker_engine
+        checks["docker"] = make_runtime(settings).check
     return checks
 
 
@@ -68,8 +55,9 @@ class Server:
         self.monitor = LivenessMonitor(self.spool, settings.hosts, settings.offline_after,
                                        on_requeue=lambda entry, host: self.index.resolve(entry.job_id))
         self.inbox = Inbox(self.spool, self.jobs)
+        sitedata = SiteData(settings)
         ctx = api_app.Context(settings, spool=self.spool, index=self.index, jobs=self.jobs, monitor=self.monitor,
-                              dependency_checks=dependency_checks(settings))
+                              sitedata=sitedata, dependency_checks=dependency_checks(settings, sitedata))
         self.app = api_app.make_app(ctx, [jobs_api, configs_api, system_api, sites_api])
         self.agent = None
         if settings.embedded_worker:

@@ -68,6 +68,11 @@ class Mongo:
         except pymongo.errors.PyMongoError as exc:
             raise Unavailable(f"MongoDB failed the request: {exc}") from None
 
+    def ping(self):
+        """None if MongoDB answers; raises Unavailable otherwise (for /health)."""
+        with self.session():
+            self.client().admin.command("ping")
+
     def sites(self):
         with self.session():
             return sorted(n for n in self.client().list_database_names() if n not in SYSTEM_DATABASES)
