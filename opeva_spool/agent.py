@@ -17,7 +17,7 @@ import uuid
 import filelock
 
 from . import fsio, hosts
-from .exceptions import RuntimeFailure
+from .exceptions import Conflict, RuntimeFailure
 from .jobs import ANY_HOST, utc_now
 from .runtimes.base import Launch, Lease
 from .spool import QUEUED, RUNNING, Entry, Location
@@ -29,24 +29,29 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2  # how often a runner checks its execution and stop requests
 
 
-class HostLock:
-    """Serializes claims among this host's agent processes.
+class HostPresence:
+    """One agent per host name on a machine, held for the agent's lifetime.
 
-    flock is not forwarded across NFS (or sshfs) hosts, so the lock file lives on local
-    disk and only coordinates processes of one host; exclusion between hosts comes from
-    the atomic rename in Spool.claim.
+    The lock file lives on local disk: flock is not forwarded across NFS (or sshfs)
+    hosts, so it only excludes processes of this machine; exclusion between hosts comes
+    from the atomic rename in Spool.claim. Being alone on its host is what lets an agent
+    starting up treat everything in its running/ as its dead predecessor's.
     """
 
     def __init__(self, lock_dir, host):
         lock_dir = lock_dir or tempfile.gettempdir()
         os.makedirs(lock_dir, exist_ok=True)
-        self.lock = filelock.FileLock(os.path.join(lock_dir, f"opeva-spool-{host}.lock"))
+        self.lock = filelock.FileLock(os.path.join(lock_dir, f"opeva-spool-{host}.agent.lock"), timeout=0)
+        self.host = host
 
-    def __enter__(self):
-        self.lock.acquire()
-        return self
+    def acquire(self):
+        try:
+            self.lock.acquire()
+        except filelock.Timeout:
+            raise Conflict(f"another agent for host {self.host!r} already runs on this machine "
+                           f"(lock {self.lock.lock_file})") from None
 
-    def __exit__(self, *exc):
+    def release(self):
         self.lock.release()
 
 
@@ -170,7 +175,7 @@ class Agent:
         self.agent_id = f"{self.host}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.capacity = settings.capacity
         self.gpu_ids = tuple(settings.gpu_ids)
-        self.host_lock = HostLock(settings.lock_dir, self.host)
+        self.presence = HostPresence(settings.lock_dir, self.host)
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.drain_signaled = False
@@ -184,6 +189,7 @@ class Agent:
     # ----- lifecycle ----------------------------------------------------------------------
 
     def start(self):
+        self.presence.acquire()
         self.spool.ensure_layout()
         fsio.makedirs(self.spool.running_dir(self.host))
         # Beat before starting the host guard: it takes the first heartbeat carrying this agent's
@@ -218,6 +224,7 @@ class Agent:
             thread.join(timeout)
         for runner in self.runners():
             runner.join(timeout)
+        self.presence.release()
 
     def drain(self):
         """Finish running jobs, take no new ones (SIGUSR1); ``opeva-spool drain`` does it by file."""
@@ -250,26 +257,27 @@ class Agent:
         are requeued or failed like a lost host's jobs.
         """
         self.spool.complete_finished(self.host)
+        running = self.spool.running_dir(self.host)
+        entries = sorted(filter(None, map(Entry.parse, fsio.listdir(running))))
+        # Race: the server may requeue one of these between this listing and the runner's
+        # first check; that runner then finds its entry gone and stops the execution.
+        current = {(entry.job_id, entry.attempt) for entry in entries}
         try:
-            adopted = self.runtime.adopt(self.host)
+            adopted = self.runtime.adopt(self.host, current)
         except RuntimeFailure as failure:
             # Not knowing what still runs, failing those jobs could run them twice: retry later.
             log.warning("cannot recover %s yet: %s", self.host, failure.detail)
             return False
-        running = self.spool.running_dir(self.host)
-        for name in sorted(fsio.listdir(running)):
-            entry = Entry.parse(name)
-            if entry is None:
-                continue
+        for entry in entries:
             spec = self.spool.read_spec(Location(RUNNING, self.host), entry)
             execution = adopted.pop((entry.job_id, entry.attempt), None)
             if execution is not None and spec is not None:
                 record = self.spool.read_attempt(entry) or {}
                 self._start_runner(Runner(self, entry, spec, tuple(record.get("gpus", ())), execution))
                 continue
+            if execution is not None:
+                execution.release()  # its spec cannot be read: end it before the entry moves on
             self.spool.recover_lost(entry, self.host, reason="agent_restarted")
-        for execution in adopted.values():  # executions of superseded attempts
-            execution.release()
         return True
 
     # ----- claiming -----------------------------------------------------------------------
@@ -304,11 +312,7 @@ class Agent:
             gpus = self.assign_gpus(spec.gpus)
             if gpus is None:
                 continue  # not enough free GPUs here now; a later job may fit
-            with self.host_lock:
-                if len(fsio.listdir(self.spool.running_dir(self.host))) >= self.capacity:
-                    return  # another agent process of this host filled it
-                won = self.spool.claim(entry, self.host, self.agent_id)
-            if won:
+            if self.spool.claim(entry, self.host, self.agent_id):
                 self._start_runner(Runner(self, entry, spec, gpus))
 
     def _start_runner(self, runner):

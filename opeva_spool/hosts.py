@@ -21,6 +21,7 @@ import threading
 import time
 
 from . import __version__, fsio
+from .runtimes.guard import lease_clock
 from .spool import Entry
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class HeartbeatWriter:
         self.counter = 0
         self.boot_id = boot_id()
         self.lease_seconds, self.grace = lease_times(agent.settings)
-        self.last_written = time.monotonic()
+        self.last_written = lease_clock()
         # How often the lease has lapsed. An attempt started under an earlier count may have been
         # killed by its guard meanwhile (an agent that was frozen wakes up to a lapsed lease).
         self.lapses = 0
@@ -79,7 +80,7 @@ class HeartbeatWriter:
         Computed from the last success, not kept as a flag by the writing thread: that
         thread may itself be stuck in a write to an unreachable hard-mounted share.
         """
-        return time.monotonic() - self.last_written > self.lease_seconds
+        return lease_clock() - self.last_written > self.lease_seconds
 
     def lease_broken(self, since):
         """True if the lease has lapsed now or at any time after lapse count ``since``."""
@@ -90,17 +91,21 @@ class HeartbeatWriter:
 
     def beat(self):
         """Write one heartbeat; returns True if it reached the share."""
-        if self.lease_expired():
-            self.lapses += 1
         self.counter += 1
         try:
             # No fsync: a lost heartbeat is replaced by the next one.
             fsio.atomic_write_json(self.spool.heartbeat_path(self.agent.host), self.document(), durable=False)
+            written = True
         except OSError as exc:
             log.warning("heartbeat of %s failed: %s", self.agent.host, exc)
-            return False
-        self.last_written = time.monotonic()
-        return True
+            written = False
+        # Checked after the write: a write that hung past the lease (hard mount) or an agent
+        # frozen between beats both count as a lapse, before the renewal below hides it.
+        if self.lease_expired():
+            self.lapses += 1
+        if written:
+            self.last_written = lease_clock()
+        return written
 
     def run(self):
         agent = self.agent

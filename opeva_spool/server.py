@@ -17,7 +17,6 @@ from .hosts import LivenessMonitor
 from .inbox import Inbox
 from .index import JobIndex
 from .runtimes import make_runtime
-from .runtimes.process import ProcessRuntime
 from .sitedata.mongo import SiteData
 from .service import JobService
 from .spool import DONE, QUEUED, RUNNING, TERMINAL_DIRS, Entry, Location, Spool
@@ -61,7 +60,7 @@ class Server:
         self.app = api_app.make_app(ctx, [jobs_api, configs_api, system_api, sites_api])
         self.agent = None
         if settings.embedded_worker:
-            self.agent = Agent(settings, self.spool, runtime or ProcessRuntime(self.spool.root), host=EMBEDDED_HOST)
+            self.agent = Agent(settings, self.spool, runtime or make_runtime(settings), host=EMBEDDED_HOST)
         self.watcher = DirectoryWatcher(settings.observer, settings.scan_interval)
         self.stopping = threading.Event()
         self.nudge = threading.Event()

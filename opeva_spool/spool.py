@@ -251,12 +251,11 @@ class Spool:
     def claim(self, entry, host, agent_id):
         """Move a queued entry into ``host``'s running/; True if this agent owns it now.
 
-        Exactly one claimer wins because rename is atomic at the server. The caller
-        holds the same-host lock (see agent.HostLock), so among this host's agents only
-        one is inside claim() at a time and a winner writes its attempt record before
-        releasing the lock. That settles the NFS case of a retransmitted rename reporting
-        ENOENT although it succeeded: the entry is in our running/ with no record from
-        another agent of this host, so the rename was ours.
+        Exactly one claimer wins because rename is atomic at the server, and only one
+        agent works for a host name on a machine (agent.HostPresence). That settles the
+        NFS case of a retransmitted rename reporting ENOENT although it succeeded: the
+        entry is in our running/ and no other agent has written its attempt record, so
+        the rename was ours. (With a record from another agent, that agent won.)
         """
         src = os.path.join(self.queued_dir, entry.name)
         running = self.running_dir(host)

@@ -6,7 +6,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import waitress.server
 
@@ -63,7 +63,7 @@ class WsgiClient(Verbs):
         data, content_type = _encode(body, json)
         environ = {
             "REQUEST_METHOD": method,
-            "PATH_INFO": unquote(parts.path, encoding="latin-1"),  # decoded, as a real server does
+            "PATH_INFO": unquote_to_bytes(parts.path).decode("latin-1"),  # as a real server decodes it
             "QUERY_STRING": parts.query,
             "SERVER_NAME": "127.0.0.1",
             "SERVER_PORT": "80",

@@ -175,7 +175,8 @@ def test_killed_agent_s_jobs_are_requeued_or_failed_per_max_retries_without_over
     assert sorted(os.listdir(logs)) == [f"{retried}.attempt-1.log", f"{retried}.log"]
     with open(os.path.join(logs, f"{retried}.attempt-1.log")) as handle:
         assert "heartbeat has not changed" in handle.read()
-    print(f"kill -9 -> failed(host_lost) after {failed_after:.2f}s (offline_after {OFFLINE_AFTER:g}s)")
+    print(f"kill -9 -> failed(host_lost) after {failed_after:.2f}s, retried job's attempt 2 started after "
+          f"{second_marks[0][1] - killed_at:.2f}s (offline_after {OFFLINE_AFTER:g}s)")
 
 
 def test_frozen_agent_never_runs_an_attempt_alongside_its_successor(cluster):
@@ -206,3 +207,23 @@ def test_frozen_agent_never_runs_an_attempt_alongside_its_successor(cluster):
     assert (cluster.record(job_id, 1) or {}).get("state") != "finished"
     assert [entry.attempt for _, entry in cluster.spool.scan() if entry.job_id == job_id] == [2]
     assert cluster.host_view("node-a")["running"] == []
+
+
+def test_restarted_agent_ends_its_predecessor_s_attempt_before_requeueing_it(cluster):
+    cluster.server()
+    agent_a = cluster.agent("node-a", capacity=1)
+    job_id = cluster.submit(max_retries=1)
+    cluster.wait_status(job_id, "running", host="node-a")
+    wait_for(lambda: cluster.marks(job_id, 1), message="attempt 1 to start")
+    agent_a.kill()
+    agent_a.wait()
+    # Restarted at once (systemd's Restart=): well within the lease, so the old attempt's guard
+    # still sees a fresh heartbeat — the new agent itself must end it before requeueing.
+    cluster.agent("node-a", capacity=1)
+    status = cluster.wait_status(job_id, "finished", timeout=10)
+    assert status["attempt"] == 2
+    first = cluster.marks(job_id, 1)
+    assert last_alive(first) < cluster.marks(job_id, 2)[0][1]
+    with open(os.path.join(cluster.spool.jobs_dir, job_id, "logs", f"{job_id}.attempt-1.log")) as handle:
+        assert "heartbeat has not changed" not in handle.read()  # ended by the successor, not the lease
+    assert cluster.record(job_id, 1)["state"] != "finished"

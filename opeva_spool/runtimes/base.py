@@ -96,12 +96,14 @@ class Runtime(abc.ABC):
     def start(self, launch):
         """Start one attempt; returns an Execution. Raises RuntimeFailure if it cannot start."""
 
-    def adopt(self, host):
+    def adopt(self, host, current=None):
         """Executions of this host left by an earlier incarnation of the agent.
 
-        Returns ``{(job_id, attempt): Execution}``. A runtime that cannot re-attach
-        makes sure none of them still runs and returns {}; the agent then requeues or
-        fails those attempts.
+        Returns ``{(job_id, attempt): Execution}``. With ``current`` (a set of such keys),
+        executions of other attempts are ended and removed instead, without touching
+        their logs: those files may already belong to the job's next attempt. A runtime
+        that cannot re-attach makes sure none of them still runs and returns {}; the
+        agent then requeues or fails those attempts.
         """
         return {}
 

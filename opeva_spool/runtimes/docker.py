@@ -325,7 +325,7 @@ class DockerRuntime(Runtime):
                 "--docker-host", self.settings.docker_host or os.environ.get("DOCKER_HOST", "")]
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
-    def adopt(self, host):
+    def adopt(self, host, current=None):
         found = {}
         try:
             # ignore_removed: a container removed between the listing and its inspection is skipped.
@@ -348,6 +348,14 @@ class DockerRuntime(Runtime):
                 continue
             if container.status == "removing":
                 continue  # already being released
+            if current is not None and key not in current:
+                # Superseded: no copier for it. Its log path may be the next attempt's log by now
+                # (moved aside when that attempt started), and a replay would write into it.
+                try:
+                    container.remove(force=True)
+                except ENGINE_ERRORS as exc:
+                    log.warning("cannot remove the superseded container %s: %s", container.name, _explain(exc))
+                continue
             if container.status == "created":
                 # The agent died between create and start: finish what it asked for.
                 try:

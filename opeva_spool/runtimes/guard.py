@@ -4,7 +4,7 @@ An agent that is frozen (SIGSTOP, swapped out, a hung NFS call) cannot stop its 
 itself, yet the server will requeue them once the host has looked dead for
 ``offline_after``. A guard is a separate process that does not share the agent's
 fate: it watches the agent's heartbeat file and, when it has not changed for the
-lease time *on the guard's own monotonic clock*, ends the jobs: SIGTERM, then
+lease time *on the guard's own clock* (lease_clock), ends the jobs: SIGTERM, then
 SIGKILL ``grace`` seconds later. The agent sets lease + grace well below
 ``offline_after``, so the old attempt is dead before a new one can be claimed.
 
@@ -35,13 +35,23 @@ import threading
 import time
 
 POLL_SECONDS = 0.1
+
+
+def lease_clock():
+    """Seconds on the clock leases are timed with: monotonic, and still running while the
+    machine is suspended (CLOCK_MONOTONIC stops then). After a resume the lease must look
+    as old as it is, or jobs would run on beside the attempts that replaced them."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
 # A lock file left by a guard that was itself SIGKILLed alone: how long reap() waits for
 # the attempt's last process to go once it has sent SIGKILL to the attempt's group.
 REAP_TIMEOUT = 10.0
+# How long a containers guard whose agent is dead keeps trying to reach an engine that does not answer.
+ENGINE_GIVE_UP = 30.0
 
 
 class HeartbeatClock:
-    """When the heartbeat last changed, on this process's monotonic clock.
+    """When the heartbeat last changed, on this process's lease_clock.
 
     The file is read in a thread of its own: on a ``hard`` NFS mount a read of an
     unreachable share blocks indefinitely, and a guard blocked in that read must still
@@ -51,7 +61,7 @@ class HeartbeatClock:
     def __init__(self, path, poll=POLL_SECONDS):
         self.path = path
         self.poll = poll
-        self.changed_at = time.monotonic()  # start-up counts as a change: the agent just beat
+        self.changed_at = lease_clock()  # start-up counts as a change: the agent just beat
         self.doc = None
         self._key = None
         threading.Thread(target=self._watch, daemon=True).start()
@@ -72,11 +82,11 @@ class HeartbeatClock:
             if doc is not None:
                 key = (doc.get("agent_id"), doc.get("counter"))
                 if key != self._key:
-                    self._key, self.doc, self.changed_at = key, doc, time.monotonic()
+                    self._key, self.doc, self.changed_at = key, doc, lease_clock()
             time.sleep(self.poll)
 
     def age(self):
-        return time.monotonic() - self.changed_at
+        return lease_clock() - self.changed_at
 
 
 def say(message):
@@ -111,8 +121,7 @@ def run_process(args):
     except OSError as exc:
         say(f"cannot start the job: {exc.strerror}")
         return 127
-    if child == 0:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if child == 0:  # exec resets the SIGTERM handler above to the default
         try:
             os.execvp(args.argv[0], args.argv)
         except OSError as exc:
@@ -129,9 +138,9 @@ def run_process(args):
         if terminated_at is None and clock.age() > args.lease:
             say(f"the agent's heartbeat has not changed for {clock.age():.1f}s (lease {args.lease:g}s): "
                 f"stopping this attempt before the server hands the job to another one")
-            terminated_at = time.monotonic()
+            terminated_at = lease_clock()
             os.killpg(0, signal.SIGTERM)  # ignored by this guard (handler above)
-        if terminated_at is not None and time.monotonic() - terminated_at > args.grace:
+        if terminated_at is not None and lease_clock() - terminated_at > args.grace:
             say("the job outlived the grace period: SIGKILL")
             os.killpg(0, signal.SIGKILL)  # the guard dies with its group; nobody is left to report to
         time.sleep(POLL_SECONDS)
@@ -152,12 +161,22 @@ def reap(lock_dir):
     Called by a restarting agent *before* it requeues its predecessor's process
     attempts. Without it, the old attempt (its guard sees the successor's heartbeat
     and keeps going) would overlap the next attempt. Each held lock names its guard,
-    which leads the attempt's process group.
+    which leads the attempt's process group. Returns the names of the locks it broke.
+
+    Races: a guard creates its file before it locks it, so a reap running meanwhile
+    would take the fresh file for a finished attempt; reap runs only while the agent
+    starts, before it launches anything, after its predecessor died. A guard that ends
+    meanwhile unlinks its file (skipped). A guard SIGKILLed on its own leaves its job
+    holding the lock in a group whose id is the dead guard's pid; the pid could be
+    reused by an unrelated process group leader meanwhile (accepted: very unlikely).
     """
     killed = []
     for name in sorted(os.listdir(lock_dir)) if os.path.isdir(lock_dir) else ():
         path = os.path.join(lock_dir, name)
-        fd = os.open(path, os.O_RDWR)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue  # that attempt ended and its guard removed the file
         try:
             if not _try_lock(fd):
                 pgid = int(os.read(fd, 32) or b"0")
@@ -167,9 +186,9 @@ def reap(lock_dir):
                     except ProcessLookupError:
                         pass  # the guard died alone; the job's processes still hold the lock
                     killed.append(name)
-                deadline = time.monotonic() + REAP_TIMEOUT
+                deadline = lease_clock() + REAP_TIMEOUT
                 while not _try_lock(fd):
-                    if time.monotonic() > deadline:
+                    if lease_clock() > deadline:
                         raise TimeoutError(f"a process of {name} still holds its lock after SIGKILL")
                     time.sleep(0.05)
             os.unlink(path)  # unlocked: every process of that attempt has ended
@@ -211,6 +230,7 @@ def run_containers(args):
     label = {"label": f"{LABEL_HOST}={args.host}"}
     lapsed_at = None
     seen_own = False
+    reached_at = lease_clock()
     while True:
         time.sleep(POLL_SECONDS)
         writer = (clock.doc or {}).get("agent_id")
@@ -220,8 +240,8 @@ def run_containers(args):
         if clock.age() <= args.lease:
             lapsed_at = None
             continue
-        lapsed_at = lapsed_at or time.monotonic()
-        signum = "SIGKILL" if time.monotonic() - lapsed_at > args.grace else "SIGTERM"
+        lapsed_at = lapsed_at or lease_clock()
+        signum = "SIGKILL" if lease_clock() - lapsed_at > args.grace else "SIGTERM"
         try:
             running = client.containers.list(filters={**label, "status": "running"}, ignore_removed=True)
             for container in running:
@@ -231,8 +251,13 @@ def run_containers(args):
                 except ENGINE_ERRORS:
                     pass  # stopped meanwhile; the next round sees it gone
         except ENGINE_ERRORS as exc:
-            say(f"cannot reach the Docker engine: {exc}")  # retried next round; nothing else to do
+            # Retried: an engine restarting with live-restore still has the containers. With the
+            # agent gone too, give up after a while rather than linger for an engine that is gone.
+            if not _alive(args.agent_pid) and lease_clock() - reached_at > ENGINE_GIVE_UP:
+                say(f"giving up: the Docker engine has not answered for {ENGINE_GIVE_UP:g}s: {exc}")
+                return 1
             continue
+        reached_at = lease_clock()
         if not running and not _alive(args.agent_pid):
             return 0  # nothing of this host runs and no agent is left to start more
 

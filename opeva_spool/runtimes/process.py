@@ -5,6 +5,7 @@ which leads the attempt's session and process group and kills the group when the
 agent's heartbeat stops changing (a frozen or dead agent): see guard.py.
 """
 
+import logging
 import os
 import shutil
 import signal
@@ -15,6 +16,8 @@ import tempfile
 from ..exceptions import RuntimeFailure
 from . import guard
 from .base import Execution, Runtime
+
+log = logging.getLogger(__name__)
 
 
 class ProcessExecution(Execution):
@@ -84,8 +87,14 @@ class ProcessRuntime(Runtime):
                 raise RuntimeFailure("bad_command", f"cannot run {argv[0]!r}: {exc.strerror}") from None
         return ProcessExecution(popen)
 
-    def adopt(self, host):
+    def adopt(self, host, current=None):
         # A process attempt cannot be re-attached (it was the dead agent's child): make sure
         # none still runs before the agent requeues them, or the next attempt would overlap it.
-        guard.reap(self.guard_dir(host))
+        try:
+            killed = guard.reap(self.guard_dir(host))
+        except TimeoutError as exc:
+            # Unsure whether it still runs: the agent retries recovery rather than requeue it.
+            raise RuntimeFailure("reap_failed", str(exc)) from None
+        if killed:
+            log.warning("killed attempts left running by the previous agent of %s: %s", host, killed)
         return {}
