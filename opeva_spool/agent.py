@@ -18,7 +18,7 @@ import filelock
 
 from . import fsio, hosts
 from .exceptions import Conflict, RuntimeFailure
-from .jobs import ANY_HOST, utc_now
+from .jobs import ANY_HOST, DATA_SUBDIRS, utc_now
 from .runtimes.base import Launch, Lease
 from .spool import QUEUED, RUNNING, Entry, Location
 from .states import JobState
@@ -88,7 +88,8 @@ class Runner(threading.Thread):
             # No note in the log here: while a container runs, its output copier is the log's writer.
             log.info("job %s attempt %s re-attached after a restart", entry.job_id, entry.attempt)
         else:
-            fsio.makedirs(os.path.dirname(folder.log))
+            for sub in DATA_SUBDIRS:  # the job's output folders are made by its first runner
+                fsio.makedirs(os.path.join(folder.path, sub))
             if entry.attempt > 1 and os.path.exists(folder.log):
                 # Keep every attempt's log: the previous attempt's output moves aside.
                 os.replace(folder.log, folder.log[: -len(".log")] + f".attempt-{entry.attempt - 1}.log")
@@ -199,7 +200,7 @@ class Agent:
         self.guard = self.runtime.guard_host(self.host, self.lease())
         self._thread(self.heartbeat.run)
         self.recovered = self.recover()
-        self.watcher.watch(self.spool.queued_dir, lambda _path: self.wake.set())
+        self.watcher.watch(self.spool.queued_dir, self._on_queue_event)
         self.watcher.start()
         self._thread(self._claim_loop)
         return self
@@ -296,15 +297,27 @@ class Agent:
             except OSError:
                 log.exception("claiming on %s failed; retrying at the next scan", self.host)
 
+    def wants(self, name):
+        """Whether a queued entry name is for this host (by its target field, without parsing it all)."""
+        return Entry.target_of(name) in (self.host, ANY_HOST)
+
+    def _on_queue_event(self, event):
+        # Only an entry arriving for us is worth a look at the queue: every other event
+        # (claims by other hosts, jobs for other hosts) would cost a listing for nothing.
+        # A missed wake-up only delays the claim until the next scan.
+        arrived = getattr(event, "dest_path", "") or (event.src_path if event.event_type == "created" else "")
+        if arrived and not event.is_directory and self.wants(os.path.basename(arrived)):
+            self.wake.set()
+
     def claim_ready(self):
         """Claim queued jobs for this host (or any host) while there is room, in queue order."""
-        if self.draining or self.heartbeat.lease_expired():
+        if self.draining or self.heartbeat.lease_expired() or len(self.runners()) >= self.capacity:
             return
-        for name in sorted(fsio.listdir(self.spool.queued_dir)):
+        for name in sorted(filter(self.wants, fsio.listdir(self.spool.queued_dir))):
             if self.stopping.is_set() or len(self.runners()) >= self.capacity:
                 return
             entry = Entry.parse(name)
-            if entry is None or entry.target not in (self.host, ANY_HOST):
+            if entry is None:
                 continue
             spec = self.spool.read_spec(Location(QUEUED), entry)
             if spec is None:

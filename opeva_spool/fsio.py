@@ -56,7 +56,7 @@ def atomic_write_bytes(path, data, durable=True):
         os.replace(tmp, path)
     except BaseException:
         if tmp:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
         raise
     if durable:
         fsync_dir(directory)
@@ -76,11 +76,11 @@ def atomic_create_bytes(path, data):
     try:
         os.link(tmp, path)
     finally:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
     fsync_dir(os.path.dirname(path))
 
 
-def _unlink_quietly(path):
+def unlink_quietly(path):
     try:
         os.unlink(path)
     except OSError:

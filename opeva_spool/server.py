@@ -50,7 +50,7 @@ class Server:
         removed = self.spool.recover_orphans(self.index.job_ids())
         if removed:
             log.warning("moved %d half-published job folders to the trash: %s", len(removed), removed[:10])
-        self.jobs = JobService(settings, self.spool, self.index)
+        self.jobs = JobService(settings, self.spool, self.index, on_publish=self._wake_embedded_worker)
         self.monitor = LivenessMonitor(self.spool, settings.hosts, settings.offline_after,
                                        on_requeue=lambda entry, host: self.index.resolve(entry.job_id))
         self.inbox = Inbox(self.spool, self.jobs)
@@ -68,6 +68,12 @@ class Server:
         self._httpd = None
 
     # ----- events and maintenance ---------------------------------------------------------
+
+    def _wake_embedded_worker(self, entry):
+        # The server published it, so it can tell its own worker at once: watchdog holds
+        # inotify events for up to 0.5 s behind any rename out of queued/ (move pairing).
+        if self.agent is not None and self.agent.wants(entry.name):
+            self.agent.wake.set()
 
     def _location_of_dir(self, directory):
         if directory == self.spool.queued_dir:

@@ -19,6 +19,8 @@ from .states import JobState, check_transition
 MAX_CONFIG_BYTES = 512 * 1024
 LOG_CHUNK = 64 * 1024
 FOLLOW_POLL_SECONDS = 0.25
+# Listing spool/ for host names on every submission costs more than the submission's fsync.
+KNOWN_HOSTS_TTL = 1.0
 
 
 def parse_config_text(text, source):
@@ -33,13 +35,21 @@ def parse_config_text(text, source):
 
 
 class JobService:
-    def __init__(self, settings, spool, index):
+    def __init__(self, settings, spool, index, on_publish=None):
         self.settings = settings
         self.spool = spool
         self.index = index
+        self.on_publish = on_publish or (lambda entry: None)
+        self._hosts, self._hosts_at = (), None
 
-    def known_hosts(self):
-        return sorted(set(self.settings.hosts) | set(self.spool.worker_hosts()))
+    def known_hosts(self, target=None):
+        """Configured hosts and those with a running/ on the share, listed at most every second
+        (and at once when ``target`` is not among them: a new agent is known immediately)."""
+        now = time.monotonic()
+        if self._hosts_at is None or now - self._hosts_at > KNOWN_HOSTS_TTL or target not in (None, *self._hosts):
+            self._hosts = tuple(sorted(set(self.settings.hosts) | set(self.spool.worker_hosts())))
+            self._hosts_at = now
+        return self._hosts
 
     # ----- submit -------------------------------------------------------------------------
 
@@ -49,9 +59,12 @@ class JobService:
         config, config_file, config_text = self._config_for(body, job_id)
         if config_file is None and body.get("command") is None:
             raise BadRequest("give 'config_path', an inline 'config', or a 'command'")
-        spec = jobs.build_spec(body, self.known_hosts(), config_file, config, job_id=job_id, origin=origin)
+        target = body.get("target_host")
+        hosts = self.known_hosts(target if isinstance(target, str) and target != jobs.ANY_HOST else None)
+        spec = jobs.build_spec(body, hosts, config_file, config, job_id=job_id, origin=origin)
         entry = self.spool.publish(spec, config_text, "replace" if body.get("overwrite") is True else "same")
         self.index.place(Location(QUEUED), entry)
+        self.on_publish(entry)
         return {
             "job_id": spec.job_id,
             "status": JobState.QUEUED.value,

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from . import fsio, names
 from .exceptions import Conflict
-from .jobs import DATA_SUBDIRS, MAX_PRIORITY, JobFolder, JobSpec, utc_now
+from .jobs import MAX_PRIORITY, JobFolder, JobSpec, utc_now
 from .states import TERMINAL_STATES, JobState, check_transition
 
 ENTRY_SUFFIX = ".json"
@@ -64,6 +64,12 @@ class Entry(NamedTuple):
         if not names.JOB_ID.match(job_id) or not names.HOST.match(target):
             return None
         return cls(MAX_PRIORITY - int(prio), int(ts), target, int(attempt), job_id)
+
+    @staticmethod
+    def target_of(name):
+        """The target field of an entry name, cheaply (None if it has none); parse() validates."""
+        parts = name.split("_", 3)
+        return parts[2] if len(parts) == 4 else None
 
     def next_attempt(self):
         return self._replace(attempt=self.attempt + 1)
@@ -178,44 +184,45 @@ class Spool:
     def publish(self, spec, config_text=None, config_mode="same"):
         """Make a job visible atomically; returns its Entry.
 
-        The folder and the entry are built in staging/ and fsynced; the folder is renamed
-        to jobs/<id> (refused if the id exists: a rename onto a non-empty directory
-        fails), then the entry is renamed into queued/. That last rename is the commit
-        point: until then the job is not in the queue, and a crash in between leaves a
-        folder with no entry, which ``recover_orphans`` removes.
+        The job folder (``staging/<uuid>/``, with job_info.json) and the entry
+        (``staging/<uuid>.entry``) are built in staging/; the folder is renamed to
+        jobs/<id> (refused if the id exists: a rename onto a non-empty directory fails),
+        then the entry is renamed into queued/. That last rename is the commit point:
+        until then the job is not in the queue, and a crash in between leaves a folder
+        with no entry, which ``recover_orphans`` removes. The output sub-folders are made
+        by the agent that runs the job (``Runner``), not here: publishing is the hot path.
         """
         target = self.folder(spec.job_id).path
         if os.path.exists(target):
             raise Conflict(f"job {spec.job_id!r} already exists", job_id=spec.job_id)
         stage = os.path.join(self.staging_dir, uuid.uuid4().hex)
-        os.makedirs(stage)
+        entry = Entry(spec.priority, time.time_ns(), spec.target_host, 1, spec.job_id)
+        entry_stage = stage + ".entry"
         try:
             # Staging is private to this call, so files are written in place (no temp + rename).
-            # Only the entry is fsynced before the commit rename: it holds the whole spec, and
-            # readers fall back to it if an OS crash loses job_info.json. (kill -9 of the server
+            # Only the entry is fsynced: it holds the whole spec, and readers fall back to it if
+            # an OS crash loses job_info.json or the folder's rename. (kill -9 of the server
             # needs no fsync at all; the page cache survives it.)
-            folder_stage = os.path.join(stage, "job")
-            os.mkdir(folder_stage)
-            for sub in DATA_SUBDIRS:
-                os.mkdir(os.path.join(folder_stage, sub))
-            fsio.write_new(os.path.join(folder_stage, "job_info.json"), fsio.json_bytes(spec.job_info()), durable=False)
-            entry = Entry(spec.priority, time.time_ns(), spec.target_host, 1, spec.job_id)
-            entry_stage = os.path.join(stage, entry.name)
+            os.mkdir(stage)
+            fsio.write_new(os.path.join(stage, "job_info.json"), fsio.json_bytes(spec.job_info()), durable=False)
             fsio.write_new(entry_stage, fsio.json_bytes(spec.to_dict()))
             if config_text is not None:
                 self.write_config(spec.config_file, config_text, mode=config_mode)
             try:
-                os.rename(folder_stage, target)
+                os.rename(stage, target)
             except OSError as exc:
                 if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                     raise Conflict(f"job {spec.job_id!r} already exists", job_id=spec.job_id) from None
                 raise
-            fsio.fsync_dir(self.jobs_dir)
             os.rename(entry_stage, os.path.join(self.queued_dir, entry.name))
             fsio.fsync_dir(self.queued_dir)
             return entry
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)  # empty after success; a failed attempt's leftovers
+        except BaseException:
+            # Nothing was committed: leave no staging leftovers (the folder, if renamed, is
+            # an orphan that recover_orphans collects; it cannot be told from a live job here).
+            shutil.rmtree(stage, ignore_errors=True)
+            fsio.unlink_quietly(entry_stage)
+            raise
 
     def write_config(self, file_name, text, mode="same"):
         """Save a config under configs/ atomically.
@@ -403,6 +410,7 @@ class Spool:
             path = os.path.join(self.staging_dir, name)
             if _age(path, now) > min_age:
                 shutil.rmtree(path, ignore_errors=True)
+                fsio.unlink_quietly(path)  # a staged entry is a file
         for job_id in fsio.listdir(self.jobs_dir):
             if job_id in known_job_ids:
                 continue

@@ -68,10 +68,11 @@ def test_half_published_job_is_never_visible_and_is_cleaned_up(tmp_path):
     # A crash while staging: a staging dir with a complete entry that was never renamed.
     stage = os.path.join(spool.staging_dir, "deadbeef")
     os.makedirs(stage)
-    fsio.atomic_write_json(os.path.join(stage, Entry(0, time.time_ns(), "gpu-a", 1, "staged-1").name), {})
+    fsio.atomic_write_json(os.path.join(stage, "job_info.json"), {"job_id": "staged-1"})
+    fsio.atomic_write_json(stage + ".entry", {"job_id": "staged-1"})
     assert WsgiClient(server.app).get("/status/orphan-1").status == 404
     old = time.time() - 3600
-    for path in (spool.folder(orphan.job_id).path, stage):
+    for path in (spool.folder(orphan.job_id).path, stage, stage + ".entry"):
         os.utime(path, (old, old))
 
     restarted = Server(settings)  # recovery runs at start-up

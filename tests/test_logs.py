@@ -9,8 +9,14 @@ from opeva_spool.service import LOG_CHUNK, tail_offset
 from .conftest import PYTHON, wait_for_status
 
 
-def write_log(server, job_id, data):
+def log_path(server, job_id):
     path = server.spool.folder(job_id).log
+    os.makedirs(os.path.dirname(path), exist_ok=True)  # a queued job has no logs/ yet
+    return path
+
+
+def write_log(server, job_id, data):
+    path = log_path(server, job_id)
     with open(path, "wb") as handle:
         handle.write(data)
     return path
@@ -52,7 +58,7 @@ def test_follow_streams_new_lines_until_the_job_ends(http, client):
 
 def test_streaming_a_large_log_uses_constant_memory(client, server):
     job_id = queued_job(client)
-    path = server.spool.folder(job_id).log
+    path = log_path(server, job_id)
     block = (b"0123456789" * 10 + b"\n") * 10_000  # ~1 MB
     with open(path, "wb") as handle:
         for _ in range(200):  # ~200 MB

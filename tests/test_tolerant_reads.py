@@ -15,9 +15,15 @@ def queued_job(client, server):
     return server.spool.folder(job["job_id"])
 
 
+@pytest.fixture
+def output_dirs(queued_job):
+    for sub in ("progress", "results", "logs"):
+        os.makedirs(os.path.join(queued_job.path, sub))
+    return queued_job
+
+
 @pytest.mark.parametrize("content", BROKEN_CONTENTS)
-def test_half_written_result_reads_as_pending(client, queued_job, content):
-    os.makedirs(os.path.dirname(queued_job.result), exist_ok=True)
+def test_half_written_result_reads_as_pending(client, queued_job, output_dirs, content):
     with open(queued_job.result, "wb") as handle:
         handle.write(content)
     response = client.get(f"/result/{queued_job.job_id}")
@@ -26,7 +32,7 @@ def test_half_written_result_reads_as_pending(client, queued_job, content):
 
 
 @pytest.mark.parametrize("content", BROKEN_CONTENTS)
-def test_half_written_progress_reads_as_no_updates(client, queued_job, content):
+def test_half_written_progress_reads_as_no_updates(client, queued_job, output_dirs, content):
     with open(queued_job.progress, "wb") as handle:
         handle.write(content)
     response = client.get(f"/progress/{queued_job.job_id}")
@@ -34,8 +40,9 @@ def test_half_written_progress_reads_as_no_updates(client, queued_job, content):
 
 
 def test_missing_output_folders_read_as_not_ready(client, queued_job):
-    for sub in ("progress", "results"):
-        os.rmdir(os.path.join(queued_job.path, sub))
+    # A queued job has no output folders yet: its runner makes them.
+    for sub in ("progress", "results", "logs"):
+        assert not os.path.exists(os.path.join(queued_job.path, sub))
     assert client.get(f"/progress/{queued_job.job_id}").json() == {"progress": "No updates yet."}
     assert client.get(f"/result/{queued_job.job_id}").json()["status"] == "pending"
     assert client.get(f"/logs/{queued_job.job_id}").text == ""
@@ -58,7 +65,7 @@ def test_job_info_fields_merged_by_the_image_are_kept(client, queued_job):
     assert client.get(f"/job-info/{queued_job.job_id}").json()["mlflow_run_id"] == "abc123"
 
 
-def test_complete_result_is_returned_as_written(client, queued_job):
+def test_complete_result_is_returned_as_written(client, queued_job, output_dirs):
     with open(queued_job.result, "w") as handle:
         handle.write('{"status": "completed", "kpis": {"cost": 1.5}}')
     assert client.get(f"/result/{queued_job.job_id}").json() == {"status": "completed", "kpis": {"cost": 1.5}}
