@@ -1,18 +1,24 @@
 """Summarize a py-spy ``--format raw`` profile (collapsed stacks) of the server.
 
-    python bench/profile_summary.py PROFILE.txt [--match run_simulation] [--top 25]
+    python bench/profile_summary.py PROFILE.txt [--match run_simulation] [--top 25] [--lines]
+    python bench/profile_summary.py PROFILE.txt --match '' --no-waits   # busy time, by thread
 
 ``bench/run.py --profile`` writes one such file per phase under bench/results/profiles/
 (recorded with ``--idle``, so time a thread spends blocked in fsync or waiting for the GIL
-is counted too). Prints, over the stacks that contain ``--match`` (default: every
-non-idle stack in a request handler), the share of samples per function inclusive
-(the function or anything it calls) and per leaf (where the time is actually spent).
+is counted too). Prints, over the stacks that contain ``--match`` (default ``WSGI``:
+the request handlers), the share of samples per function inclusive
+(the function or anything it calls) and per leaf (where the time is actually spent), and
+per thread. ``--no-waits`` drops stacks whose leaf is a wait (idle waitress workers,
+watchdog threads blocked on their queues), leaving where busy time goes.
 """
 
 import argparse
 import collections
 import re
 
+# Leaf frames where a thread only waits for work or events; --no-waits drops those stacks.
+WAITS = ("Condition.wait", "_check_inotify_fd", "poll (waitress", "select (", "sleep (", "Event.wait",
+         "DelayedQueue.get")
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
 
 
@@ -42,12 +48,15 @@ def short(frame, lines=False):
     return f"{m.group('func')} ({where})"
 
 
-def summarize(path, match, top, lines=False):
-    inclusive, leaf, total = collections.Counter(), collections.Counter(), 0
-    for _thread, frames, count in parse(path):
+def summarize(path, match, top, lines=False, no_waits=False):
+    inclusive, leaf, threads, total = collections.Counter(), collections.Counter(), collections.Counter(), 0
+    for thread, frames, count in parse(path):
         if not any(match in frame for frame in frames):
             continue
+        if no_waits and frames and any(frames[-1].startswith(w) or w in frames[-1] for w in WAITS):
+            continue
         total += count
+        threads[re.sub(r"^thread \([^)]*\): ", "", thread)] += count
         seen = set()
         for frame in frames:
             name = short(frame)
@@ -58,6 +67,9 @@ def summarize(path, match, top, lines=False):
     print(f"{path}: {total} samples in stacks containing {match!r}")
     if not total:
         return
+    print("\n  by thread")
+    for name, count in threads.most_common(top):
+        print(f"  {100.0 * count / total:5.1f}%  {name}")
     print(f"\n  inclusive (top {top})")
     for name, count in inclusive.most_common(top):
         print(f"  {100.0 * count / total:5.1f}%  {name}")
@@ -69,8 +81,11 @@ def summarize(path, match, top, lines=False):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("profile")
-    parser.add_argument("--match", default="WSGI", help="only stacks with a frame containing this text")
+    parser.add_argument("--match", default="WSGI",
+                        help="only stacks with a frame containing this text ('' for every stack)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--lines", action="store_true", help="leaf functions with their line numbers")
+    parser.add_argument("--no-waits", action="store_true",
+                        help="drop stacks whose leaf is a wait (idle workers, watchers) to see where busy time goes")
     args = parser.parse_args()
-    summarize(args.profile, args.match, args.top, args.lines)
+    summarize(args.profile, args.match, args.top, args.lines, args.no_waits)

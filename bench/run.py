@@ -1,9 +1,10 @@
 """opeva-spool benchmark: one command, a table of figure vs target, and a JSON file.
 
-    python bench/run.py                      # full run (~6-10 min on 2 cores): 0 / 10k / 100k jobs
-    python bench/run.py --quick              # reduced run (< 2 min): 0 / 10k jobs, fewer requests
+    python bench/run.py                      # full run (~4-6 min on 2 cores): 0 / 10k / 100k jobs
+    python bench/run.py --quick              # reduced run (~1 min): 0 / 10k jobs, fewer requests
     python bench/run.py --out bench/results/latest.json   # where the JSON goes (this is the default)
-    python bench/run.py --profile            # also py-spy the server during each phase (needs py-spy)
+    python bench/run.py --profile            # also py-spy the server during each phase (needs py-spy);
+                                         # read them with bench/profile_summary.py
 
 What it does, all on this machine (docs/benchmarks.md has the details and the last results):
 - starts the real server, ``python -m opeva_spool.cli serve``, as a subprocess on 127.0.0.1 with a
@@ -18,8 +19,9 @@ What it does, all on this machine (docs/benchmarks.md has the details and the la
      (claimed) and until it says running or a terminal state (running), polled by stat/read
      every 0.5 ms on the client side;
   3. GET /status/{id} and GET /jobs?limit=100 at the largest tree;
-  4. claims/s with 4 processes racing ``Spool.claim`` over one spool (4 host names; and 2 of
-     them sharing one host name under ``agent.HostLock``), with a double-claim audit;
+  4. claims/s with 4 processes racing ``Spool.claim`` over one spool (4 host names), with a
+     double-claim audit; a check that a second agent for one host name is refused
+     (``agent.HostPresence``), and, recorded only, what two claimers sharing a name would do;
   5. server VmRSS at the largest tree;
   6. GET /health while 8 clients stream submissions.
 Nothing here changes the package; bench/results/ is git-ignored.
@@ -48,7 +50,7 @@ sys.path.insert(0, HERE)
 
 import seed as seeding  # noqa: E402
 from opeva_spool import fsio  # noqa: E402
-from opeva_spool.agent import HostLock  # noqa: E402
+from opeva_spool import agent as agent_module  # noqa: E402
 from opeva_spool.spool import Entry, Spool  # noqa: E402
 
 SUBMIT_BODY = {"command": "true", "target_host": seeding.SEED_HOST, "job_name": "bench-submit",
@@ -353,9 +355,8 @@ def submit_to_running(port, root, count, gap, timeout=10.0):
 
 # ----- claims racing over one spool -----------------------------------------------------------
 
-def _claimer(root, host, agent_id, lock_dir, use_lock, barrier, queue):
+def _claimer(root, host, agent_id, barrier, queue):
     spool = Spool(root)
-    lock = HostLock(lock_dir, host) if use_lock else None
     won, attempts = [], 0
     barrier.wait()
     t_start = time.perf_counter()
@@ -368,19 +369,14 @@ def _claimer(root, host, agent_id, lock_dir, use_lock, barrier, queue):
             if entry is None:
                 continue
             attempts += 1
-            if lock is not None:
-                with lock:
-                    ok = spool.claim(entry, host, agent_id)
-            else:
-                ok = spool.claim(entry, host, agent_id)
-            if ok:
+            if spool.claim(entry, host, agent_id):
                 won.append(name)
     t_end = time.perf_counter()
     queue.put({"host": host, "agent_id": agent_id, "won": won, "attempts": attempts, "t_start": t_start,
                "t_end": t_end})
 
 
-def claim_race(workdir, count, hosts, use_lock):
+def claim_race(workdir, count, hosts):
     root = tempfile.mkdtemp(prefix="claims-", dir=workdir)
     spool = Spool(root)
     spool.ensure_layout()
@@ -397,8 +393,7 @@ def claim_race(workdir, count, hosts, use_lock):
         entry_names.append(entry.name)
     ctx = multiprocessing.get_context("fork")
     barrier, queue = ctx.Barrier(len(hosts)), ctx.Queue()
-    lock_dir = os.path.join(workdir, "claim-locks")
-    procs = [ctx.Process(target=_claimer, args=(root, host, f"{host}:bench:{n}", lock_dir, use_lock, barrier, queue))
+    procs = [ctx.Process(target=_claimer, args=(root, host, f"{host}:bench:{n}", barrier, queue))
              for n, host in enumerate(hosts)]
     for proc in procs:
         proc.start()
@@ -433,11 +428,34 @@ def claim_race(workdir, count, hosts, use_lock):
             record_mismatch += 1
     shutil.rmtree(root, ignore_errors=True)
     per = {r["agent_id"]: {"won": len(r["won"]), "attempts": r["attempts"]} for r in results}
-    return {"entries": count, "claimers": list(hosts), "host_lock": use_lock, "wall_s": wall,
+    return {"entries": count, "claimers": list(hosts), "wall_s": wall,
             "claims_per_s": count / wall if wall else None, "double_claims": in_several_dirs + won_twice,
             "in_several_running_dirs": in_several_dirs, "won_by_several": won_twice, "unclaimed": unclaimed,
             "left_queued": left_queued, "won_not_in_own_dir": dir_mismatch, "record_agent_mismatch": record_mismatch,
             "no_winner": sum(1 for name in entry_names if name not in winners), "per_claimer": per}
+
+
+def _second_agent(lock_dir, host, queue):
+    try:
+        agent_module.HostPresence(lock_dir, host).acquire()
+        queue.put("acquired")
+    except Exception as exc:  # the package raises Conflict (409) for a second agent
+        queue.put(f"refused: {type(exc).__name__}: {exc}")
+
+
+def presence_check(workdir):
+    """With agent.HostPresence (one agent per host name per machine): a second agent is refused."""
+    lock_dir = os.path.join(workdir, "presence-locks")
+    first = agent_module.HostPresence(lock_dir, "bench-s")
+    first.acquire()
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_second_agent, args=(lock_dir, "bench-s", queue))
+    proc.start()
+    outcome = queue.get(timeout=30)
+    proc.join(10)
+    first.release()
+    return {"second_agent": outcome, "refused": outcome.startswith("refused")}
 
 
 # ----- the run -------------------------------------------------------------------------------
@@ -473,12 +491,16 @@ def build_figures(raw, sizes):
     add(f"GET /status p50 at {big}", raw["status"]["p50_ms"], "ms", "<=", 1.0, f"p95 {raw['status']['p95_ms']:.2f} ms")
     add(f"GET /jobs?limit=100 p50 at {big}", raw["jobs_page"]["p50_ms"], "ms", "<=", 5.0,
         f"p95 {raw['jobs_page']['p95_ms']:.2f} ms")
-    for key, label in (("distinct_hosts", "4 hosts"), ("shared_host", "2 share a host, HostLock")):
+    for key, label in (("distinct_hosts", "4 hosts"),):
         c = raw["claims"][key]
         add(f"claims/s, 4 claimers ({label})", c["claims_per_s"], "claims/s", ">=", 1000,
             f"{c['entries']:,} entries in {c['wall_s']:.1f} s")
         add(f"double claims ({label})", c["double_claims"], "", "<=", 0,
             f"unclaimed {c['unclaimed']}, record mismatches {c['record_agent_mismatch']}")
+    unlocked = raw["claims"]["shared_host_unlocked"]
+    add("2nd agents accepted for one host name (HostPresence)", 0 if raw["claims"]["presence"]["refused"] else 1,
+        "", "<=", 0, f"why it is refused: 2 claimers sharing a host name would give "
+        f"{unlocked['double_claims']} double claims, {unlocked['record_agent_mismatch']} record mismatches")
     add(f"server VmRSS at {big}", raw["rss"]["after_load"]["VmRSS"], "MB", "<=", 250.0,
         f"idle after start {raw['rss']['after_start']['VmRSS']:.0f} MB; peak (VmHWM) "
         f"{raw['rss']['after_load']['VmHWM']:.0f} MB")
@@ -514,6 +536,25 @@ def table(figs):
     return "\n".join(lines)
 
 
+def _count_in(path, text):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return sum(text in line for line in handle)
+    except OSError:
+        return None
+
+
+def _git_state():
+    """The commit measured and whether the work tree had changes (read-only git calls)."""
+    def git(*argv):
+        try:
+            return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            return ""
+    return {"commit": git("rev-parse", "HEAD"), "dirty_files": git("status", "--porcelain", "--untracked-files=no")
+            .splitlines()}
+
+
 def log(msg):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -535,6 +576,7 @@ def main(argv=None):
         profile_dir = os.path.join(os.path.dirname(os.path.abspath(args.out)), "profiles")
         os.makedirs(profile_dir, exist_ok=True)
     began = time.perf_counter()
+    load_start = os.getloadavg()
     raw = {"config": dict(cfg, quick=args.quick), "submit": {}, "to_running": {}, "seed": {}, "startup_s": {}}
     log(f"workdir {workdir}; sizes {sizes}")
     try:
@@ -585,18 +627,24 @@ def main(argv=None):
                     raw["rss"]["after_load"] = vm_status(server.pid)
             finally:
                 server.stop()
+                raw.setdefault("waitress_queue_warnings", {})[str(n)] = _count_in(server.log_path, "Task queue depth")
             if not args.keep:
-                shutil.rmtree(root, ignore_errors=True)
+                # Deleting 100k job folders takes minutes: move the tree aside now, remove it at the end.
+                os.rename(root, os.path.join(workdir, f"trash-{n}"))
         log("claim races")
         raw["claims"] = {
-            "distinct_hosts": claim_race(workdir, cfg["claims"], ["bench-a", "bench-b", "bench-c", "bench-d"], False),
-            "shared_host": claim_race(workdir, cfg["claims"], ["bench-s", "bench-s", "bench-b", "bench-c"], True),
+            "distinct_hosts": claim_race(workdir, cfg["claims"], ["bench-a", "bench-b", "bench-c", "bench-d"]),
+            # One agent per host name per machine (HostPresence): check a second one is refused,
+            # and record (not judge) what two claimers sharing a host name would do without it.
+            "presence": presence_check(workdir),
+            "shared_host_unlocked": claim_race(workdir, cfg["claims"], ["bench-s", "bench-s", "bench-b", "bench-c"]),
         }
-    finally:
+    except BaseException:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+        raise
     figs = build_figures(raw, sizes)
-    out = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": time.perf_counter() - began,
+    out = {"git": _git_state(), "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": time.perf_counter() - began,
            "quick": args.quick, "machine": machine_facts(tempfile.gettempdir()), "figures": figs, "raw": raw}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as handle:
@@ -604,9 +652,14 @@ def main(argv=None):
     m = out["machine"]
     print()
     print(f"opeva-spool benchmark ({'quick' if args.quick else 'full'}), {m['nproc']} x {m['cpu_model']}, "
-          f"kernel {m['kernel']}, Python {m['python']}, {m['temp_fs_type']} temp dir, {out['seconds']:.0f} s")
+          f"kernel {m['kernel']}, Python {m['python']}, {m['temp_fs_type']} temp dir, {out['seconds']:.0f} s, "
+          f"load average {load_start[0]:.1f} at start / {out['loadavg_at_end'][0]:.1f} at end "
+          f"(commit {out['git']['commit'][:7]})")
     print(table(figs))
     print(f"\nJSON: {args.out}")
+    if not args.keep:
+        log(f"removing {workdir}")
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0 if all(f["pass"] for f in figs) else 1
 
 

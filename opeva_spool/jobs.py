@@ -4,7 +4,7 @@ and the layout of its data folder ``jobs/<job_id>/`` (which never moves)."""
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from . import names
 from .exceptions import BadRequest
@@ -43,7 +43,12 @@ class JobSpec:
     run_name: str = ""
 
     def to_dict(self):
-        return asdict(self)
+        # Not dataclasses.asdict: its deep copy is a tenth of a submission's CPU time.
+        data = dict(self.__dict__)
+        data["env"] = dict(self.env)
+        if isinstance(self.command, list):
+            data["command"] = list(self.command)
+        return data
 
     @classmethod
     def from_dict(cls, data):

@@ -96,6 +96,7 @@ class Spool:
         self.trash_dir = os.path.join(self.spool_dir, "trash")
         self.inbox_dir = os.path.join(self.spool_dir, "inbox")
         self.rejected_dir = os.path.join(self.spool_dir, "rejected")
+        self._queued_syncer = fsio.DirSyncer(self.queued_dir)
 
     # ----- layout -------------------------------------------------------------------------
 
@@ -215,7 +216,7 @@ class Spool:
                     raise Conflict(f"job {spec.job_id!r} already exists", job_id=spec.job_id) from None
                 raise
             os.rename(entry_stage, os.path.join(self.queued_dir, entry.name))
-            fsio.fsync_dir(self.queued_dir)
+            self._queued_syncer.sync()
             return entry
         except BaseException:
             # Nothing was committed: leave no staging leftovers (the folder, if renamed, is

@@ -1,0 +1,64 @@
+"""Atomic writes, tolerant reads, exclusive creation, and the group-commit directory fsync."""
+
+import os
+import threading
+
+import pytest
+
+from opeva_spool import fsio
+
+
+def test_atomic_write_replaces_whole_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "state.json"
+    fsio.atomic_write_json(str(path), {"a": 1})
+    fsio.atomic_write_json(str(path), {"a": 2}, durable=False)
+    assert fsio.read_json(str(path)) == {"a": 2}
+    assert os.listdir(tmp_path) == ["state.json"]
+
+
+def test_atomic_create_refuses_an_existing_name_and_keeps_it(tmp_path):
+    path = str(tmp_path / "x.yaml")
+    fsio.atomic_create_bytes(path, b"first")
+    with pytest.raises(FileExistsError):
+        fsio.atomic_create_bytes(path, b"second")
+    assert open(path, "rb").read() == b"first" and os.listdir(tmp_path) == ["x.yaml"]
+
+
+@pytest.mark.parametrize("content", [b"", b"{", b"\xff", b"[1]"])
+def test_reads_of_half_written_files_are_none_for_objects(tmp_path, content):
+    path = tmp_path / "r.json"
+    path.write_bytes(content)
+    assert fsio.read_json_object(str(path)) is None
+    assert fsio.read_json_object(str(tmp_path / "missing.json")) is None
+
+
+def test_concurrent_dir_syncs_share_fsyncs_and_all_return(tmp_path, monkeypatch):
+    calls = []
+    real = fsio.fsync_dir
+    gate = threading.Event()
+
+    def slow_fsync(path):
+        calls.append(path)
+        gate.wait(5)  # hold the first fsync so the other callers pile up behind it
+        real(path)
+
+    monkeypatch.setattr(fsio, "fsync_dir", slow_fsync)
+    syncer = fsio.DirSyncer(str(tmp_path))
+    threads = [threading.Thread(target=syncer.sync) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    # The first caller's fsync, then one more for everyone who arrived while it ran (or a few).
+    assert 2 <= len(calls) < 8
+
+
+def test_a_failed_dir_sync_is_reported_to_its_callers(tmp_path, monkeypatch):
+    def broken(path):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(fsio, "fsync_dir", broken)
+    with pytest.raises(OSError):
+        fsio.DirSyncer(str(tmp_path)).sync()
