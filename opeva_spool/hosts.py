@@ -131,11 +131,11 @@ class HostView:
 class LivenessMonitor:
     """Reads heartbeats, judges hosts, and puts a lost host's jobs back in the queue."""
 
-    def __init__(self, spool, configured_hosts, offline_after, on_requeue=None):
+    def __init__(self, spool, configured_hosts, offline_after, on_moved=None):
         self.spool = spool
         self.configured_hosts = tuple(configured_hosts)
         self.offline_after = offline_after
-        self.on_requeue = on_requeue or (lambda entry, host: None)
+        self.on_moved = on_moved or (lambda location, entry: None)
         self.started = time.monotonic()
         self._views = {}
         self._lock = threading.Lock()
@@ -201,8 +201,8 @@ class LivenessMonitor:
                 record = self.spool.read_attempt(entry) or {}
                 if record.get("state") in ("finished", "failed", "stopped"):
                     continue  # ended; its owner (or complete_finished) moves it
-                result = self.spool.recover_lost(entry, host, reason="host_lost")
-                if result:
-                    moved.append((entry, host))
-                    self.on_requeue(entry, host)
+                placed = self.spool.recover_lost(entry, host, reason="host_lost")
+                if placed:
+                    moved.append(placed)
+                    self.on_moved(*placed)
         return moved

@@ -12,9 +12,10 @@ from its attempt record on each request: one small file, only for jobs on a host
 """
 
 import bisect
+import os
 import threading
 
-from .spool import DONE, QUEUED, RUNNING
+from .spool import DONE, QUEUED, RUNNING, Location
 from .states import JobState
 
 # Coarse buckets the index can tell from locations alone; "active" is everything in a running/.
@@ -116,6 +117,10 @@ class JobIndex:
             return None
         location = self.spool.find(record.entry, hint=record.location)
         if location is None:
+            # A requeue renames the entry to its next attempt in queued/.
+            requeued = record.entry.next_attempt()
+            if os.path.exists(self.spool.entry_path(Location(QUEUED), requeued)):
+                return self.place(Location(QUEUED), requeued)
             with self._lock:
                 # Someone may have placed it anew (a requeue renames the entry) meanwhile.
                 if self._records.get(job_id) is record and self.spool.find(record.entry) is None:

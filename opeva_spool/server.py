@@ -41,7 +41,7 @@ def dependency_checks(settings, sitedata):
 
 
 class Server:
-    def __init__(self, settings, runtime=None):
+    def __init__(self, settings):
         self.settings = settings
         self.spool = Spool(settings.shared_root)
         self.spool.ensure_layout()
@@ -51,8 +51,8 @@ class Server:
         if removed:
             log.warning("moved %d half-published job folders to the trash: %s", len(removed), removed[:10])
         self.jobs = JobService(settings, self.spool, self.index, on_publish=self._wake_embedded_worker)
-        self.monitor = LivenessMonitor(self.spool, settings.hosts, settings.offline_after,
-                                       on_requeue=lambda entry, host: self.index.resolve(entry.job_id))
+        # A requeue renames the entry (attempt + 1): the index learns the new name at once.
+        self.monitor = LivenessMonitor(self.spool, settings.hosts, settings.offline_after, on_moved=self.index.place)
         self.inbox = Inbox(self.spool, self.jobs)
         sitedata = SiteData(settings)
         ctx = api_app.Context(settings, spool=self.spool, index=self.index, jobs=self.jobs, monitor=self.monitor,
@@ -60,7 +60,7 @@ class Server:
         self.app = api_app.make_app(ctx, [jobs_api, configs_api, system_api, sites_api])
         self.agent = None
         if settings.embedded_worker:
-            self.agent = Agent(settings, self.spool, runtime or make_runtime(settings), host=EMBEDDED_HOST)
+            self.agent = Agent(settings, self.spool, make_runtime(settings), host=EMBEDDED_HOST)
         self.watcher = DirectoryWatcher(settings.observer, settings.scan_interval)
         self.stopping = threading.Event()
         self.nudge = threading.Event()

@@ -359,11 +359,17 @@ class Spool:
         return new if moved is not False else None
 
     def recover_lost(self, entry, host, reason):
-        """A running attempt whose agent is gone: requeue it if the job's max_retries allow, else fail it."""
+        """A running attempt whose agent is gone: requeue it if the job's max_retries allow, else fail it.
+
+        Returns (Location, Entry) of where the job went, or None if its owner's own move won.
+        """
         spec = self.read_spec(Location(RUNNING, host), entry)
         if spec is not None and entry.attempt <= spec.max_retries:
-            return self.requeue(entry, host)
-        return self.fail_lost(entry, host, reason)
+            requeued = self.requeue(entry, host)
+            return (Location(QUEUED), requeued) if requeued else None
+        if self.fail_lost(entry, host, reason):
+            return Location(DONE, JobState.FAILED.value), entry
+        return None
 
     def fail_lost(self, entry, host, reason):
         """End a lost host's running entry as failed; the server acts as the owner of record."""

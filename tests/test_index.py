@@ -138,3 +138,25 @@ def test_an_ended_attempt_record_is_never_rewritten(spool):
         spool.write_attempt(entry, "gpu-a", "probe", JobState.FAILED, reason="late probe")
     assert raised.value.status == 409
     assert fsio.read_json_object(spool.folder(entry.job_id).attempt_record(1))["state"] == "finished"
+
+
+def test_a_requeue_seen_only_as_a_departure_keeps_the_job_visible(spool):
+    spec = build_spec({"command": "true", "target_host": "gpu-a", "max_retries": 1}, ["gpu-a"], "", None,
+                      job_id="retry-1")
+    entry = spool.publish(spec)
+    index = JobIndex(spool)
+    index.sync()
+    os.makedirs(spool.running_dir("gpu-a"))
+    spool.claim(entry, "gpu-a", "agent-1")
+    index.place(Location(RUNNING, "gpu-a"), entry)
+    location, requeued = spool.recover_lost(entry, "gpu-a", "host_lost")
+    assert location == Location(QUEUED) and requeued.attempt == 2
+    # Only the "left running/" event arrives; the one for queued/ is late or lost.
+    index.vacate(Location(RUNNING, "gpu-a"), entry)
+    record = index.get("retry-1")
+    assert record is not None and record.location == Location(QUEUED) and record.entry.attempt == 2
+    # Attempt 2 is lost too: max_retries is spent, so the job ends failed (host_lost).
+    spool.claim(requeued, "gpu-a", "agent-2")
+    location, failed = spool.recover_lost(requeued, "gpu-a", "host_lost")
+    assert location == Location(DONE, "failed") and failed == requeued
+    assert fsio.read_json_object(spool.folder("retry-1").attempt_record(2))["reason"] == "host_lost"
