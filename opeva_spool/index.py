@@ -15,6 +15,7 @@ import bisect
 import os
 import threading
 
+from .jobs import ANY_HOST
 from .spool import DONE, QUEUED, RUNNING, Location
 from .states import JobState
 
@@ -181,6 +182,13 @@ class JobIndex:
         except ValueError:
             return JobState.UNKNOWN
 
+    def host_of(self, record):
+        """The host a job ran on; for an ended ``any`` job the index did not see run, from its record."""
+        if record.ran_on is None and record.location.kind == DONE and record.entry.target == ANY_HOST:
+            attempt = self.spool.read_attempt(record.entry) or {}
+            record.ran_on = attempt.get("host") or record.entry.target
+        return record.host
+
     def job_ids(self):
         with self._lock:
             return set(self._records)
@@ -205,7 +213,7 @@ class JobIndex:
             while position < len(keys) and len(records) < limit:
                 record = self._records[keys[position][1]]
                 position += 1
-                if host is not None and record.host != host:
+                if host is not None and self.host_of(record) != host:
                     continue
                 if status in (JobState.DISPATCHED, JobState.RUNNING) and self.state_of(record) != status:
                     continue

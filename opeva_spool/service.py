@@ -114,7 +114,7 @@ class JobService:
         return {
             "job_id": record.entry.job_id,
             "status": state.value,
-            "host": record.host,
+            "host": self.index.host_of(record),
             "target_host": record.entry.target,
             "attempt": record.entry.attempt,
             "priority": record.entry.priority,
@@ -132,7 +132,8 @@ class JobService:
         for key in ("container_id", "container_name"):
             if not info.get(key) and attempt.get(key):
                 info[key] = attempt[key]
-        info.update(status=self.index.state_of(record).value, host=record.host, attempt=record.entry.attempt,
+        info.update(status=self.index.state_of(record).value, host=self.index.host_of(record),
+                    attempt=record.entry.attempt,
                     exit_code=attempt.get("exit_code"), reason=attempt.get("reason"),
                     started_at=attempt.get("started_at"), ended_at=attempt.get("ended_at"))
         return info
@@ -164,7 +165,7 @@ class JobService:
             items.append({
                 "job_id": record.entry.job_id,
                 "status": self.index.state_of(record).value,
-                "host": record.host,
+                "host": self.index.host_of(record),
                 "submitted_at": info.get("submitted_at"),
                 "job_info": info,
             })

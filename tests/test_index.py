@@ -160,3 +160,15 @@ def test_a_requeue_seen_only_as_a_departure_keeps_the_job_visible(spool):
     location, failed = spool.recover_lost(requeued, "gpu-a", "host_lost")
     assert location == Location(DONE, "failed") and failed == requeued
     assert fsio.read_json_object(spool.folder("retry-1").attempt_record(2))["reason"] == "host_lost"
+
+
+def test_host_filter_finds_ended_any_jobs_by_the_host_that_ran_them_after_a_restart(spool):
+    entry = publish(spool, 1, target="any")[0]
+    os.makedirs(spool.running_dir("gpu-b"))
+    spool.claim(entry, "gpu-b", "agent-b")
+    spool.write_attempt(entry, "gpu-b", "agent-b", JobState.RUNNING)
+    spool.finish(entry, "gpu-b", "agent-b", JobState.FINISHED, exit_code=0)
+    index = JobIndex(spool)  # a fresh server: it never saw the job run
+    index.sync()
+    assert [r.entry.job_id for r in index.page(host="gpu-b")[0]] == [entry.job_id]
+    assert index.page(host="any")[0] == []
