@@ -11,7 +11,6 @@ import socket
 import sys
 import tempfile
 import threading
-import time
 import uuid
 
 import filelock

@@ -13,7 +13,7 @@ import yaml
 
 from . import fsio, jobs, names
 from .exceptions import BadRequest, Conflict, NotFound
-from .spool import DONE, QUEUED, RUNNING, Location
+from .spool import DONE, QUEUED, Location
 from .states import JobState, check_transition
 
 MAX_CONFIG_BYTES = 512 * 1024

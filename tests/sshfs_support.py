@@ -53,6 +53,17 @@ def missing_prerequisites():
     return None
 
 
+def new_hosts(tmp_path_factory, name, host_names):
+    """(work dir, shared root, SshfsHosts not yet started) — or skip/fail without the prerequisites."""
+    why = missing_prerequisites()
+    if why:
+        unavailable(why)
+    work = tmp_path_factory.mktemp(name)
+    root = work / "share"
+    root.mkdir()
+    return work, root, SshfsHosts(work / "hosts", root, host_names)
+
+
 def _run(*command):
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:

@@ -1,7 +1,6 @@
 """A Docker agent as a real process: live logs, endings, stop, missing image, /data, GPUs,
 re-attachment after kill -9, and its host guard when the agent is frozen."""
 
-import os
 import signal
 import time
 import uuid

@@ -24,7 +24,7 @@ import pytest
 
 from .conftest import wait_for
 from .processes import PROJECT_ROOT, spool_env, start_server, stop
-from .sshfs_support import SshfsHosts, _descendants, missing_prerequisites, unavailable
+from .sshfs_support import _descendants, new_hosts
 
 HOSTS = ("node-a", "node-b")
 OFFLINE_AFTER = 4.0  # lease 2 s, guard grace min(stop_grace, offline_after / 4) = 1 s
@@ -118,13 +118,7 @@ def _leftovers(hosts, work, net_inodes, watched):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    why = missing_prerequisites()
-    if why:
-        unavailable(why)
-    work = tmp_path_factory.mktemp("share-lost")
-    root = work / "share"
-    root.mkdir()
-    hosts = SshfsHosts(work / "hosts", root, HOSTS)
+    work, root, hosts = new_hosts(tmp_path_factory, "share-lost", HOSTS)
     cluster = Cluster(work, root, hosts)
     net_inodes, watched = set(), {}
     try:

@@ -28,7 +28,7 @@ from opeva_spool.spool import Spool
 
 from .conftest import wait_for
 from .processes import PROJECT_ROOT, spool_env, start_server, stop
-from .sshfs_support import SshfsHosts, missing_prerequisites, unavailable
+from .sshfs_support import new_hosts
 
 HOSTS = ("node-a", "node-b")
 AGENT = dict(observer="polling", scan_interval=0.2, heartbeat_interval=0.3, capacity=4, stop_grace=1.0)
@@ -39,13 +39,7 @@ CLAIMS = 100
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    why = missing_prerequisites()
-    if why:
-        unavailable(why)
-    work = tmp_path_factory.mktemp("sshfs")
-    root = work / "share"
-    root.mkdir()
-    hosts = SshfsHosts(work / "hosts", root, HOSTS)
+    work, root, hosts = new_hosts(tmp_path_factory, "sshfs", HOSTS)
     procs = []
     try:
         started = time.monotonic()

@@ -5,7 +5,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import uuid
 import zipfile
 

@@ -45,7 +45,7 @@ class CachedCheck:
 
 
 def install(app, ctx):
-    spool, settings = ctx.spool, ctx.settings
+    spool = ctx.spool
     monitor = ctx.monitor
     dependency_checks = {name: CachedCheck(check) for name, check in ctx.dependency_checks.items()}
 
