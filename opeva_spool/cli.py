@@ -12,6 +12,7 @@ import urllib.request
 
 from .exceptions import SpoolError
 from .settings import load_settings, settings_markdown
+from .states import JobState
 
 log = logging.getLogger("opeva_spool")
 
@@ -53,7 +54,7 @@ def _narrate(server, job_id):
         if shown != last:
             log.info("demo job: %s, progress %s%%", status, progress.get("progress_pct", 0))
             last = shown
-        if status in ("finished", "failed", "stopped", "canceled"):
+        if JobState(status).terminal:
             log.info("demo job result: %s", json.dumps(server.jobs.result(job_id)))
             return
         time.sleep(0.2)

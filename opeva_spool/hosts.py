@@ -190,7 +190,6 @@ class LivenessMonitor:
 
     def reclaim_offline(self):
         """Requeue (or fail, per max_retries) the running entries of every offline host."""
-        moved = []
         for host in self.spool.worker_hosts():
             if self.state(host) != OFFLINE:
                 continue
@@ -198,11 +197,8 @@ class LivenessMonitor:
                 entry = Entry.parse(name)
                 if entry is None:
                     continue
-                record = self.spool.read_attempt(entry) or {}
-                if record.get("state") in ("finished", "failed", "stopped"):
+                if self.spool.recorded_ending(entry):
                     continue  # ended; its owner (or complete_finished) moves it
                 placed = self.spool.recover_lost(entry, host, reason="host_lost")
                 if placed:
-                    moved.append(placed)
                     self.on_moved(*placed)
-        return moved

@@ -19,7 +19,7 @@ from .index import JobIndex
 from .runtimes import make_runtime
 from .sitedata.mongo import SiteData
 from .service import JobService
-from .spool import DONE, QUEUED, RUNNING, TERMINAL_DIRS, Entry, Location, Spool
+from .spool import TERMINAL_DIRS, Entry, Spool
 from .watching import DirectoryWatcher
 
 log = logging.getLogger(__name__)
@@ -75,16 +75,6 @@ class Server:
         if self.agent is not None and self.agent.wants(entry.name):
             self.agent.wake.set()
 
-    def _location_of_dir(self, directory):
-        if directory == self.spool.queued_dir:
-            return Location(QUEUED)
-        parent, leaf = os.path.split(directory)
-        if leaf == RUNNING and os.path.dirname(parent) == self.spool.spool_dir:
-            return Location(RUNNING, os.path.basename(parent))
-        if parent == self.spool.done_dir and leaf in TERMINAL_DIRS:
-            return Location(DONE, leaf)
-        return None
-
     def _on_entry_event(self, event):
         """Feed the index from an event: dest paths are placements, src paths departures."""
         if event.is_directory:
@@ -96,7 +86,7 @@ class Server:
             if not path:
                 continue
             directory, name = os.path.split(path)
-            entry, location = Entry.parse(name), self._location_of_dir(directory)
+            entry, location = Entry.parse(name), self.spool.location_of_dir(directory)
             if entry is None or location is None:
                 continue
             if arriving:

@@ -187,7 +187,8 @@ class JobService:
             state = self.index.state_of(record) if record else JobState.NOT_FOUND
         check_transition(state, JobState.STOPPED)  # 409 unless dispatched or running
         self.spool.request_stop(record.entry.job_id, by)
-        return {"message": f"stop requested; host {record.host} stops job {job_id}", "status": state.value,
+        return {"message": f"stop requested; host {self.index.host_of(record)} stops job {job_id}",
+                "status": state.value,
                 "stop_requested": True}
 
     def delete(self, job_id, force=False):

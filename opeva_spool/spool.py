@@ -130,6 +130,17 @@ class Spool:
     def done_path(self, state):
         return os.path.join(self.done_dir, state)
 
+    def location_of_dir(self, directory):
+        """The Location a directory holds entries for, or None (the inverse of location_dir)."""
+        if directory == self.queued_dir:
+            return Location(QUEUED)
+        parent, leaf = os.path.split(directory)
+        if leaf == RUNNING and os.path.dirname(parent) == self.spool_dir:
+            return Location(RUNNING, os.path.basename(parent))
+        if parent == self.done_dir and leaf in TERMINAL_DIRS:
+            return Location(DONE, leaf)
+        return None
+
     def location_dir(self, location):
         if location.kind == QUEUED:
             return self.queued_dir
@@ -312,14 +323,23 @@ class Spool:
         fsio.fsync_dir(self.done_path(state.value))
         return True
 
+    def recorded_ending(self, entry):
+        """The terminal state the attempt's record holds, or None (no record yet, or not ended)."""
+        record = self.read_attempt(entry) or {}
+        try:
+            state = JobState(record.get("state"))
+        except ValueError:
+            return None
+        return state if state.terminal else None
+
     def complete_finished(self, host):
         """Move entries whose terminal record is written but which are still in running/."""
         for name in fsio.listdir(self.running_dir(host)):
             entry = Entry.parse(name)
-            record = self.read_attempt(entry) if entry else None
-            if record and JobState(record.get("state", "unknown")).terminal:
+            ending = self.recorded_ending(entry) if entry else None
+            if ending:
                 fsio.rename_claim(os.path.join(self.running_dir(host), name),
-                                  os.path.join(self.done_path(record["state"]), name))
+                                  os.path.join(self.done_path(ending.value), name))
 
     # ----- requests from the API ----------------------------------------------------------
 
