@@ -84,6 +84,15 @@ def cluster(tmp_path):
                     else None
             return wait_for(check, timeout=timeout, message=f"{job_id} to be {wanted} {fields}")
 
+        def job_running_on_node_a(self, max_retries):
+            """Server up, node-a's agent (capacity 1) running one marked job: (agent process, job id)."""
+            self.server()
+            agent_a = self.agent("node-a", capacity=1)
+            job_id = self.submit(max_retries=max_retries)
+            self.wait_status(job_id, "running", host="node-a")
+            wait_for(lambda: self.marks(job_id, 1), message="attempt 1 to start")
+            return agent_a, job_id
+
         def marks(self, job_id, attempt):
             path = os.path.join(self.spool.jobs_dir, job_id, f"alive-{attempt}")
             if not os.path.exists(path):
@@ -180,11 +189,7 @@ def test_killed_agent_s_jobs_are_requeued_or_failed_per_max_retries_without_over
 
 
 def test_frozen_agent_never_runs_an_attempt_alongside_its_successor(cluster):
-    cluster.server()
-    agent_a = cluster.agent("node-a", capacity=1)
-    job_id = cluster.submit(max_retries=2)
-    cluster.wait_status(job_id, "running", host="node-a")
-    wait_for(lambda: cluster.marks(job_id, 1), message="attempt 1 to start")
+    agent_a, job_id = cluster.job_running_on_node_a(max_retries=2)
     cluster.agent("node-b", capacity=1)
 
     agent_a.send_signal(signal.SIGSTOP)
@@ -210,11 +215,7 @@ def test_frozen_agent_never_runs_an_attempt_alongside_its_successor(cluster):
 
 
 def test_restarted_agent_ends_its_predecessor_s_attempt_before_requeueing_it(cluster):
-    cluster.server()
-    agent_a = cluster.agent("node-a", capacity=1)
-    job_id = cluster.submit(max_retries=1)
-    cluster.wait_status(job_id, "running", host="node-a")
-    wait_for(lambda: cluster.marks(job_id, 1), message="attempt 1 to start")
+    agent_a, job_id = cluster.job_running_on_node_a(max_retries=1)
     agent_a.kill()
     agent_a.wait()
     # Restarted at once (systemd's Restart=): well within the lease, so the old attempt's guard
