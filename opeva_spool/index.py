@@ -7,16 +7,16 @@ fed three ways, and none of them alone is trusted:
 - watchdog events from the spool directories (hints: inotify misses other NFS hosts);
 - ``sync()``, a periodic listing of the spool (the truth), and ``resolve()``, which
   re-finds a single job by stat when the index's idea of it turns out to be stale.
-A running entry's finer state (dispatched, running, or ended but not yet moved) is read
-from its attempt record on each request: one small file, only for jobs on a host.
+The state rule itself (location + attempt job) is the spool's (``Spool.state_at``); a
+running entry's finer state is read from its attempt job on each request: one small
+file, only for jobs on a host.
 """
 
 import bisect
 import os
 import threading
 
-from .jobs import ANY_HOST
-from .spool import DONE, QUEUED, RUNNING, Location
+from .spool import DONE, QUEUED, RUNNING, JobStatus, Location
 from .states import JobState
 
 # Coarse buckets the index can tell from locations alone; "active" is everything in a running/.
@@ -28,7 +28,7 @@ STATUS_BUCKET = {
 }
 
 
-class JobRecord:
+class IndexedJob:
     __slots__ = ("entry", "location", "ran_on", "generation")
 
     def __init__(self, entry, location, ran_on, generation):
@@ -60,75 +60,75 @@ class JobIndex:
     def __init__(self, spool):
         self.spool = spool
         self._lock = threading.RLock()
-        self._records = {}
+        self._jobs = {}
         self._order = []  # order keys, newest first
         self._buckets = {}  # bucket -> order keys, newest first
         self._generation = 0
 
     def __len__(self):
-        return len(self._records)
+        return len(self._jobs)
 
     def __contains__(self, job_id):
-        return job_id in self._records
+        return job_id in self._jobs
 
     # ----- feeding ------------------------------------------------------------------------
 
     def place(self, location, entry):
         """The entry is now at ``location`` (from a listing, an event or our own write)."""
         with self._lock:
-            record = self._records.get(entry.job_id)
-            if record is None:
-                record = JobRecord(entry, location, None, self._generation)
-                self._records[entry.job_id] = record
-                bisect.insort(self._order, record.order_key)
-                bisect.insort(self._buckets.setdefault(record.bucket, []), record.order_key)
-                return record
-            if location.kind == DONE and record.location.kind != DONE and entry.attempt < record.entry.attempt:
-                return record  # a superseded attempt's late move; the current attempt is what counts
-            self._unbucket(record)
-            if record.location.kind == RUNNING:
-                record.ran_on = record.location.detail
-            record.entry, record.location, record.generation = entry, location, self._generation
-            bisect.insort(self._buckets.setdefault(record.bucket, []), record.order_key)
-            return record
+            job = self._jobs.get(entry.job_id)
+            if job is None:
+                job = IndexedJob(entry, location, None, self._generation)
+                self._jobs[entry.job_id] = job
+                bisect.insort(self._order, job.order_key)
+                bisect.insort(self._buckets.setdefault(job.bucket, []), job.order_key)
+                return job
+            if location.kind == DONE and job.location.kind != DONE and entry.attempt < job.entry.attempt:
+                return job  # a superseded attempt's late move; the current attempt is what counts
+            self._unbucket(job)
+            if job.location.kind == RUNNING:
+                job.ran_on = job.location.detail
+            job.entry, job.location, job.generation = entry, location, self._generation
+            bisect.insort(self._buckets.setdefault(job.bucket, []), job.order_key)
+            return job
 
     def vacate(self, location, entry):
         """The entry left ``location`` (a delete or a move event); find where it went."""
         with self._lock:
-            record = self._records.get(entry.job_id)
-            if record is None or record.location != location or record.entry != entry:
+            job = self._jobs.get(entry.job_id)
+            if job is None or job.location != location or job.entry != entry:
                 return
         self.resolve(entry.job_id)
 
     def forget(self, job_id):
         with self._lock:
-            record = self._records.pop(job_id, None)
-            if record is not None:
-                self._unbucket(record)
-                _remove_sorted(self._order, record.order_key)
+            job = self._jobs.pop(job_id, None)
+            if job is not None:
+                self._unbucket(job)
+                _remove_sorted(self._order, job.order_key)
 
-    def _unbucket(self, record):
-        _remove_sorted(self._buckets.get(record.bucket, []), record.order_key)
+    def _unbucket(self, job):
+        _remove_sorted(self._buckets.get(job.bucket, []), job.order_key)
 
     def resolve(self, job_id):
-        """Re-find one job on disk by stat; updates and returns its record (None if gone)."""
+        """Re-find one job on disk by stat; updates and returns it (None if gone)."""
         with self._lock:
-            record = self._records.get(job_id)
-        if record is None:
+            job = self._jobs.get(job_id)
+        if job is None:
             return None
-        location = self.spool.find(record.entry, hint=record.location)
+        location = self.spool.find(job.entry, hint=job.location)
         if location is None:
             # A requeue renames the entry to its next attempt in queued/.
-            requeued = record.entry.next_attempt()
+            requeued = job.entry.next_attempt()
             if os.path.exists(self.spool.entry_path(Location(QUEUED), requeued)):
                 return self.place(Location(QUEUED), requeued)
             with self._lock:
                 # Someone may have placed it anew (a requeue renames the entry) meanwhile.
-                if self._records.get(job_id) is record and self.spool.find(record.entry) is None:
+                if self._jobs.get(job_id) is job and self.spool.find(job.entry) is None:
                     self.forget(job_id)
                     return None
-                return self._records.get(job_id)
-        return self.place(location, record.entry)
+                return self._jobs.get(job_id)
+        return self.place(location, job.entry)
 
     def sync(self, include_done=True):
         """Reconcile with a listing of the spool; done/ is large, so callers list it less often."""
@@ -142,14 +142,14 @@ class JobIndex:
             if previous is None or _stage(location) >= _stage(previous[0]):
                 seen[entry.job_id] = (location, entry)
         for location, entry in seen.values():
-            record = self._records.get(entry.job_id)
-            if record is None or record.location != location or record.entry != entry:
+            job = self._jobs.get(entry.job_id)
+            if job is None or job.location != location or job.entry != entry:
                 self.place(location, entry)
         with self._lock:
             missing = [
-                job_id for job_id, record in self._records.items()
-                if job_id not in seen and record.generation < started
-                and (include_done or record.location.kind != DONE)
+                job_id for job_id, job in self._jobs.items()
+                if job_id not in seen and job.generation < started
+                and (include_done or job.location.kind != DONE)
             ]
         for job_id in missing:
             self.resolve(job_id)
@@ -157,47 +157,40 @@ class JobIndex:
     # ----- reading ------------------------------------------------------------------------
 
     def get(self, job_id):
-        """The record, re-resolved if its entry is no longer where the index thought."""
+        """The indexed job, re-resolved if its entry is no longer where the index thought."""
         with self._lock:
-            record = self._records.get(job_id)
-        if record is None:
+            job = self._jobs.get(job_id)
+        if job is None:
             return None
-        if record.location.kind == DONE:
-            return record  # entries in done/ only ever leave by a delete, which we do ourselves
-        if self.spool.find(record.entry, hint=record.location) != record.location:
+        if job.location.kind == DONE:
+            return job  # entries in done/ only ever leave by a delete, which we do ourselves
+        if self.spool.find(job.entry, hint=job.location) != job.location:
             return self.resolve(job_id)
-        return record
+        return job
 
-    def state_of(self, record):
-        """The job's state; for an entry on a host, from its attempt record."""
-        if record.location.kind == QUEUED:
-            return JobState.QUEUED
-        if record.location.kind == DONE:
-            return JobState(record.location.detail)
-        attempt = self.spool.read_attempt(record.entry)
-        if attempt is None:
-            return JobState.DISPATCHED
-        try:
-            return JobState(attempt.get("state"))
-        except ValueError:
-            return JobState.UNKNOWN
+    def state_of(self, job):
+        return self.spool.state_at(job.location, job.entry)
 
-    def host_of(self, record):
-        """The host a job ran on; for an ended ``any`` job the index did not see run, from its record."""
-        if record.ran_on is None and record.location.kind == DONE and record.entry.target == ANY_HOST:
-            attempt = self.spool.read_attempt(record.entry) or {}
-            record.ran_on = attempt.get("host") or record.entry.target
-        return record.host
+    def host_of(self, job):
+        """The host a job is on or ran on; for an ended ``any`` job the index did not see run, from its attempt record
+        (remembered: an ended job does not move again)."""
+        if job.ran_on is None and job.location.kind == DONE:
+            job.ran_on = self.spool.host_at(job.location, job.entry)
+        return job.host
+
+    def status_of(self, job):
+        """The spool's JobStatus for an indexed job."""
+        return JobStatus(job.entry, job.location, self.state_of(job), self.host_of(job))
 
     def job_ids(self):
         with self._lock:
-            return set(self._records)
+            return set(self._jobs)
 
     def page(self, status=None, host=None, limit=100, after=None, offset=0):
-        """Records newest first, filtered; ``after`` is the order key of the last one seen.
+        """Indexed jobs newest first, filtered; ``after`` is the order key of the last one seen.
 
-        Returns (records, next_after, total); total is None when counting would mean
-        looking at every job (host filters, states read from attempt records).
+        Returns (jobs, next_after, total); total is None when counting would mean
+        looking at every job (host filters, states read from attempt jobs).
         """
         with self._lock:
             if status is None:
@@ -208,18 +201,18 @@ class JobIndex:
             start += offset
             exact = host is None and status not in (JobState.DISPATCHED, JobState.RUNNING)
             total = len(keys) if exact else None
-            records = []
+            jobs = []
             position = start
-            while position < len(keys) and len(records) < limit:
-                record = self._records[keys[position][1]]
+            while position < len(keys) and len(jobs) < limit:
+                job = self._jobs[keys[position][1]]
                 position += 1
-                if host is not None and self.host_of(record) != host:
+                if host is not None and self.host_of(job) != host:
                     continue
-                if status in (JobState.DISPATCHED, JobState.RUNNING) and self.state_of(record) != status:
+                if status in (JobState.DISPATCHED, JobState.RUNNING) and self.state_of(job) != status:
                     continue
-                records.append(record)
-            next_after = keys[position - 1] if position < len(keys) and records else None
-        return records, next_after, total
+                jobs.append(job)
+            next_after = keys[position - 1] if position < len(keys) and jobs else None
+        return jobs, next_after, total
 
     def counts(self):
         with self._lock:

@@ -120,8 +120,8 @@ class Server:
     def _clear_answered_stop_requests(self):
         for name in fsio.listdir(self.spool.requests_dir):
             job_id = name[: -len(".stop")] if name.endswith(".stop") else None
-            record = self.index.get(job_id) if job_id in self.index else None
-            if job_id and (record is None or self.index.state_of(record).terminal):
+            job = self.index.get(job_id) if job_id in self.index else None
+            if job_id and (job is None or self.index.state_of(job).terminal):
                 self.spool.clear_stop_request(job_id)
 
     def _maintain(self):

@@ -102,50 +102,50 @@ class JobService:
 
     # ----- look-ups -----------------------------------------------------------------------
 
-    def record(self, job_id):
-        record = self.index.get(names.job_id(job_id))
-        if record is None:
+    def lookup(self, job_id):
+        """The job's JobStatus (entry, location, state, host); 404 if there is no such job."""
+        job = self.index.get(names.job_id(job_id))
+        if job is None:
             raise NotFound(f"no job {job_id!r}", job_id=job_id, status=JobState.NOT_FOUND.value)
-        return record
+        return self.index.status_of(job)
 
     def status(self, job_id):
-        record = self.record(job_id)
-        state = self.index.state_of(record)
+        job = self.lookup(job_id)
         return {
-            "job_id": record.entry.job_id,
-            "status": state.value,
-            "host": self.index.host_of(record),
-            "target_host": record.entry.target,
-            "attempt": record.entry.attempt,
-            "priority": record.entry.priority,
+            "job_id": job.entry.job_id,
+            "status": job.state.value,
+            "host": job.host,
+            "target_host": job.entry.target,
+            "attempt": job.entry.attempt,
+            "priority": job.entry.priority,
         }
 
     def job_info(self, job_id):
         """job_info.json (which the training image merges into) plus what the owner recorded."""
-        record = self.record(job_id)
-        folder = self.spool.folder(record.entry.job_id)
+        job = self.lookup(job_id)
+        folder = self.spool.folder(job.entry.job_id)
         info = fsio.read_json_object(folder.job_info)
         if info is None:  # half-written by the image: fall back to the spec in the entry
-            spec = self.spool.read_spec(record.location, record.entry)
-            info = spec.job_info() if spec else {"job_id": record.entry.job_id}
-        attempt = self.spool.read_attempt(record.entry) or {}
+            spec = self.spool.read_spec(job.location, job.entry)
+            info = spec.job_info() if spec else {"job_id": job.entry.job_id}
+        attempt = self.spool.read_attempt(job.entry) or {}
         for key in ("container_id", "container_name"):
             if not info.get(key) and attempt.get(key):
                 info[key] = attempt[key]
-        info.update(status=self.index.state_of(record).value, host=self.index.host_of(record),
-                    attempt=record.entry.attempt,
+        info.update(status=job.state.value, host=job.host,
+                    attempt=job.entry.attempt,
                     exit_code=attempt.get("exit_code"), reason=attempt.get("reason"),
                     started_at=attempt.get("started_at"), ended_at=attempt.get("ended_at"))
         return info
 
     def result(self, job_id):
-        record = self.record(job_id)
-        result = fsio.read_json_object(self.spool.folder(record.entry.job_id).result)
+        job = self.lookup(job_id)
+        result = fsio.read_json_object(self.spool.folder(job.entry.job_id).result)
         return result if result is not None else {"status": "pending", "message": "Result not ready yet."}
 
     def progress(self, job_id):
-        record = self.record(job_id)
-        progress = fsio.read_json_object(self.spool.folder(record.entry.job_id).progress)
+        job = self.lookup(job_id)
+        progress = fsio.read_json_object(self.spool.folder(job.entry.job_id).progress)
         return progress if progress is not None else {"progress": "No updates yet."}
 
     def list_jobs(self, status=None, host=None, limit=100, cursor=None, offset=0):
@@ -158,14 +158,14 @@ class JobService:
         if host and host != jobs.ANY_HOST:
             names.host(host)
         after = _parse_cursor(cursor) if cursor else None
-        records, next_after, total = self.index.page(state, host or None, limit, after, offset)
+        jobs_found, next_after, total = self.index.page(state, host or None, limit, after, offset)
         items = []
-        for record in records:
-            info = fsio.read_json_object(self.spool.folder(record.entry.job_id).job_info) or {}
+        for job in map(self.index.status_of, jobs_found):
+            info = fsio.read_json_object(self.spool.folder(job.entry.job_id).job_info) or {}
             items.append({
-                "job_id": record.entry.job_id,
-                "status": self.index.state_of(record).value,
-                "host": self.index.host_of(record),
+                "job_id": job.entry.job_id,
+                "status": job.state.value,
+                "host": job.host,
                 "submitted_at": info.get("submitted_at"),
                 "job_info": info,
             })
@@ -176,56 +176,61 @@ class JobService:
 
     def stop(self, job_id, by=""):
         """Cancel a queued job at once; ask the owner of a running one to stop it."""
-        record = self.record(job_id)
-        state = self.index.state_of(record)
-        if state == JobState.QUEUED:
-            check_transition(state, JobState.CANCELED)
-            if self.spool.cancel_queued(record.entry):
-                self.index.place(Location(DONE, JobState.CANCELED.value), record.entry)
+        job = self.lookup(job_id)
+        if job.state == JobState.QUEUED:
+            check_transition(job.state, JobState.CANCELED)
+            if self.spool.cancel_queued(job.entry):
+                self.index.place(Location(DONE, JobState.CANCELED.value), job.entry)
                 return {"message": f"job {job_id} canceled before it started", "status": JobState.CANCELED.value}
-            record = self.index.resolve(record.entry.job_id)  # a host claimed it meanwhile
-            state = self.index.state_of(record) if record else JobState.NOT_FOUND
+            job = self._refound(job)  # a host claimed it meanwhile
+        state = job.state
         check_transition(state, JobState.STOPPED)  # 409 unless dispatched or running
-        self.spool.request_stop(record.entry.job_id, by)
-        return {"message": f"stop requested; host {self.index.host_of(record)} stops job {job_id}",
+        self.spool.request_stop(job.entry.job_id, by)
+        return {"message": f"stop requested; host {job.host} stops job {job_id}",
                 "status": state.value,
                 "stop_requested": True}
 
     def delete(self, job_id, force=False):
         """Remove a job's entry and folder; a running job only with ``force`` (it is stopped)."""
-        record = self.record(job_id)
-        state = self.index.state_of(record)
-        if state == JobState.QUEUED and not self.spool.cancel_queued(record.entry):
-            record = self.index.resolve(record.entry.job_id)
-            state = self.index.state_of(record) if record else JobState.NOT_FOUND
+        job = self.lookup(job_id)
+        if job.state == JobState.QUEUED and not self.spool.cancel_queued(job.entry):
+            job = self._refound(job)
+        state = job.state
         if state.active:
             if not force:
                 raise Conflict(f"job {job_id} is {state.value}; stop it first or delete with ?force=1",
                                status=state.value, job_id=job_id)
             # The owner sees its entry gone and kills the attempt (Runner.stop_reason).
-            self.spool.request_stop(record.entry.job_id, "delete")
-        location = self.spool.find(record.entry, hint=record.location)
+            self.spool.request_stop(job.entry.job_id, "delete")
+        location = self.spool.find(job.entry, hint=job.location)
         if location is not None:
-            self.spool.trash(self.spool.entry_path(location, record.entry))
-        self.spool.trash(self.spool.folder(record.entry.job_id).path)
-        self.spool.clear_stop_request(record.entry.job_id)
-        self.index.forget(record.entry.job_id)
+            self.spool.trash(self.spool.entry_path(location, job.entry))
+        self.spool.trash(self.spool.folder(job.entry.job_id).path)
+        self.spool.clear_stop_request(job.entry.job_id)
+        self.index.forget(job.entry.job_id)
         return {"message": f"job {job_id} deleted", "job_id": job_id, "previous_status": state.value}
+
+    def _refound(self, job):
+        """The job re-found on disk after losing a race on it; its state is ``not_found`` if it is gone."""
+        indexed = self.index.resolve(job.entry.job_id)
+        if indexed is None:
+            return job._replace(state=JobState.NOT_FOUND)
+        return self.index.status_of(indexed)
 
     # ----- logs ---------------------------------------------------------------------------
 
     def log_path(self, job_id):
-        record = self.record(job_id)
-        return record, self.spool.folder(record.entry.job_id).log
+        job = self.lookup(job_id)
+        return job, self.spool.folder(job.entry.job_id).log
 
     def log_stream(self, job_id, tail=None, follow=False):
         """Chunks of the job's log: all of it or its last ``tail`` lines, then (follow) new ones until it ends."""
-        record, path = self.log_path(job_id)
-        return _stream_log(path, tail, follow, lambda: self._ended(record.entry.job_id))
+        job, path = self.log_path(job_id)
+        return _stream_log(path, tail, follow, lambda: self._ended(job.entry.job_id))
 
     def _ended(self, job_id):
-        record = self.index.get(job_id)
-        return record is None or self.index.state_of(record).terminal
+        job = self.index.get(job_id)
+        return job is None or self.index.state_of(job).terminal
 
 
 def _parse_cursor(cursor):

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from . import fsio, names
 from .exceptions import Conflict
-from .jobs import MAX_PRIORITY, JobFolder, JobSpec, utc_now
+from .jobs import ANY_HOST, MAX_PRIORITY, JobFolder, JobSpec, utc_now
 from .states import TERMINAL_STATES, JobState, check_transition
 
 ENTRY_SUFFIX = ".json"
@@ -80,6 +80,15 @@ class Location(NamedTuple):
 
     kind: str
     detail: str = ""
+
+
+class JobStatus(NamedTuple):
+    """One job as the protocol sees it now: its entry, where that is, its state and its host."""
+
+    entry: Entry
+    location: Location
+    state: JobState
+    host: str
 
 
 class Spool:
@@ -190,6 +199,40 @@ class Spool:
             if os.path.exists(self.entry_path(location, entry)):
                 return location
         return None
+
+    # ----- the state rule -----------------------------------------------------------------
+
+    def state_at(self, location, entry):
+        """A job's state: where its entry is, and for an entry on a host, its attempt record.
+
+        queued/ means queued and done/<state>/ that state. In a running/ the record tells
+        dispatched (none yet), running, or ended-but-not-yet-moved (a crash between finish's
+        record and its rename); a record that cannot be understood is ``unknown``.
+        """
+        if location.kind == QUEUED:
+            return JobState.QUEUED
+        if location.kind == DONE:
+            return JobState(location.detail)
+        attempt = self.read_attempt(entry)
+        if attempt is None:
+            return JobState.DISPATCHED
+        try:
+            return JobState(attempt.get("state"))
+        except ValueError:
+            return JobState.UNKNOWN
+
+    def host_at(self, location, entry, ran_on=None):
+        """The host a job is on or ran on: its running/'s, else ``ran_on``, else its record's, else its target."""
+        if location.kind == RUNNING:
+            return location.detail
+        if ran_on:
+            return ran_on
+        if location.kind == DONE and entry.target == ANY_HOST:
+            return (self.read_attempt(entry) or {}).get("host") or entry.target
+        return entry.target
+
+    def status_at(self, location, entry, ran_on=None):
+        return JobStatus(entry, location, self.state_at(location, entry), self.host_at(location, entry, ran_on))
 
     # ----- publish ------------------------------------------------------------------------
 

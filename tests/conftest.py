@@ -9,9 +9,25 @@ import pytest
 from opeva_spool.server import Server
 from opeva_spool.settings import Settings
 
-from .http import ThreadedServer, WsgiClient
+from .clients import ThreadedServer, WsgiClient
 
 pytest_plugins = ["tests.mongo_support", "tests.docker_support"]
+
+ENVIRONMENT_MARKS = ("docker", "mongo", "sshfs", "citylearn", "slow")
+# A test that uses one of these fixtures needs that part, whether or not its module says so.
+MARK_OF_FIXTURE = {"docker_engine": "docker", "busybox_image": "docker", "mongo_uri": "mongo",
+                   "mongo_client": "mongo", "lab_site": "mongo"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark tests by the parts they need, and as ``core`` those that need none (``pytest -m core``)."""
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in MARK_OF_FIXTURE:
+                item.add_marker(MARK_OF_FIXTURE[fixture])
+        if not any(item.get_closest_marker(mark) for mark in ENVIRONMENT_MARKS):
+            item.add_marker(pytest.mark.core)
+
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

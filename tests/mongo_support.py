@@ -17,7 +17,7 @@ import time
 import pymongo
 import pytest
 
-from tests.http import free_port
+from tests.clients import free_port
 
 UTC = dt.timezone.utc
 LAB = "lab"

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from .http import HttpClient, free_port
+from .clients import HttpClient, free_port
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

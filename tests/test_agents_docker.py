@@ -17,6 +17,8 @@ from opeva_spool.spool import Entry, Spool
 from .conftest import wait_for
 from .processes import start_agent, start_server, stop
 
+pytestmark = pytest.mark.docker
+
 OFFLINE_AFTER = 4.0  # docker kill and inspect take longer than signals: a wider margin than the process tests
 FAST = dict(observer="polling", scan_interval=0.2, heartbeat_interval=0.3, offline_after=OFFLINE_AFTER,
             stop_grace=1.0)

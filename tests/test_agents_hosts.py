@@ -19,6 +19,8 @@ from opeva_spool.spool import Spool
 from .conftest import wait_for
 from .processes import PROJECT_ROOT, spool_env, start_agent, start_server, stop
 
+pytestmark = pytest.mark.slow
+
 OFFLINE_AFTER = 3.0
 FAST = dict(observer="polling", scan_interval=0.2, heartbeat_interval=0.3, offline_after=OFFLINE_AFTER,
             stop_grace=1.0)

@@ -26,6 +26,8 @@ from .conftest import wait_for
 from .processes import PROJECT_ROOT, spool_env, start_server, stop
 from .sshfs_support import _descendants, new_hosts
 
+pytestmark = pytest.mark.sshfs
+
 HOSTS = ("node-a", "node-b")
 OFFLINE_AFTER = 4.0  # lease 2 s, guard grace min(stop_grace, offline_after / 4) = 1 s
 SETTINGS = dict(observer="polling", scan_interval=0.2, heartbeat_interval=0.3, offline_after=OFFLINE_AFTER,

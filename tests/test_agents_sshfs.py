@@ -30,6 +30,8 @@ from .conftest import wait_for
 from .processes import PROJECT_ROOT, spool_env, start_server, stop
 from .sshfs_support import new_hosts
 
+pytestmark = pytest.mark.sshfs
+
 HOSTS = ("node-a", "node-b")
 AGENT = dict(observer="polling", scan_interval=0.2, heartbeat_interval=0.3, capacity=4, stop_grace=1.0)
 # Each run appends the host that ran it (via its own mount): a job run twice leaves two lines.

@@ -8,8 +8,8 @@ import pytest
 from opeva_spool.api.app import Context, make_app
 from opeva_spool.server import Server
 
+from .clients import WsgiClient
 from .conftest import make_settings
-from .http import WsgiClient
 
 BAD_JOB_IDS = ["..", "../etc", "..%2F..%2Fetc", "%2Fetc%2Fpasswd", ".hidden", "a" * 200, "a%00b", "a..b",
                "job%20id", "~root"]

@@ -2,12 +2,16 @@
 
 import os
 
+import pytest
+
 from opeva_spool import fsio
 from opeva_spool.jobs import build_spec
 from opeva_spool.spool import Spool
 
 from .conftest import wait_for
 from .processes import start_agent, stop
+
+pytestmark = pytest.mark.slow
 
 JOBS = 300
 # Each run appends the host that ran it: a job run twice would leave two lines.

@@ -6,14 +6,18 @@ import signal
 import threading
 import time
 
+import pytest
+
 from opeva_spool import fsio
 from opeva_spool.jobs import build_spec
 from opeva_spool.server import Server
 from opeva_spool.spool import Entry
 
+from .clients import WsgiClient
 from .conftest import make_settings
-from .http import WsgiClient
 from .processes import start_server, stop
+
+pytestmark = pytest.mark.slow
 
 
 def test_jobs_accepted_before_kill_9_are_there_after_restart(tmp_path):

@@ -16,6 +16,8 @@ from opeva_spool.runtimes.base import Launch
 from opeva_spool.runtimes.docker import DockerRuntime, container_name, gpu_request
 from opeva_spool.settings import Settings
 
+pytestmark = pytest.mark.docker
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from opeva_spool.server import Server
 
+from .clients import WsgiClient
 from .conftest import PROJECT_ROOT, make_settings, wait_for, wait_for_status
-from .http import WsgiClient
 
 EXAMPLES = os.path.join(PROJECT_ROOT, "examples")
 EXPECTED = {

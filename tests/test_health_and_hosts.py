@@ -5,8 +5,8 @@ import shutil
 
 from opeva_spool.server import Server
 
+from .clients import WsgiClient, free_port
 from .conftest import make_settings, wait_for
-from .http import WsgiClient, free_port
 
 
 def test_health_reports_unconfigured_dependencies_without_failing(client):

@@ -9,8 +9,10 @@ import pytest
 import opeva_spool.api.sites
 from opeva_spool.api.app import Context, make_app
 from opeva_spool.settings import Settings
-from tests.http import ThreadedServer, WsgiClient, free_port
+from tests.clients import ThreadedServer, WsgiClient, free_port
 from tests.mongo_support import LAB, LAB_SAMPLES, LAB_SCHEMA, LAB_START, SAMPLE
+
+pytestmark = pytest.mark.mongo
 
 
 def make_client(tmp_path, mongo_uri, **settings):

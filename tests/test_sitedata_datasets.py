@@ -14,9 +14,22 @@ import opeva_spool.api.sites
 import opeva_spool.sitedata.citylearn
 from opeva_spool.api.app import Context, make_app
 from opeva_spool.settings import Settings
-from tests.http import ThreadedServer, WsgiClient
-from tests.mongo_support import (ALICE, B2_GAP, B10_GAP, EV42, LAB, LAB_START, b1_load, b1_solar, b1_temperature,
-                                 b2_load, b10_load)
+from tests.clients import ThreadedServer, WsgiClient
+from tests.mongo_support import (
+    ALICE,
+    B2_GAP,
+    B10_GAP,
+    EV42,
+    LAB,
+    LAB_START,
+    b1_load,
+    b1_solar,
+    b1_temperature,
+    b2_load,
+    b10_load,
+)
+
+pytestmark = pytest.mark.mongo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FULL_RANGE = {"from_ts": "2024-03-30T00:00:00Z", "until_ts": "2024-04-01T00:00:00Z"}
@@ -167,6 +180,7 @@ def test_schema_json_is_a_citylearn_schema_with_overrides_applied(lab):
 
 
 @pytest.mark.parametrize("name", ["lab15", "lab60"])
+@pytest.mark.citylearn
 def test_generated_dataset_loads_and_runs_to_the_end_in_citylearn(lab, citylearn_python, name):
     schema = os.path.join(lab.datasets, name, "schema.json")
     # -I keeps tests/ (whose http.py shadows the stdlib) off the venv's sys.path.
