@@ -37,6 +37,13 @@ class Unauthorized(SpoolError):
     error = "unauthorized"
 
 
+class Forbidden(SpoolError):
+    """A file the API will not serve, such as a job's link out of its folder."""
+
+    status = 403
+    error = "forbidden"
+
+
 class NotFound(SpoolError):
     status = 404
     error = "not_found"

@@ -5,11 +5,14 @@
 - Reads tolerate what a moving tree does: a missing file, ESTALE, and a half-written
   JSON document (the training image writes result.json with a plain write) all read
   as ``None`` ("not ready"), never as an exception.
+- Files a job wrote are read with ``open_inside``: a job can plant links and special files
+  in its folder, and the server must never serve what they point at.
 """
 
 import errno
 import json
 import os
+import stat
 import threading
 import uuid
 
@@ -137,6 +140,14 @@ def atomic_write_json(path, obj, durable=True):
     atomic_write_bytes(path, json_bytes(obj), durable)
 
 
+def _parse_json(data):
+    """The parsed document, or None if ``data`` is not (yet) valid JSON."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # half-written, or nested beyond the parser
+        return None
+
+
 def read_json(path):
     """The parsed document, or None if it is missing, vanishing or not (yet) valid JSON."""
     try:
@@ -146,15 +157,67 @@ def read_json(path):
         if exc.errno in _GONE or exc.errno == errno.EISDIR:
             return None
         raise
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    return _parse_json(data)
 
 
 def read_json_object(path):
     """Like read_json, but anything other than a JSON object also reads as not ready."""
     doc = read_json(path)
+    return doc if isinstance(doc, dict) else None
+
+
+class Refused(Exception):
+    """A job file that must not be served: outside its folder, no regular file, or too big."""
+
+
+# The biggest job file (result.json, progress.json, job_info.json) read into memory.
+MAX_JOB_JSON_BYTES = 64 * 1024 * 1024
+
+
+def open_inside(path, folder):
+    """``path`` opened for binary reading, or None if it does not exist; it must be a regular
+    file that resolves inside ``folder``, else Refused. Other OSErrors (EACCES, EIO) propagate.
+
+    Links are followed as long as the file they reach is inside ``folder`` (a job may link
+    within its own folder). ``folder`` itself is not resolved, only its parent is: a folder
+    replaced by a link is outside itself. Race: a check on the name followed by an open of the
+    name could be fooled by swapping a link in between, so the name is opened once (O_PATH:
+    no read, no blocking on a FIFO, no side effect of opening a device), the check is made on
+    that open file (its type by fstat, its real path by /proc/self/fd), and the file is then
+    reopened through the same descriptor, which reaches that inode whatever the name now is.
+    """
+    inside = os.path.join(os.path.realpath(os.path.dirname(folder)), os.path.basename(folder)) + os.sep
+    try:
+        pinned = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in _GONE:
+            return None
+        if exc.errno == errno.ELOOP:
+            raise Refused("is a symlink loop") from None
+        raise
+    try:
+        mode = os.fstat(pinned).st_mode
+        if not stat.S_ISREG(mode):
+            raise Refused(f"is not a regular file (mode {stat.filemode(mode)})")
+        # The kernel's path of the open file (" (deleted)" appended if it was unlinked since).
+        if not os.readlink(f"/proc/self/fd/{pinned}").startswith(inside):
+            raise Refused("resolves outside its folder")
+        return open(os.open(f"/proc/self/fd/{pinned}", os.O_RDONLY | os.O_CLOEXEC), "rb")
+    finally:
+        os.close(pinned)
+
+
+def read_job_json(path, folder, limit=MAX_JOB_JSON_BYTES):
+    """The JSON object a job wrote at ``path``, or None if it is missing, half-written or no
+    object; opened with ``open_inside`` (so Refused and OSErrors propagate), Refused over ``limit`` bytes."""
+    handle = open_inside(path, folder)
+    if handle is None:
+        return None
+    with handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise Refused(f"is larger than {limit} bytes")
+    doc = _parse_json(data)
     return doc if isinstance(doc, dict) else None
 
 

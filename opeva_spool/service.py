@@ -5,6 +5,7 @@ below, and every change goes through the spool protocol, then into the index so 
 caller reads its own write.
 """
 
+import contextlib
 import os
 import time
 import uuid
@@ -12,7 +13,7 @@ import uuid
 import yaml
 
 from . import fsio, jobs, names
-from .exceptions import BadRequest, Conflict, NotFound
+from .exceptions import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from .spool import DONE, QUEUED, Location
 from .states import JobState, check_transition
 
@@ -21,6 +22,8 @@ LOG_CHUNK = 64 * 1024
 FOLLOW_POLL_SECONDS = 0.25
 # Listing spool/ for host names on every submission costs more than the submission's fsync.
 KNOWN_HOSTS_TTL = 1.0
+# The image's words for an ended run in the "status" of result.json and progress.json.
+IMAGE_ENDINGS = {"completed": JobState.FINISHED, "failed": JobState.FAILED}
 
 
 def parse_config_text(text, source):
@@ -124,7 +127,7 @@ class JobService:
         """job_info.json (which the training image merges into) plus what the owner recorded."""
         job = self.lookup(job_id)
         folder = self.spool.folder(job.entry.job_id)
-        info = fsio.read_json_object(folder.job_info)
+        info = self._job_json(folder, folder.job_info)
         if info is None:  # half-written by the image: fall back to the spec in the entry
             spec = self.spool.read_spec(job.location, job.entry)
             info = spec.job_info() if spec else {"job_id": job.entry.job_id}
@@ -140,13 +143,57 @@ class JobService:
 
     def result(self, job_id):
         job = self.lookup(job_id)
-        result = fsio.read_json_object(self.spool.folder(job.entry.job_id).result)
+        folder = self.spool.folder(job.entry.job_id)
+        result = self._job_json(folder, folder.result)
+        if job.state.terminal:
+            return self._as_ended(job, result, folder.result)
         return result if result is not None else {"status": "pending", "message": "Result not ready yet."}
 
     def progress(self, job_id):
         job = self.lookup(job_id)
-        progress = fsio.read_json_object(self.spool.folder(job.entry.job_id).progress)
+        folder = self.spool.folder(job.entry.job_id)
+        progress = self._job_json(folder, folder.progress)
+        if job.state.terminal:
+            return self._as_ended(job, progress, folder.progress)
         return progress if progress is not None else {"progress": "No updates yet."}
+
+    def _as_ended(self, job, doc, path):
+        """An ended job's result or progress: the file as written if its ``status`` tells this
+        ending; else (no file, or the 'pending'/'running' a killed or failing job leaves) the
+        file's fields with the job's terminal status, exit code and reason, and a message."""
+        said = (doc or {}).get("status")
+        if said == job.state.value or IMAGE_ENDINGS.get(said) == job.state:
+            return doc
+        record = self.spool.read_attempt(job.entry) or {}
+        exit_code, reason = record.get("exit_code"), record.get("reason")
+        how = [f"exit code {exit_code}"] if exit_code is not None else []
+        how += [f"reason {reason}"] if reason else []
+        name = os.path.relpath(path, self.spool.folder(job.entry.job_id).path)
+        wrote = f"without writing {name}" if doc is None else f"while its {name} said {said!r}"
+        ended = f"The job ended as {job.state.value}" + (f" ({', '.join(how)})" if how else "")
+        return {**(doc or {}), "status": job.state.value, "exit_code": exit_code, "reason": reason,
+                "message": f"{ended} {wrote}."}
+
+    def _job_json(self, folder, path):
+        """A JSON object from the job's folder, None while it is not there (or half-written)."""
+        with self._serving(path):
+            return fsio.read_job_json(path, folder.path)
+
+    @contextlib.contextmanager
+    def _serving(self, path):
+        """Turn a job file the API cannot serve into its answer, naming the file under the shared
+        root: 403 for one that leaves the job's folder or is no regular file (a job can plant
+        links and FIFOs), 503 for one the server cannot read (e.g. written mode 0600 by a
+        container's root while the server runs as a service user)."""
+        shown = os.path.relpath(path, self.spool.root)
+        try:
+            yield
+        except fsio.Refused as exc:
+            raise Forbidden(f"{shown} {exc}: the API serves only regular files inside the job's folder",
+                            path=shown, reason=str(exc)) from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise Unavailable(f"cannot read {shown}: {reason}", path=shown, reason=reason) from None
 
     def list_jobs(self, status=None, host=None, limit=100, cursor=None, offset=0):
         state = None
@@ -161,7 +208,11 @@ class JobService:
         jobs_found, next_after, total = self.index.page(state, host or None, limit, after, offset)
         items = []
         for job in map(self.index.status_of, jobs_found):
-            info = fsio.read_json_object(self.spool.folder(job.entry.job_id).job_info) or {}
+            folder = self.spool.folder(job.entry.job_id)
+            try:
+                info = fsio.read_job_json(folder.job_info, folder.path) or {}
+            except (fsio.Refused, OSError):  # /job-info names the problem; one bad job must not fail the list
+                info = {}
             items.append({
                 "job_id": job.entry.job_id,
                 "status": job.state.value,
@@ -220,8 +271,15 @@ class JobService:
     # ----- logs ---------------------------------------------------------------------------
 
     def log_path(self, job_id):
+        """The job and its log's path, once a log that cannot be served got its 403/503: a
+        stream cannot answer with an error after it has begun."""
         job = self.lookup(job_id)
-        return job, self.spool.folder(job.entry.job_id).log
+        folder = self.spool.folder(job.entry.job_id)
+        with self._serving(folder.log):
+            handle = fsio.open_inside(folder.log, folder.path)
+        if handle is not None:
+            handle.close()
+        return job, folder.log
 
     def log_stream(self, job_id, tail=None, follow=False):
         """Chunks of the job's log: all of it or its last ``tail`` lines, then (follow) new ones until it ends."""
@@ -265,9 +323,14 @@ def tail_offset(handle, lines):
 
 
 def _open_or_none(path):
+    """The job's log (jobs/<id>/logs/<id>.log) opened for reading, or None while there is none to serve.
+
+    A log that leaves its job's folder, or is no regular file, counts as none: log_path
+    answered 403 for it before the stream began, and one planted later is never served
+    (raising here would only cut the stream short with a traceback)."""
     try:
-        return open(path, "rb")
-    except FileNotFoundError:
+        return fsio.open_inside(path, os.path.dirname(os.path.dirname(path)))
+    except fsio.Refused:
         return None
 
 
