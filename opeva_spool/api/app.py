@@ -27,6 +27,10 @@ from ..spool import Spool
 log = logging.getLogger(__name__)
 
 MUTATING_METHODS = ("POST", "PUT", "DELETE", "PATCH")
+# Far deeper than any real config, schema or job body, and far inside Python's recursion limit, so
+# nothing that walks a body recursively afterwards (validators, YAML and BSON encoders) can overflow.
+MAX_BODY_DEPTH = 100
+TOO_DEEP = f"request body nests arrays and objects more than {MAX_BODY_DEPTH} levels deep"
 
 
 @dataclass
@@ -62,7 +66,7 @@ def error_response(http_status: int, error: str, detail: str, **extra: object) -
 
 
 def json_body() -> dict:
-    """The request body as a JSON object: 413 over the limit, 400 if malformed or not an object."""
+    """The request body as a JSON object: 413 over the limit, 400 if malformed, too deep or not an object."""
     request = bottle.request
     limit = request.app.config["opeva.max_body_bytes"]
     length = request.content_length
@@ -77,9 +81,27 @@ def json_body() -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # the parser recurses once per level: ~1,000 levels overflow it
+        raise BadRequest(TOO_DEEP) from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    if _deeper_than(body, MAX_BODY_DEPTH):
+        raise BadRequest(TOO_DEEP)
     return body
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels in ``value`` (a loop: no recursion to overflow)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 def query_int(name: str, default: int | None, minimum: int, maximum: int) -> int | None:
