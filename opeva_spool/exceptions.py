@@ -2,7 +2,7 @@
 
 The HTTP layer turns any ``SpoolError`` into ``{"error": ..., "detail": ...}``
 with ``status``; code below the HTTP layer raises these and never builds
-responses itself.
+responses itself. The command line prints ``detail`` as one line.
 """
 
 
@@ -12,13 +12,10 @@ class SpoolError(Exception):
     status = 500
     error = "internal_error"
 
-    def __init__(self, detail, **extra):
+    def __init__(self, detail: str, **extra: object) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
-
-    def as_dict(self):
-        return {"error": self.error, "detail": self.detail, **self.extra}
 
 
 class BadRequest(SpoolError):
@@ -70,6 +67,16 @@ class Unavailable(SpoolError):
 
     status = 503
     error = "unavailable"
+
+
+class SettingsError(SpoolError):
+    """A setting with an invalid value, an unknown setting, or an unreadable settings file.
+
+    Raised while a command starts, before any HTTP: a configuration fault of the server, never the
+    client's, so it keeps the base 500 should it ever reach a response.
+    """
+
+    error = "invalid_settings"
 
 
 class RuntimeFailure(Exception):

@@ -8,11 +8,12 @@ Every setting is listed in ``FIELDS`` with its default and a one-line descriptio
 """
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 import yaml
 
-from .exceptions import BadRequest
+from .exceptions import SettingsError
 
 DEFAULT_SHARED_ROOT = "/opt/opeva_shared_data"
 DEFAULT_BIND = "127.0.0.1"
@@ -117,23 +118,17 @@ def _coerce(name, value, default):
             return {str(k): str(v) for k, v in parsed.items()}
         return str(value)
     except (TypeError, ValueError, yaml.YAMLError) as exc:
-        raise BadRequest(f"setting {name!r} has an invalid value {value!r}: {exc}") from None
+        raise SettingsError(f"setting {name!r} has an invalid value {value!r}: {_one_line(exc)}") from None
 
 
-def load_settings(config_file=None, environ=None, **overrides):
+def load_settings(config_file: str | None = None, environ: Mapping[str, str] | None = None,
+                  **overrides: object) -> Settings:
     environ = os.environ if environ is None else environ
     defaults = Settings()
     values = {}
     config_file = config_file or environ.get("OPEVA_CONFIG")
     if config_file:
-        with open(config_file, encoding="utf-8") as handle:
-            loaded = yaml.safe_load(handle) or {}
-        if not isinstance(loaded, dict):
-            raise BadRequest(f"{config_file} must hold a mapping of settings")
-        unknown = set(loaded) - {f.name for f in fields(Settings)}
-        if unknown:
-            raise BadRequest(f"unknown settings in {config_file}: {sorted(unknown)}")
-        values.update(loaded)
+        values.update(_read_settings_file(config_file))
     for f in fields(Settings):
         env_name = "OPEVA_" + f.name.upper()
         if env_name in environ:
@@ -142,10 +137,34 @@ def load_settings(config_file=None, environ=None, **overrides):
     coerced = {name: _coerce(name, value, getattr(defaults, name)) for name, value in values.items()}
     settings = Settings(**coerced)
     if settings.observer not in ("native", "polling"):
-        raise BadRequest("observer must be 'native' or 'polling'")
+        raise SettingsError(f"setting 'observer' must be 'native' or 'polling', not {settings.observer!r}")
     if settings.runtime not in ("process", "docker"):
-        raise BadRequest("runtime must be 'process' or 'docker'")
+        raise SettingsError(f"setting 'runtime' must be 'process' or 'docker', not {settings.runtime!r}")
     return settings
+
+
+def _read_settings_file(path: str) -> dict:
+    """The settings a YAML file names; a missing, unreadable or malformed file is a SettingsError."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle)
+    except OSError as exc:
+        raise SettingsError(f"cannot read the settings file {path}: {exc.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"the settings file {path} is not valid YAML: {_one_line(exc)}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise SettingsError(f"{path} must hold a mapping of settings")
+    unknown = set(loaded) - {f.name for f in fields(Settings)}
+    if unknown:
+        raise SettingsError(f"unknown settings in {path}: {sorted(unknown)}")
+    return loaded
+
+
+def _one_line(exc: Exception) -> str:
+    # YAML errors span several lines; the command line prints a settings error as one.
+    return " ".join(str(exc).split())
 
 
 def settings_markdown():

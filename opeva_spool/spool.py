@@ -502,6 +502,20 @@ class Spool:
             return "the shared root spans several filesystems; renames between them fail (EXDEV)"
         return None
 
+    def check_writable(self) -> str | None:
+        """None if a file can be created and removed in the shared root (for /health), else a sentence."""
+        probe = fsio.temp_name(self.staging_dir, "health")
+        try:
+            try:
+                with open(probe, "xb") as handle:
+                    handle.write(b"ok")
+            finally:  # also when the write failed (a full disk): leave no probe behind
+                if os.path.lexists(probe):
+                    os.unlink(probe)
+        except OSError as exc:
+            return f"the shared root is not writable: {exc}"
+        return None
+
 
 def _age(path, now):
     try:

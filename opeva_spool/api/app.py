@@ -1,4 +1,4 @@
-"""The Bottle application: error handling, auth, body limits, and the route groups.
+"""The Bottle application: the route context, JSON errors, token auth, body limits, the route groups.
 
 The HTTP layer only translates: it parses requests, calls the model (spool, index,
 site data) and renders what comes back as JSON. Every failure becomes
@@ -6,35 +6,67 @@ site data) and renders what comes back as JSON. Every failure becomes
 Route groups live one per module and each exposes ``install(app, ctx)``.
 """
 
+import hmac
 import json
 import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import ModuleType
 
 import bottle
 
 from ..exceptions import BadRequest, PayloadTooLarge, SpoolError, Unauthorized
+from ..hosts import LivenessMonitor
+from ..index import JobIndex
+from ..service import JobService
+from ..settings import Settings
+from ..sitedata.mongo import SiteData
+from ..sitedata.store import DatasetStore
+from ..spool import Spool
 
 log = logging.getLogger(__name__)
 
 MUTATING_METHODS = ("POST", "PUT", "DELETE", "PATCH")
+# Far deeper than any real config, schema or job body, and far inside Python's recursion limit, so
+# nothing that walks a body recursively afterwards (validators, YAML and BSON encoders) can overflow.
+MAX_BODY_DEPTH = 100
+TOO_DEEP = f"request body nests arrays and objects more than {MAX_BODY_DEPTH} levels deep"
 
 
+@dataclass
 class Context:
-    """What route modules need: settings and the long-lived objects of this server."""
+    """What route modules need: the settings and the long-lived objects of one server (Server builds it).
 
-    def __init__(self, settings, **parts):
-        self.settings = settings
-        for name, value in parts.items():
-            setattr(self, name, value)
+    The job parts are None only in an app that installs no route needing them (a test of one
+    route group); site data needs nothing but the settings and connects on first use, so it is
+    made here when not given.
+    """
+
+    settings: Settings
+    spool: Spool | None = None
+    index: JobIndex | None = None
+    jobs: JobService | None = None
+    monitor: LivenessMonitor | None = None
+    sitedata: SiteData | None = None
+    datasets: DatasetStore | None = None
+    # name -> check for /health: None when reachable, else a sentence (or it raises)
+    dependency_checks: dict[str, Callable[[], str | None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.sitedata is None:
+            self.sitedata = SiteData(self.settings)
+        if self.datasets is None:
+            self.datasets = DatasetStore(self.settings, self.sitedata)
 
 
-def error_response(http_status, error, detail, **extra):
+def error_response(http_status: int, error: str, detail: str, **extra: object) -> str:
     bottle.response.status = http_status
     bottle.response.content_type = "application/json"
     return json.dumps({"error": error, "detail": detail, **extra})
 
 
-def json_body():
-    """The request body as a JSON object: 413 over the limit, 400 if malformed or not an object."""
+def json_body() -> dict:
+    """The request body as a JSON object: 413 over the limit, 400 if malformed, too deep or not an object."""
     request = bottle.request
     limit = request.app.config["opeva.max_body_bytes"]
     length = request.content_length
@@ -49,12 +81,30 @@ def json_body():
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # the parser recurses once per level: ~1,000 levels overflow it
+        raise BadRequest(TOO_DEEP) from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    if _deeper_than(body, MAX_BODY_DEPTH):
+        raise BadRequest(TOO_DEEP)
     return body
 
 
-def query_int(name, default, minimum, maximum):
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels in ``value`` (a loop: no recursion to overflow)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
+
+def query_int(name: str, default: int | None, minimum: int, maximum: int) -> int | None:
     raw = bottle.request.query.get(name)
     if raw in (None, ""):
         return default
@@ -67,26 +117,20 @@ def query_int(name, default, minimum, maximum):
     return value
 
 
-def query_flag(name):
+def query_flag(name: str) -> bool:
     return bottle.request.query.get(name, "").lower() in ("1", "true", "yes", "on")
 
 
-class ErrorsAsJson:
-    """Bottle plugin: checks the token on mutating requests and maps exceptions to JSON."""
+class JsonErrors:
+    """Bottle plugin: a ``SpoolError`` becomes its JSON error, anything unexpected a JSON 500 (logged),
+    and a dict or list a route returns becomes a JSON body."""
 
-    name = "errors_as_json"
+    name = "json_errors"
     api = 2
 
-    def __init__(self, token):
-        self.token = token
-
-    def apply(self, callback, route):
+    def apply(self, callback: Callable, route: bottle.Route) -> Callable:
         def wrapper(*args, **kwargs):
             try:
-                if self.token and bottle.request.method in MUTATING_METHODS:
-                    header = bottle.request.get_header("Authorization", "")
-                    if header != f"Bearer {self.token}":
-                        raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>'")
                 result = callback(*args, **kwargs)
             except SpoolError as exc:
                 return error_response(exc.status, exc.error, exc.detail, **exc.extra)
@@ -103,13 +147,39 @@ class ErrorsAsJson:
         return wrapper
 
 
-def make_app(ctx, route_modules):
+class TokenAuth:
+    """Bottle plugin: with a token set, a mutating request without ``Authorization: Bearer <token>`` is 401.
+
+    Installed inside JsonErrors, which renders the 401; reads never need the token.
+    """
+
+    name = "token_auth"
+    api = 2
+
+    def __init__(self, token: str) -> None:
+        self.expected = f"Bearer {token}".encode()
+
+    def apply(self, callback: Callable, route: bottle.Route) -> Callable:
+        def wrapper(*args, **kwargs):
+            if bottle.request.method in MUTATING_METHODS:
+                header = bottle.request.get_header("Authorization", "").encode("latin-1", "replace")
+                if not hmac.compare_digest(header, self.expected):  # constant time: no guessing by timing
+                    raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>'")
+            return callback(*args, **kwargs)
+
+        return wrapper
+
+
+def make_app(ctx: Context, route_modules: Iterable[ModuleType]) -> bottle.Bottle:
     app = bottle.Bottle()
     app.config["json.enable"] = False
     app.config["opeva.max_body_bytes"] = ctx.settings.max_body_bytes
     # Bottle buffers bodies up to MEMFILE_MAX in memory; we read at most limit + 1 bytes anyway.
     bottle.BaseRequest.MEMFILE_MAX = max(bottle.BaseRequest.MEMFILE_MAX, ctx.settings.max_body_bytes + 1)
-    app.install(ErrorsAsJson(ctx.settings.api_token))
+    # Plugins installed first wrap outermost: JsonErrors must see what TokenAuth raises.
+    app.install(JsonErrors())
+    if ctx.settings.api_token:
+        app.install(TokenAuth(ctx.settings.api_token))
     for module in route_modules:
         module.install(app, ctx)
 
@@ -118,7 +188,7 @@ def make_app(ctx, route_modules):
     return app
 
 
-def _error_page(status, slug):
+def _error_page(status: int, slug: str) -> Callable[[bottle.HTTPError], str]:
     def render(http_error):
         bottle.response.content_type = "application/json"
         detail = http_error.body if isinstance(http_error.body, str) and http_error.body else slug

@@ -1,24 +1,16 @@
 """Routes for site data (MongoDB), site schemas and CityLearn datasets; see docs/datasets.md."""
 
-import os
-
 import bottle
 
 from ..exceptions import BadRequest
-from ..sitedata.datasets import Datasets, zip_stream
-from ..sitedata.mongo import SiteData
-from .app import json_body, query_int
+from .app import Context, json_body, query_int
 
 MAX_MINUTES = 366 * 24 * 60
 MAX_LIMIT = 5000
 DEFAULT_LIMIT = 500
 
 
-def install(app, ctx):
-    if getattr(ctx, "sitedata", None) is None:
-        ctx.sitedata = SiteData(ctx.settings)
-    if getattr(ctx, "datasets", None) is None:
-        ctx.datasets = Datasets(ctx.settings, ctx.sitedata)
+def install(app: bottle.Bottle, ctx: Context) -> None:
     sitedata, datasets = ctx.sitedata, ctx.datasets
 
     @app.get("/sites")
@@ -72,12 +64,12 @@ def install(app, ctx):
 
     @app.get("/dataset/download/<name>")
     def dataset_download(name):
-        path = datasets.path(name)
-        if not os.path.isdir(path):
-            return bottle.static_file(name, root=datasets.root, download=name)
-        bottle.response.content_type = "application/zip"
-        bottle.response.set_header("Content-Disposition", f'attachment; filename="{name}.zip"')
-        return zip_stream(path, name)
+        download = datasets.download(name)
+        bottle.response.content_type = download.content_type
+        bottle.response.set_header("Content-Disposition", f'attachment; filename="{download.file_name}"')
+        if download.size is not None:
+            bottle.response.content_length = download.size
+        return download.chunks
 
     @app.delete("/dataset/<name>")
     def dataset_delete(name):

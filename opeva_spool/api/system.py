@@ -1,13 +1,14 @@
 """Hosts and health."""
 
-import os
 import threading
 import time
+from collections.abc import Callable
 
 import bottle
 
-from .. import __version__, fsio
+from .. import __version__
 from ..exceptions import Unavailable
+from .app import Context
 
 DEPENDENCY_CHECK_TTL = 10.0
 
@@ -18,7 +19,7 @@ class CachedCheck:
     /health answers from the last result so it stays fast while the check is slow or hangs.
     """
 
-    def __init__(self, check, ttl=DEPENDENCY_CHECK_TTL):
+    def __init__(self, check: Callable[[], str | None], ttl: float = DEPENDENCY_CHECK_TTL) -> None:
         self.check = check
         self.ttl = ttl
         self.result = {"status": "checking"}
@@ -26,7 +27,7 @@ class CachedCheck:
         self._lock = threading.Lock()
         self._running = False
 
-    def get(self):
+    def get(self) -> dict:
         with self._lock:
             stale = self.checked_at is None or time.monotonic() - self.checked_at > self.ttl
             if stale and not self._running:
@@ -44,7 +45,7 @@ class CachedCheck:
             self.result, self.checked_at, self._running = result, time.monotonic(), False
 
 
-def install(app, ctx):
+def install(app: bottle.Bottle, ctx: Context) -> None:
     spool = ctx.spool
     monitor = ctx.monitor
     dependency_checks = {name: CachedCheck(check) for name, check in ctx.dependency_checks.items()}
@@ -57,17 +58,7 @@ def install(app, ctx):
 
     @app.get("/health")
     def health():
-        problems = []
-        probe = fsio.temp_name(spool.staging_dir, "health")
-        try:
-            with open(probe, "wb") as handle:
-                handle.write(b"ok")
-            os.unlink(probe)
-        except OSError as exc:
-            problems.append(f"the shared root is not writable: {exc}")
-        layout = spool.check_one_filesystem()
-        if layout:
-            problems.append(layout)
+        problems = [problem for problem in (spool.check_writable(), spool.check_one_filesystem()) if problem]
         body = {
             "status": "ok" if not problems else "error",
             "version": __version__,

@@ -15,7 +15,8 @@ import pandas as pd
 # Building quantities that are energies: the site reports mean power in kW, CityLearn wants kWh per step.
 ENERGY_COLUMNS = ("non_shiftable_load", "dhw_demand", "cooling_demand", "heating_demand", "solar_generation")
 # Building quantities that are states: averaged over the step, never summed.
-BUILDING_MEAN_COLUMNS = ("indoor_dry_bulb_temperature", "average_unmet_cooling_setpoint_difference", "indoor_relative_humidity")
+BUILDING_MEAN_COLUMNS = ("indoor_dry_bulb_temperature", "average_unmet_cooling_setpoint_difference",
+                         "indoor_relative_humidity")
 # Written only when the site measures them (citylearn fills zeros otherwise).
 BUILDING_OPTIONAL_COLUMNS = (
     "occupant_count",
@@ -106,9 +107,11 @@ _OBSERVATIONS = (
     ("electricity_pricing_predicted_2", True), ("electricity_pricing_predicted_3", True),
     ("indoor_dry_bulb_temperature", False), ("non_shiftable_load", False), ("solar_generation", False),
     ("electrical_storage_soc", False), ("net_electricity_consumption", False),
-    ("electric_vehicle_charger_connected_state", False), ("connected_electric_vehicle_at_charger_departure_time", False),
+    ("electric_vehicle_charger_connected_state", False),
+    ("connected_electric_vehicle_at_charger_departure_time", False),
     ("connected_electric_vehicle_at_charger_required_soc_departure", False),
-    ("connected_electric_vehicle_at_charger_soc", False), ("connected_electric_vehicle_at_charger_battery_capacity", False),
+    ("connected_electric_vehicle_at_charger_soc", False),
+    ("connected_electric_vehicle_at_charger_battery_capacity", False),
     ("electric_vehicle_charger_incoming_state", False),
     ("incoming_electric_vehicle_at_charger_estimated_arrival_time", False),
     ("incoming_electric_vehicle_at_charger_estimated_soc_arrival", False),
@@ -189,7 +192,8 @@ def charger_frame(sessions, start, period_minutes, steps):
             step_start = start + i * period
             departure = session.departure_at(step_start + period) or (start + (last + 1) * period)
             countdown = max(0, math.ceil((departure - step_start) / period))
-            rows[i] = [STATE_CONNECTED, session.ev_id, countdown, session.required_soc_at(step_start + period), None, None]
+            required_soc = session.required_soc_at(step_start + period)
+            rows[i] = [STATE_CONNECTED, session.ev_id, countdown, required_soc, None, None]
         previous_end = last
     frame = pd.DataFrame(rows, columns=list(CHARGER_COLUMNS))
     # Integer columns with gaps would otherwise be written as floats ("3.0"), which citylearn rejects.
@@ -252,7 +256,8 @@ def schema_json(site_schema, building_files, charger_files, ev_ids, steps, perio
     schema["start_date"] = start_local.date().isoformat()
     schema["electric_vehicles_def"] = _electric_vehicles(site_schema.get("electric_vehicles_def", {}), ev_ids)
     schema["buildings"] = {
-        building_id: _building(building_id, site_schema["buildings"][building_id], csv, charger_files, demands[building_id])
+        building_id: _building(building_id, site_schema["buildings"][building_id], csv, charger_files,
+                               demands[building_id])
         for building_id, csv in building_files.items()
     }
     return deep_merge(schema, overrides)
@@ -265,7 +270,7 @@ def added_devices(declared, demands):
 
 def _building(building_id, declared, csv, charger_files, demands):
     building = copy.deepcopy(declared)
-    for column, device, default in DEMAND_DEVICES:
+    for _column, device, default in DEMAND_DEVICES:
         if device in added_devices(declared, demands):
             building[device] = copy.deepcopy(default)
     building.setdefault("type", "citylearn.building.Building")

@@ -91,11 +91,20 @@ class Mongo:
             )
 
 
-def iso(value):
+def building_collection(building_id: str) -> str:
+    """The collection of a site database that holds building ``building_id``'s measurements."""
+    return f"building_{building_id}"
+
+
+def iso(value: dt.datetime) -> str:
     """ISO 8601 in UTC with a ``Z``; naive datetimes from the driver are UTC."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
     return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def iso_now() -> str:
+    return iso(dt.datetime.now(dt.timezone.utc))
 
 
 def to_json(value):
@@ -186,7 +195,8 @@ class SiteData:
             try:
                 self.mongo.client()[site][SCHEMA_COLLECTION].insert_one({"_id": SCHEMA_ID, "schema": schema})
             except pymongo.errors.DuplicateKeyError:
-                raise Conflict(f"site {site!r} already has a schema; use PUT /schema/update/{site}", site=site) from None
+                raise Conflict(f"site {site!r} already has a schema; use PUT /schema/update/{site}",
+                               site=site) from None
 
     def update_schema(self, site, schema):
         site_name(site)
@@ -239,7 +249,8 @@ def validate_schema(schema):
                 raise ValueError
             zoneinfo.ZoneInfo(timezone)
         except (ValueError, zoneinfo.ZoneInfoNotFoundError):
-            raise BadRequest(f"schema.timezone must be an IANA time zone name such as 'Europe/Nicosia', not {timezone!r}") from None
+            raise BadRequest("schema.timezone must be an IANA time zone name such as 'Europe/Nicosia', "
+                             f"not {timezone!r}") from None
     holidays = schema.get("holidays", [])
     try:
         if not isinstance(holidays, list):
