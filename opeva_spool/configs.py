@@ -34,6 +34,7 @@ MAX_CONFIG_BYTES = 512 * 1024
 # exhaust the stack in the YAML dumper or loader (both recurse per level).
 MAX_CONFIG_DEPTH = 100
 HISTORY_DIR = ".history"
+LOCK_STRIPES = 16
 # Prefix of the paths the API reports (``config_path``), relative to the shared root.
 CONFIGS_PREFIX = "configs/"
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a planted FIFO
@@ -58,9 +59,11 @@ class Saved(NamedTuple):
 class ConfigStore:
     def __init__(self, configs_dir: str):
         self.configs_dir = configs_dir
-        # Replacing is read, keep, rename: one at a time, or two replaces could both keep the
-        # same old content and lose the one in between. The server is the only API writer.
-        self._replacing = threading.Lock()
+        # A replace is read, keep, rename: two at once on one name could both keep the same old
+        # content and lose the one between them, so writes and deletes of a name take its lock
+        # (striped, so other names' writes and their fsyncs still run in parallel). The server
+        # is the only API writer of configs/.
+        self._locks = tuple(threading.Lock() for _ in range(LOCK_STRIPES))
 
     # ----- parse and serialise (no files) -------------------------------------------------
 
@@ -91,11 +94,11 @@ class ConfigStore:
     def list(self) -> list[str]:
         """Config file names, sorted; links and anything not a regular file are left out."""
         try:
-            entries = list(os.scandir(self.configs_dir))
+            with os.scandir(self.configs_dir) as entries:
+                return sorted(entry.name for entry in entries
+                              if names.CONFIG_FILE.match(entry.name) and entry.is_file(follow_symlinks=False))
         except FileNotFoundError:
             return []
-        return sorted(entry.name for entry in entries
-                      if names.CONFIG_FILE.match(entry.name) and entry.is_file(follow_symlinks=False))
 
     def read_text(self, file_name: str) -> str:
         """The config's text; 404 if there is none, 400 for a link, a non-file, or too large."""
@@ -131,26 +134,24 @@ class ConfigStore:
         data = text.encode("utf-8")
         if len(data) > MAX_CONFIG_BYTES:
             raise BadRequest(f"config {file_name!r} is larger than {MAX_CONFIG_BYTES} bytes", file=file_name)
-        path = self._path(file_name)
-        if mode == WriteMode.REPLACE:
-            with self._replacing:
-                old = self._read_bytes(file_name)
-                if old == data:
-                    return Saved(file_name, True, None)
+        with self._lock(file_name):
+            old = self._read_bytes(file_name)  # also refuses a link before anything is written
+            if old == data and mode != WriteMode.CREATE:
+                return Saved(file_name, True, None)
+            if mode == WriteMode.REPLACE:
                 kept = self._keep(file_name, old) if old is not None else None
                 # os.replace swaps a link planted since the read for our file; it never writes through it.
-                fsio.atomic_write_bytes(path, data)
+                fsio.atomic_write_bytes(self._path(file_name), data)
                 return Saved(file_name, old is not None, kept)
-        if mode == WriteMode.SAME and self._read_bytes(file_name) == data:
-            return Saved(file_name, True, None)
-        try:
-            fsio.atomic_create_bytes(path, data)  # a hard link: exclusive, and it refuses a link as any name
-        except FileExistsError:
-            self._refuse_non_file(file_name)
-            why = ("already exists with other content; pass overwrite to replace it" if mode == WriteMode.SAME
-                   else "already exists and overwrite is false")
-            raise Conflict(f"config {file_name!r} {why}", file=file_name) from None
-        return Saved(file_name, False, None)
+            try:
+                # A hard link: exclusive, and it refuses any existing name, a link included.
+                fsio.atomic_create_bytes(self._path(file_name), data)
+            except FileExistsError:
+                self._refuse_non_file(file_name)
+                why = ("already exists and overwrite is false" if mode == WriteMode.CREATE
+                       else "already exists with other content; pass overwrite to replace it")
+                raise Conflict(f"config {file_name!r} {why}", file=file_name) from None
+            return Saved(file_name, False, None)
 
     def delete(self, file_name: str) -> str:
         """Remove the config, keeping its content in the history; returns where it was kept.
@@ -159,7 +160,7 @@ class ConfigStore:
         delete them either; whoever planted one removes it on the share.
         """
         file_name = names.config_file(file_name)
-        with self._replacing:
+        with self._lock(file_name):
             old = self._read_bytes(file_name)
             if old is None:
                 raise NotFound(f"no config {file_name!r}", file=file_name)
@@ -171,6 +172,9 @@ class ConfigStore:
         return kept
 
     # ----- internals ----------------------------------------------------------------------
+
+    def _lock(self, file_name):
+        return self._locks[hash(file_name) % LOCK_STRIPES]
 
     def _path(self, file_name):
         # The name is validated (no separators, no leading dot); links are dealt with where the file is opened.
@@ -228,7 +232,11 @@ class ConfigStore:
             raise
 
     def _keep(self, file_name, data):
-        """Save ``data`` (the content being replaced or deleted) in the history; returns its path."""
+        """Save ``data`` (the content being replaced or deleted) in the history; returns its path.
+
+        Written and fsynced before the config changes: a crash here leaves the config as it was
+        (and at worst a partial copy in the history, which is an archive nobody reads back).
+        """
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         name = f"{stamp}-{hashlib.sha256(data).hexdigest()[:8]}.yaml"
         fd = self._history_dir(file_name, create=True)

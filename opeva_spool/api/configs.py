@@ -13,10 +13,11 @@ FALSE_WORDS = ("0", "false", "no", "off")
 def _overwrite(body):
     """False only when the request says so (body ``"overwrite": false`` or ``?overwrite=0``):
     saving an existing name replaces it by default, as the original API (and its web UI) did."""
-    if "overwrite" in body:
-        if not isinstance(body["overwrite"], bool):
+    value = body.get("overwrite")
+    if value is not None:
+        if not isinstance(value, bool):
             raise BadRequest("'overwrite' must be true or false", field="overwrite")
-        return body["overwrite"]
+        return value
     return bottle.request.query.get("overwrite", "").lower() not in FALSE_WORDS
 
 
@@ -43,11 +44,10 @@ def install(app, ctx):
                 "history_path": saved.history_path}
 
     def read(file_name):
-        text = store.read_text(file_name)
         if bottle.request.query.get("format") == "yaml":
             bottle.response.content_type = "application/x-yaml"
-            return text
-        return {"file": names.config_file(file_name), "config": store.parse(text, file_name)}
+            return store.read_text(file_name)
+        return {"file": names.config_file(file_name), "config": store.read(file_name)}
 
     def history(file_name):
         return {"file": names.config_file(file_name), "history": store.history(file_name)}
