@@ -59,7 +59,7 @@ def _write_job(spool, number, location, submit_ns):
     job_id = str(uuid.uuid4())
     body = {"command": "true", "target_host": SEED_HOST, "job_name": f"seed-{number}",
             "submitted_by": "bench-seed"}
-    spec = jobs.build_spec(body, KNOWN_HOSTS, None, None, job_id=job_id, origin="api")
+    spec = jobs.build_spec(body, KNOWN_HOSTS, job_id=job_id, origin="api")
     spec = dataclasses.replace(spec, submitted_at=_iso(submit_ns))
     folder = spool.folder(job_id)
     os.mkdir(folder.path)

@@ -1,10 +1,12 @@
 """What a job is: its spec (validated from a request or a dropped job.json), job_info.json,
 and the layout of its data folder ``jobs/<job_id>/`` (which never moves)."""
 
+import hashlib
 import os
 import re
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import names
 from .exceptions import BadRequest
@@ -15,6 +17,20 @@ MAX_ENV_VARS = 200
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 UNSAFE_IN_JOB_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 ANY_HOST = "any"
+DEFAULT_TARGET_HOST = "local"
+# Where a config names its run: the current training image's layout first, then the seed's.
+RUN_NAME_KEYS = (("metadata", "experiment_name", "run_name"), ("experiment", "name", "run_name"))
+# A Docker image reference, [registry[:port]/]path[:tag][@digest], path components lowercase.
+_REGISTRY_PART = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = re.compile(
+    rf"(?:{_REGISTRY_PART}(?:\.{_REGISTRY_PART})*(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+    r"(?::\w[\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?",
+    re.ASCII,
+)
+# The snapshot of the job's config in its folder, taken at submit: what the job runs with.
+CONFIG_SNAPSHOT = "config.yaml"
 
 # Sub-folders the real image expects to find or creates itself.
 DATA_SUBDIRS = ("logs", "progress", "results", "attempts")
@@ -41,6 +57,7 @@ class JobSpec:
     origin: str = "api"
     experiment_name: str = ""
     run_name: str = ""
+    config_sha256: str = ""  # of the snapshot jobs/<id>/config.yaml; "" for a job without a config
 
     def to_dict(self):
         # Not dataclasses.asdict: its deep copy is a tenth of a submission's CPU time.
@@ -59,6 +76,7 @@ class JobSpec:
         """job_info.json as the original API shaped it, plus our fields."""
         info = self.to_dict()
         info["config_path"] = f"configs/{self.config_file}" if self.config_file else None
+        info["config_sha256"] = self.config_sha256 or None
         info["container_id"] = None
         info["container_name"] = None
         return info
@@ -111,25 +129,50 @@ def _gpus(value):
     raise BadRequest("'gpus' must be 0, a count up to 64, or \"all\"", field="gpus")
 
 
-def job_name_from(config, job_id):
-    """``<experiment.name>-<experiment.run_name>`` with unsafe characters replaced, as the original did."""
-    experiment = config.get("experiment") if isinstance(config, dict) else None
-    if isinstance(experiment, dict) and experiment.get("name"):
-        raw = f"{experiment.get('name')}-{experiment.get('run_name', 'run')}"
-        return UNSAFE_IN_JOB_NAME.sub("_", raw)[:128]
-    return f"job-{job_id[:8]}"
+def _image(value):
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or len(value) > 256 or not IMAGE_REFERENCE.fullmatch(value):
+        raise BadRequest("'image' must be a Docker image reference such as 'python:3.11-slim' or "
+                         "'registry:5000/org/name:tag' (lowercase name, at most 256 characters)", field="image")
+    return value
 
 
 def experiment_fields(config):
-    experiment = config.get("experiment") if isinstance(config, dict) else None
-    if not isinstance(experiment, dict):
-        return "", ""
-    return str(experiment.get("name", ""))[:256], str(experiment.get("run_name", ""))[:256]
+    """(experiment name, run name) from the first layout of RUN_NAME_KEYS the config uses; "" for what it lacks."""
+    if isinstance(config, dict):
+        for section, name_key, run_key in RUN_NAME_KEYS:
+            block = config.get(section)
+            if isinstance(block, dict) and (block.get(name_key) or block.get(run_key)):
+                return str(block.get(name_key) or "")[:256], str(block.get(run_key) or "")[:256]
+    return "", ""
 
 
-def build_spec(body, known_hosts, config_file, config, job_id, origin="api"):
-    """A validated JobSpec from a submission body; ``config`` is the parsed YAML (or None)."""
-    target = body.get("target_host") or "local"
+def job_name_from(config, job_id):
+    """``<experiment name>-<run name>`` with unsafe characters replaced, as the original did."""
+    experiment, run = experiment_fields(config)
+    if experiment:
+        return UNSAFE_IN_JOB_NAME.sub("_", f"{experiment}-{run or 'run'}")[:128]
+    return f"job-{job_id[:8]}"
+
+
+class JobConfig(NamedTuple):
+    """The experiment config a job runs with: its name under configs/, its parsed values, and
+    the exact text that is snapshotted into the job's folder."""
+
+    file_name: str
+    values: dict
+    text: str
+
+    @property
+    def data(self) -> bytes:
+        return self.text.encode("utf-8")
+
+
+def build_spec(body: dict, known_hosts, *, job_id: str, config: JobConfig | None = None,
+               origin: str = "api") -> JobSpec:
+    """A validated JobSpec from a submission body and the job's config (None for a job without one)."""
+    target = body.get("target_host") or DEFAULT_TARGET_HOST
     if target != ANY_HOST:
         names.host(target)
         if target not in known_hosts:
@@ -137,15 +180,16 @@ def build_spec(body, known_hosts, config_file, config, job_id, origin="api"):
                 f"unknown target_host {target!r}; known hosts: {sorted(known_hosts)} or 'any'",
                 field="target_host",
             )
+    values = config.values if config is not None else None
     job_name = _optional_str(body, "job_name", 128)
-    experiment_name, run_name = experiment_fields(config)
+    experiment_name, run_name = experiment_fields(values)
     return JobSpec(
         job_id=job_id,
-        job_name=UNSAFE_IN_JOB_NAME.sub("_", job_name) if job_name else job_name_from(config, job_id),
+        job_name=UNSAFE_IN_JOB_NAME.sub("_", job_name) if job_name else job_name_from(values, job_id),
         target_host=target,
-        config_file=config_file or "",
+        config_file=config.file_name if config is not None else "",
         command=_command(body.get("command")),
-        image=_optional_str(body, "image"),
+        image=_image(body.get("image")),
         env=_env(body.get("env")),
         priority=_int_in(body, "priority", DEFAULT_PRIORITY, MIN_PRIORITY, MAX_PRIORITY),
         max_retries=_int_in(body, "max_retries", 0, 0, MAX_RETRIES_LIMIT),
@@ -155,6 +199,7 @@ def build_spec(body, known_hosts, config_file, config, job_id, origin="api"):
         origin=origin,
         experiment_name=experiment_name,
         run_name=run_name,
+        config_sha256=hashlib.sha256(config.data).hexdigest() if config is not None else "",
     )
 
 
@@ -168,6 +213,11 @@ class JobFolder:
     @property
     def job_info(self):
         return os.path.join(self.path, "job_info.json")
+
+    @property
+    def config(self):
+        """The config snapshot taken at submit; the job runs with this, not with configs/."""
+        return os.path.join(self.path, CONFIG_SNAPSHOT)
 
     @property
     def log(self):

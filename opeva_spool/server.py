@@ -13,6 +13,7 @@ from .api import configs as configs_api
 from .api import jobs as jobs_api
 from .api import sites as sites_api
 from .api import system as system_api
+from .configs import WriteMode
 from .hosts import LivenessMonitor
 from .inbox import Inbox
 from .index import JobIndex
@@ -172,7 +173,7 @@ class Server:
 
     def submit_demo(self):
         """The quick start's demo job: a simulated training run on the embedded worker."""
-        self.spool.write_config("demo.yaml", DEMO_CONFIG)
+        self.jobs.configs.write("demo.yaml", DEMO_CONFIG, WriteMode.SAME)
         return self.jobs.submit({"config_path": "demo.yaml", "target_host": EMBEDDED_HOST,
                                  "job_name": "demo-training", "submitted_by": "quick-start"})
 

@@ -10,14 +10,13 @@ import os
 import time
 import uuid
 
-import yaml
-
 from . import fsio, jobs, names
+from .configs import ConfigStore, WriteMode
 from .exceptions import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from .jobs import JobConfig
 from .spool import DONE, QUEUED, Location
 from .states import JobState, check_transition
 
-MAX_CONFIG_BYTES = 512 * 1024
 LOG_CHUNK = 64 * 1024
 FOLLOW_POLL_SECONDS = 0.25
 # Listing spool/ for host names on every submission costs more than the submission's fsync.
@@ -25,16 +24,8 @@ KNOWN_HOSTS_TTL = 1.0
 # The image's words for an ended run in the "status" of result.json and progress.json.
 IMAGE_ENDINGS = {"completed": JobState.FINISHED, "failed": JobState.FAILED}
 
-
-def parse_config_text(text, source):
-    """The YAML mapping in ``text``; 400 unless it is one (safe_load only)."""
-    try:
-        config = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise BadRequest(f"{source} is not valid YAML: {exc}") from None
-    if not isinstance(config, dict):
-        raise BadRequest(f"{source} must be a YAML mapping")
-    return config
+# The inbox's import; it moves to JobService.configs.parse.
+parse_config_text = ConfigStore.parse
 
 
 class JobService:
@@ -42,6 +33,7 @@ class JobService:
         self.settings = settings
         self.spool = spool
         self.index = index
+        self.configs = ConfigStore(spool.configs_dir)
         self.on_publish = on_publish or (lambda entry: None)
         self._hosts, self._hosts_at = (), None
 
@@ -56,16 +48,23 @@ class JobService:
 
     # ----- submit -------------------------------------------------------------------------
 
-    def submit(self, body, origin="api", job_id=None):
-        """Validate and publish a job; returns the original API's response fields and more."""
+    def submit(self, body: dict, origin: str = "api", job_id: str | None = None) -> dict:
+        """Validate and publish a job; returns the original API's response fields and more.
+
+        The job's config is snapshotted into its folder (jobs/<id>/config.yaml) as it is now:
+        editing configs/ afterwards does not change what a queued job runs.
+        """
         job_id = names.job_id(job_id) if job_id else str(uuid.uuid4())
-        config, config_file, config_text = self._config_for(body, job_id)
-        if config_file is None and body.get("command") is None:
+        config, inline = self._config_for(body, job_id)
+        if config is None and body.get("command") is None:
             raise BadRequest("give 'config_path', an inline 'config', or a 'command'")
         target = body.get("target_host")
         hosts = self.known_hosts(target if isinstance(target, str) and target != jobs.ANY_HOST else None)
-        spec = jobs.build_spec(body, hosts, config_file, config, job_id=job_id, origin=origin)
-        entry = self.spool.publish(spec, config_text, "replace" if body.get("overwrite") is True else "same")
+        spec = jobs.build_spec(body, hosts, job_id=job_id, config=config, origin=origin)
+        if inline:
+            self.configs.write(config.file_name, config.text,
+                               WriteMode.REPLACE if body.get("overwrite") is True else WriteMode.SAME)
+        entry = self.spool.publish(spec, config.data if config is not None else None)
         self.index.place(Location(QUEUED), entry)
         self.on_publish(entry)
         return {
@@ -73,13 +72,14 @@ class JobService:
             "status": JobState.QUEUED.value,
             "host": spec.target_host,
             "job_name": spec.job_name,
-            "config_path": f"configs/{config_file}" if config_file else None,
+            "config_path": f"configs/{spec.config_file}" if spec.config_file else None,
+            "config_sha256": spec.config_sha256 or None,
             "priority": spec.priority,
             "submitted_at": spec.submitted_at,
         }
 
     def _config_for(self, body, job_id):
-        """(parsed config, file name under configs/ or None, text to save or None)."""
+        """(the job's JobConfig or None, whether it came inline and is to be saved under configs/)."""
         inline, path = body.get("config"), body.get("config_path")
         if inline is not None and path:
             raise BadRequest("give either 'config' or 'config_path', not both")
@@ -88,20 +88,15 @@ class JobService:
                 raise BadRequest("'config' must be a JSON object (the experiment config)")
             save_as = body.get("save_as")
             file_name = names.config_file(save_as) if save_as else f"{job_id}.yaml"
-            text = yaml.safe_dump(inline, sort_keys=False)
-            if len(text) > MAX_CONFIG_BYTES:
-                raise BadRequest(f"the config is larger than {MAX_CONFIG_BYTES} bytes")
-            return inline, file_name, text
+            return JobConfig(file_name, inline, self.configs.serialise(inline)), True
         if path:
             file_name = names.config_file(path)
-            full = names.safe_join(self.spool.configs_dir, file_name)
             try:
-                with open(full, encoding="utf-8") as handle:
-                    text = handle.read(MAX_CONFIG_BYTES + 1)
-            except FileNotFoundError:
+                text = self.configs.read_text(file_name)
+            except NotFound:
                 raise BadRequest(f"config {file_name!r} does not exist under configs/", field="config_path") from None
-            return parse_config_text(text, f"configs/{file_name}"), file_name, None
-        return None, None, None
+            return JobConfig(file_name, self.configs.parse(text, f"configs/{file_name}"), text), False
+        return None, False
 
     # ----- look-ups -----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@
     <root>/spool/inbox/<folder>/job.json  job folders dropped onto the share
     <root>/spool/rejected/<folder>/   dropped folders that were invalid, with reason.json
     <root>/jobs/<job_id>/             the job's data; never moves while the job exists
+    <root>/jobs/<job_id>/config.yaml  the job's config, snapshotted at submit (configs/ is the store's)
 
 An entry's name is ``PPP_TTTTTTTTTTTTTTTTTTT_<target>_AAA_<job_id>.json``: PPP is
 100 - priority, T the submit time in ns, A the attempt. A sorted listing of queued/
@@ -26,7 +27,7 @@ from typing import NamedTuple
 
 from . import fsio, names
 from .exceptions import Conflict
-from .jobs import ANY_HOST, MAX_PRIORITY, JobFolder, JobSpec, utc_now
+from .jobs import ANY_HOST, CONFIG_SNAPSHOT, MAX_PRIORITY, JobFolder, JobSpec, utc_now
 from .states import TERMINAL_STATES, JobState, check_transition
 
 ENTRY_SUFFIX = ".json"
@@ -106,6 +107,7 @@ class Spool:
         self.inbox_dir = os.path.join(self.spool_dir, "inbox")
         self.rejected_dir = os.path.join(self.spool_dir, "rejected")
         self._queued_syncer = fsio.DirSyncer(self.queued_dir)
+        self._jobs_syncer = fsio.DirSyncer(self.jobs_dir)
 
     # ----- layout -------------------------------------------------------------------------
 
@@ -236,16 +238,17 @@ class Spool:
 
     # ----- publish ------------------------------------------------------------------------
 
-    def publish(self, spec, config_text=None, config_mode="same"):
+    def publish(self, spec: JobSpec, config: bytes | None = None) -> Entry:
         """Make a job visible atomically; returns its Entry.
 
-        The job folder (``staging/<uuid>/``, with job_info.json) and the entry
-        (``staging/<uuid>.entry``) are built in staging/; the folder is renamed to
-        jobs/<id> (refused if the id exists: a rename onto a non-empty directory fails),
-        then the entry is renamed into queued/. That last rename is the commit point:
-        until then the job is not in the queue, and a crash in between leaves a folder
-        with no entry, which ``recover_orphans`` removes. The output sub-folders are made
-        by the agent that runs the job (``Runner``), not here: publishing is the hot path.
+        The job folder (``staging/<uuid>/``, with job_info.json and the snapshot of its
+        ``config``, config.yaml) and the entry (``staging/<uuid>.entry``) are built in
+        staging/; the folder is renamed to jobs/<id> (refused if the id exists: a rename onto
+        a non-empty directory fails), then the entry is renamed into queued/. That last rename
+        is the commit point: until then the job is not in the queue, and a crash in between
+        leaves a folder with no entry, which ``recover_orphans`` removes. The output
+        sub-folders are made by the agent that runs the job (``Runner``), not here:
+        publishing is the hot path.
         """
         target = self.folder(spec.job_id).path
         if os.path.exists(target):
@@ -255,20 +258,23 @@ class Spool:
         entry_stage = stage + ".entry"
         try:
             # Staging is private to this call, so files are written in place (no temp + rename).
-            # Only the entry is fsynced: it holds the whole spec, and readers fall back to it if
-            # an OS crash loses job_info.json or the folder's rename. (kill -9 of the server
-            # needs no fsync at all; the page cache survives it.)
+            # The entry is fsynced: it holds the whole spec, and readers fall back to it if an
+            # OS crash loses job_info.json or the folder's rename. The config snapshot is in no
+            # entry, so it and the folder's rename are made durable too, before the commit.
+            # (kill -9 of the server needs no fsync at all; the page cache survives it.)
             os.mkdir(stage)
             fsio.write_new(os.path.join(stage, "job_info.json"), fsio.json_bytes(spec.job_info()), durable=False)
+            if config is not None:
+                fsio.write_new(os.path.join(stage, CONFIG_SNAPSHOT), config)
             fsio.write_new(entry_stage, fsio.json_bytes(spec.to_dict()))
-            if config_text is not None:
-                self.write_config(spec.config_file, config_text, mode=config_mode)
             try:
                 os.rename(stage, target)
             except OSError as exc:
                 if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                     raise Conflict(f"job {spec.job_id!r} already exists", job_id=spec.job_id) from None
                 raise
+            if config is not None:
+                self._jobs_syncer.sync()
             os.rename(entry_stage, os.path.join(self.queued_dir, entry.name))
             self._queued_syncer.sync()
             return entry
@@ -278,31 +284,6 @@ class Spool:
             shutil.rmtree(stage, ignore_errors=True)
             fsio.unlink_quietly(entry_stage)
             raise
-
-    def write_config(self, file_name, text, mode="same"):
-        """Save a config under configs/ atomically.
-
-        mode ``create``: 409 if the name exists; ``replace``: overwrite; ``same``: 409
-        only if the name exists with other content (a re-submitted ``save_as``).
-        """
-        path = os.path.join(self.configs_dir, names.config_file(file_name))
-        data = text.encode("utf-8")
-        if mode == "replace":
-            fsio.atomic_write_bytes(path, data)
-            return path
-        if mode == "same":
-            try:
-                with open(path, "rb") as handle:
-                    if handle.read() == data:
-                        return path
-            except FileNotFoundError:
-                pass
-        try:
-            fsio.atomic_create_bytes(path, data)
-        except FileExistsError:
-            raise Conflict(f"config {file_name!r} already exists; pass overwrite to replace it",
-                           file=file_name) from None
-        return path
 
     def read_spec(self, location, entry):
         doc = fsio.read_json_object(self.entry_path(location, entry))

@@ -24,7 +24,7 @@ def test_racing_agents_run_every_job_exactly_once(tmp_path):
     spool.ensure_layout()
     job_ids = []
     for i in range(JOBS):
-        spec = build_spec({"command": ["sh", "-c", MARK], "target_host": "any"}, ["any"], "", None, job_id=f"race-{i:04d}")
+        spec = build_spec({"command": ["sh", "-c", MARK], "target_host": "any"}, ["any"], job_id=f"race-{i:04d}")
         spool.publish(spec)
         job_ids.append(spec.job_id)
     # Four agent processes, one per host, exclude each other only through the rename.

@@ -66,7 +66,7 @@ def test_half_published_job_is_never_visible_and_is_cleaned_up(tmp_path):
     server = Server(settings)
     spool = server.spool
     # A crash between the folder rename and the entry rename: a folder with no entry.
-    orphan = build_spec({"command": "true", "target_host": "gpu-a"}, ["gpu-a"], "", None, job_id="orphan-1")
+    orphan = build_spec({"command": "true", "target_host": "gpu-a"}, ["gpu-a"], job_id="orphan-1")
     os.makedirs(os.path.join(spool.jobs_dir, orphan.job_id, "logs"))
     fsio.atomic_write_json(spool.folder(orphan.job_id).job_info, orphan.job_info())
     # A crash while staging: a staging dir with a complete entry that was never renamed.

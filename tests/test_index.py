@@ -21,7 +21,7 @@ def spool(tmp_path):
 def publish(spool, count, target="gpu-a", prefix="j"):
     entries = []
     for i in range(count):
-        spec = build_spec({"command": "true", "target_host": target}, [target], "", None, job_id=f"{prefix}{i:03d}")
+        spec = build_spec({"command": "true", "target_host": target}, [target], job_id=f"{prefix}{i:03d}")
         entries.append(spool.publish(spec))
     return entries
 
@@ -141,7 +141,7 @@ def test_an_ended_attempt_record_is_never_rewritten(spool):
 
 
 def test_a_requeue_seen_only_as_a_departure_keeps_the_job_visible(spool):
-    spec = build_spec({"command": "true", "target_host": "gpu-a", "max_retries": 1}, ["gpu-a"], "", None,
+    spec = build_spec({"command": "true", "target_host": "gpu-a", "max_retries": 1}, ["gpu-a"],
                       job_id="retry-1")
     entry = spool.publish(spec)
     index = JobIndex(spool)

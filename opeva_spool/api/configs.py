@@ -1,65 +1,64 @@
-"""Experiment configs under configs/: list, read, create, delete (plural and singular paths)."""
-
-import os
+"""Experiment configs over HTTP (plural and singular paths); the config store does the work."""
 
 import bottle
-import yaml
 
-from .. import fsio, names
-from ..exceptions import BadRequest, NotFound
-from ..service import parse_config_text
-from .app import json_body, query_flag
+from .. import names
+from ..configs import CONFIGS_PREFIX, WriteMode
+from ..exceptions import BadRequest
+from .app import json_body
+
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def _overwrite(body):
+    """False only when the request says so (body ``"overwrite": false`` or ``?overwrite=0``):
+    saving an existing name replaces it by default, as the original API (and its web UI) did."""
+    value = body.get("overwrite")
+    if value is not None:
+        if not isinstance(value, bool):
+            raise BadRequest("'overwrite' must be true or false", field="overwrite")
+        return value
+    return bottle.request.query.get("overwrite", "").lower() not in FALSE_WORDS
 
 
 def install(app, ctx):
-    spool = ctx.spool
-
-    def path_of(file_name):
-        return names.safe_join(spool.configs_dir, names.config_file(file_name))
-
-    def list_configs():
-        return sorted(name for name in fsio.listdir(spool.configs_dir) if names.CONFIG_FILE.match(name))
+    store = ctx.jobs.configs
 
     def create():
         body = json_body()
         file_name = body.get("file_name") or body.get("name")
         if not file_name:
             raise BadRequest("'file_name' is required")
+        file_name = names.config_file(file_name)
         config = body.get("config")
         if isinstance(config, str):
             text = config
-            parse_config_text(text, "config")
+            store.parse(text, "config")
         elif isinstance(config, dict):
-            text = yaml.safe_dump(config, sort_keys=False)
+            text = store.serialise(config)
         else:
             raise BadRequest("'config' must be a JSON object or a YAML string")
-        overwrite = bool(body.get("overwrite")) or query_flag("overwrite")
-        spool.write_config(names.config_file(file_name), text, mode="replace" if overwrite else "create")
-        return {"message": f"config {file_name} saved", "file": names.config_file(file_name),
-                "config_path": f"configs/{names.config_file(file_name)}"}
+        saved = store.write(file_name, text, WriteMode.REPLACE if _overwrite(body) else WriteMode.CREATE)
+        return {"message": f"config {file_name} {'replaced' if saved.replaced else 'saved'}", "file": file_name,
+                "config_path": CONFIGS_PREFIX + file_name, "replaced": saved.replaced,
+                "history_path": saved.history_path}
 
     def read(file_name):
-        path = path_of(file_name)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except FileNotFoundError:
-            raise NotFound(f"no config {file_name!r}") from None
         if bottle.request.query.get("format") == "yaml":
             bottle.response.content_type = "application/x-yaml"
-            return text
-        return {"file": names.config_file(file_name), "config": parse_config_text(text, file_name)}
+            return store.read_text(file_name)
+        return {"file": names.config_file(file_name), "config": store.read(file_name)}
+
+    def history(file_name):
+        return {"file": names.config_file(file_name), "history": store.history(file_name)}
 
     def delete(file_name):
-        path = path_of(file_name)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            raise NotFound(f"no config {file_name!r}") from None
-        return {"message": f"config {names.config_file(file_name)} deleted"}
+        kept = store.delete(file_name)
+        return {"message": f"config {names.config_file(file_name)} deleted", "history_path": kept}
 
     for prefix in ("/experiment-configs", "/experiment-config"):
         app.post(prefix + "/create")(create)
         app.get(prefix + "/<file_name>")(read)
+        app.get(prefix + "/<file_name>/history")(history)
         app.delete(prefix + "/<file_name>")(delete)
-    app.get("/experiment-configs")(list_configs)
+    app.get("/experiment-configs")(store.list)
