@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import threading
+import time
 import uuid
 
 # ESTALE: the file was replaced or removed by another NFS client while we looked.
@@ -148,7 +149,7 @@ def read_json(path):
         raise
     try:
         return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply to parse
         return None
 
 
@@ -187,6 +188,14 @@ def listdir(path):
 
 def is_gone(exc):
     return isinstance(exc, OSError) and exc.errno in _GONE
+
+
+def age(path):
+    """Seconds since ``path`` (itself, not a link's target) was modified; 0.0 if it is gone."""
+    try:
+        return time.time() - os.lstat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 def makedirs(path):
