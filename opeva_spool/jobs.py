@@ -39,6 +39,7 @@ class JobSpec:
     submitted_by: str = ""
     submitted_at: str = ""
     origin: str = "api"
+    inbox_folder: str = ""  # for origin inbox: "<folder>.<ingest token>" (see inbox.py)
     experiment_name: str = ""
     run_name: str = ""
 
@@ -127,7 +128,7 @@ def experiment_fields(config):
     return str(experiment.get("name", ""))[:256], str(experiment.get("run_name", ""))[:256]
 
 
-def build_spec(body, known_hosts, config_file, config, job_id, origin="api"):
+def build_spec(body, known_hosts, config_file, config, job_id, origin="api", inbox_folder=""):
     """A validated JobSpec from a submission body; ``config`` is the parsed YAML (or None)."""
     target = body.get("target_host") or "local"
     if target != ANY_HOST:
@@ -153,6 +154,7 @@ def build_spec(body, known_hosts, config_file, config, job_id, origin="api"):
         submitted_by=_optional_str(body, "submitted_by"),
         submitted_at=utc_now(),
         origin=origin,
+        inbox_folder=inbox_folder,
         experiment_name=experiment_name,
         run_name=run_name,
     )
