@@ -586,7 +586,6 @@ class Spool:
         return None
 
 
-
 def _make_leaf_dir(path):
     """mkdir of ``path`` alone (never its parents); an existing one is fine."""
     try:
