@@ -69,11 +69,11 @@ class Inbox:
         """Publish one folder's job and remove the folder; the job id, "rejected: ...", or None (not yet)."""
         mode = os.lstat(path).st_mode
         if stat.S_ISLNK(mode):
-            return self.reject(folder, path, "is a symbolic link; the inbox takes only real folders")
+            return self.reject(folder, path, "a symbolic link, not a folder: links are refused in the inbox")
         if not stat.S_ISDIR(mode):
             if fsio.age(path) < SETTLE_SECONDS:
                 return None
-            return self.reject(folder, path, f"is not a folder; drop a folder holding a {JOB_FILE}")
+            return self.reject(folder, path, f"a file, not a folder: drop a folder holding a {JOB_FILE}")
         # Race: the folder may have been swapped for a link since the lstat; O_NOFOLLOW refuses it (ELOOP).
         dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:

@@ -34,7 +34,8 @@ def rejections(server):
     reasons = {}
     for name in fsio.listdir(server.spool.rejected_dir):
         reason = fsio.read_json_object(os.path.join(server.spool.rejected_dir, name, "reason.json"))
-        reasons[reason["folder"]] = reason["reason"]
+        if reason is not None:  # else still being set aside
+            reasons[reason["folder"]] = reason["reason"]
     return reasons
 
 
@@ -61,7 +62,8 @@ def test_invalid_folders_are_moved_aside_with_a_reason_and_do_not_block_others(c
     drop(server, "no-job-file", None, files={"notes.txt": "hi"}, age=60)
     drop(server, "bad..name", {"command": "true"})
     drop(server, "good-one", {"command": "true", "target_host": "gpu-a"})
-    wait_for(lambda: len(fsio.listdir(server.spool.rejected_dir)) == 4, message="rejections")
+    wait_for(lambda: len(rejections(server)) == 4, message="rejections")
+    wait_for(lambda: client.get("/status/good-one").status == 200, message="the good folder's pickup")
     assert client.get("/status/good-one").json()["status"] == "queued"
     reasons = rejections(server)
     assert "not valid JSON" in reasons["bad-json"]

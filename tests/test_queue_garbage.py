@@ -23,6 +23,18 @@ def plant(server, job_id, target, content=None, age=60):
     return path
 
 
+def set_aside(server):
+    """{job id: reason} of the entries set aside into rejected/, each there beside its reason.json."""
+    reasons = {}
+    for name in fsio.listdir(server.spool.rejected_dir):
+        reason = fsio.read_json_object(os.path.join(server.spool.rejected_dir, name, "reason.json"))
+        if reason is not None:  # else still being set aside
+            assert reason["source"] == "queued"
+            assert os.path.lexists(os.path.join(server.spool.rejected_dir, name, reason["name"]))
+            reasons[reason["job_id"]] = reason["reason"]
+    return reasons
+
+
 def test_unreadable_entries_in_the_queue_are_set_aside_reported_and_never_block_the_worker(client, server):
     planted = {
         "garbage-text": plant(server, "garbage-text", "local", "not json at all"),
@@ -31,19 +43,14 @@ def test_unreadable_entries_in_the_queue_are_set_aside_reported_and_never_block_
         "garbage-other": plant(server, "garbage-other", "gpu-b", json.dumps({"job_id": "someone-else"})),
     }
     fresh = plant(server, "garbage-fresh", "gpu-b", "{}", age=0)  # could be a reader's stale view: left for now
-    wait_for(lambda: not any(os.path.lexists(path) for path in planted.values()), timeout=10,
-             message="the planted entries to be set aside")
+    reasons = wait_for(lambda: len(set_aside(server)) == len(planted) and set_aside(server), timeout=10,
+                       message="the planted entries to be set aside")
+    assert sorted(reasons) == sorted(planted)
+    assert not any(os.path.lexists(path) for path in planted.values())
     assert os.path.exists(fresh)
     for job_id in planted:
         assert client.get(f"/status/{job_id}").status == 404
         assert client.delete(f"/job/{job_id}").status == 404
-    reasons = {}
-    for name in fsio.listdir(server.spool.rejected_dir):
-        reason = fsio.read_json_object(os.path.join(server.spool.rejected_dir, name, "reason.json"))
-        assert reason["source"] == "queued" and os.path.lexists(os.path.join(server.spool.rejected_dir, name,
-                                                                              reason["name"]))
-        reasons[reason["job_id"]] = reason["reason"]
-    assert sorted(reasons) == sorted(planted)
     assert "not a regular file" in reasons["garbage-dir"]
     assert "not valid JSON" in reasons["garbage-text"] and "not valid JSON" in reasons["garbage-deep"]
     assert "not a job spec" in reasons["garbage-other"]
