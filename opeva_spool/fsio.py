@@ -14,6 +14,7 @@ import json
 import os
 import stat
 import threading
+import time
 import uuid
 
 # ESTALE: the file was replaced or removed by another NFS client while we looked.
@@ -250,6 +251,14 @@ def listdir(path):
 
 def is_gone(exc):
     return isinstance(exc, OSError) and exc.errno in _GONE
+
+
+def age(path):
+    """Seconds since ``path`` (itself, not a link's target) was modified; 0.0 if it is gone."""
+    try:
+        return time.time() - os.lstat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 def makedirs(path):

@@ -7,14 +7,17 @@ fed three ways, and none of them alone is trusted:
 - watchdog events from the spool directories (hints: inotify misses other NFS hosts);
 - ``sync()``, a periodic listing of the spool (the truth), and ``resolve()``, which
   re-finds a single job by stat when the index's idea of it turns out to be stale.
-The state rule itself (location + attempt job) is the spool's (``Spool.state_at``); a
-running entry's finer state is read from its attempt job on each request: one small
+Events and listings can be older than the server's own writes: a deleted job leaves a
+tombstone so that they cannot bring it back (``deleted``).
+The state rule itself (location + attempt record) is the spool's (``Spool.state_at``); a
+running entry's finer state is read from its attempt record on each request: one small
 file, only for jobs on a host.
 """
 
 import bisect
 import os
 import threading
+import time
 
 from .spool import DONE, QUEUED, RUNNING, JobStatus, Location
 from .states import JobState
@@ -26,10 +29,13 @@ STATUS_BUCKET = {
     JobState.DISPATCHED: ACTIVE,
     JobState.RUNNING: ACTIVE,
 }
+# How long a deleted entry's tombstone is kept: far longer than any event delay (watchdog holds a
+# move up to 0.5 s to pair it) or a listing of the spool takes.
+TOMBSTONE_SECONDS = 300.0
 
 
 class IndexedJob:
-    __slots__ = ("entry", "location", "ran_on", "generation")
+    __slots__ = ("entry", "generation", "location", "ran_on")
 
     def __init__(self, entry, location, ran_on, generation):
         self.entry = entry
@@ -64,6 +70,7 @@ class JobIndex:
         self._order = []  # order keys, newest first
         self._buckets = {}  # bucket -> order keys, newest first
         self._generation = 0
+        self._tombstones = {}  # (job_id, submit_ns) of deleted entries -> when, oldest first
 
     def __len__(self):
         return len(self._jobs)
@@ -74,8 +81,10 @@ class JobIndex:
     # ----- feeding ------------------------------------------------------------------------
 
     def place(self, location, entry):
-        """The entry is now at ``location`` (from a listing, an event or our own write)."""
+        """The entry is now at ``location`` (from a listing, an event or our own write); None if it was deleted."""
         with self._lock:
+            if (entry.job_id, entry.submit_ns) in self._tombstones:
+                return None  # late news of a deleted job (see deleted)
             job = self._jobs.get(entry.job_id)
             if job is None:
                 job = IndexedJob(entry, location, None, self._generation)
@@ -106,6 +115,21 @@ class JobIndex:
             if job is not None:
                 self._unbucket(job)
                 _remove_sorted(self._order, job.order_key)
+
+    def deleted(self, entry):
+        """The job of ``entry`` was deleted: forget it, and ignore any later placement of its entry.
+
+        Race: an event (inotify delivers a move up to 0.5 s late) or a listing made before the
+        delete can arrive after it, and would place the job back. A deleted entry never comes
+        back (a new job under the same id has a new submit time), so its tombstone is exact;
+        tombstones only expire to bound memory.
+        """
+        now = time.monotonic()
+        with self._lock:
+            self.forget(entry.job_id)
+            self._tombstones[(entry.job_id, entry.submit_ns)] = now
+            while now - next(iter(self._tombstones.values())) > TOMBSTONE_SECONDS:
+                del self._tombstones[next(iter(self._tombstones))]
 
     def _unbucket(self, job):
         _remove_sorted(self._buckets.get(job.bucket, []), job.order_key)
@@ -190,13 +214,10 @@ class JobIndex:
         """Indexed jobs newest first, filtered; ``after`` is the order key of the last one seen.
 
         Returns (jobs, next_after, total); total is None when counting would mean
-        looking at every job (host filters, states read from attempt jobs).
+        looking at every job (host filters, states read from attempt records).
         """
         with self._lock:
-            if status is None:
-                keys = self._order
-            else:
-                keys = self._buckets.get(STATUS_BUCKET.get(status, status.value), [])
+            keys = self._order if status is None else self._buckets.get(STATUS_BUCKET.get(status, status.value), [])
             start = bisect.bisect_right(keys, after) if after is not None else 0
             start += offset
             exact = host is None and status not in (JobState.DISPATCHED, JobState.RUNNING)

@@ -55,6 +55,7 @@ class JobSpec:
     submitted_by: str = ""
     submitted_at: str = ""
     origin: str = "api"
+    inbox_folder: str = ""  # for origin inbox: "<folder>.<ingest token>" (see inbox.py)
     experiment_name: str = ""
     run_name: str = ""
     config_sha256: str = ""  # of the snapshot jobs/<id>/config.yaml; "" for a job without a config
@@ -170,7 +171,7 @@ class JobConfig(NamedTuple):
 
 
 def build_spec(body: dict, known_hosts, *, job_id: str, config: JobConfig | None = None,
-               origin: str = "api") -> JobSpec:
+               origin: str = "api", inbox_folder: str = "") -> JobSpec:
     """A validated JobSpec from a submission body and the job's config (None for a job without one)."""
     target = body.get("target_host") or DEFAULT_TARGET_HOST
     if target != ANY_HOST:
@@ -197,6 +198,7 @@ def build_spec(body: dict, known_hosts, *, job_id: str, config: JobConfig | None
         submitted_by=_optional_str(body, "submitted_by"),
         submitted_at=utc_now(),
         origin=origin,
+        inbox_folder=inbox_folder,
         experiment_name=experiment_name,
         run_name=run_name,
         config_sha256=hashlib.sha256(config.data).hexdigest() if config is not None else "",

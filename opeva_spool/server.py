@@ -18,9 +18,9 @@ from .hosts import LivenessMonitor
 from .inbox import Inbox
 from .index import JobIndex
 from .runtimes import make_runtime
-from .sitedata.mongo import SiteData
 from .service import JobService
-from .spool import TERMINAL_DIRS, Entry, Spool
+from .sitedata.mongo import SiteData
+from .spool import QUEUED, TERMINAL_DIRS, Entry, Location, Spool
 from .watching import DirectoryWatcher
 
 log = logging.getLogger(__name__)
@@ -110,20 +110,39 @@ class Server:
                 self.watcher.watch(self.spool.done_path(state), self._on_entry_event)
 
     def maintain_once(self, rounds=0):
-        self._watch_entry_dirs()
-        self.index.sync(include_done=rounds % FULL_SCAN_EVERY == 0)
-        self.monitor.observe()
-        self.monitor.reclaim_offline()
-        self.inbox.scan()
-        self.spool.empty_trash()
-        self._clear_answered_stop_requests()
+        """One maintenance round. Each step runs on its own: one failing (a transient NFS error,
+        or an item no step expected) is logged and the rest of the round still runs."""
+        steps = (
+            ("watch", self._watch_entry_dirs),
+            ("sync", lambda: self.index.sync(include_done=rounds % FULL_SCAN_EVERY == 0)),
+            ("observe hosts", self.monitor.observe),
+            ("reclaim offline hosts", self.monitor.reclaim_offline),
+            ("inbox", self.inbox.scan),
+            ("unreadable entries", self._set_aside_unreadable_entries),
+            ("trash", self.spool.empty_trash),
+            ("stop requests", self._clear_answered_stop_requests),
+        )
+        for name, step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("maintenance step %r failed; the round goes on", name)
+
+    def _set_aside_unreadable_entries(self):
+        for entry in self.spool.reject_unreadable_queued():
+            self.index.vacate(Location(QUEUED), entry)
 
     def _clear_answered_stop_requests(self):
         for name in fsio.listdir(self.spool.requests_dir):
             job_id = name[: -len(".stop")] if name.endswith(".stop") else None
-            job = self.index.get(job_id) if job_id in self.index else None
-            if job_id and (job is None or self.index.state_of(job).terminal):
-                self.spool.clear_stop_request(job_id)
+            if not job_id:
+                continue
+            try:
+                job = self.index.get(job_id) if job_id in self.index else None
+                if job is None or self.index.state_of(job).terminal:
+                    self.spool.clear_stop_request(job_id)
+            except OSError as exc:  # this one request is looked at again next round
+                log.warning("stop request %s: %s", name, exc)
 
     def _maintain(self):
         rounds = 1  # the constructor did the first full sync

@@ -23,10 +23,8 @@ FOLLOW_POLL_SECONDS = 0.25
 KNOWN_HOSTS_TTL = 1.0
 # The image's words for an ended run in the "status" of result.json and progress.json.
 IMAGE_ENDINGS = {"completed": JobState.FINISHED, "failed": JobState.FAILED}
-
-# The inbox's import; it moves to JobService.configs.parse.
-parse_config_text = ConfigStore.parse
-
+# A delete retries after its entry moved (claim, end, requeue): a job makes few moves, so this is plenty.
+MAX_DELETE_TRIES = 20
 
 class JobService:
     def __init__(self, settings, spool, index, on_publish=None):
@@ -48,7 +46,8 @@ class JobService:
 
     # ----- submit -------------------------------------------------------------------------
 
-    def submit(self, body: dict, origin: str = "api", job_id: str | None = None) -> dict:
+    def submit(self, body: dict, origin: str = "api", job_id: str | None = None,
+               inbox_folder: str = "") -> dict:
         """Validate and publish a job; returns the original API's response fields and more.
 
         The job's config is snapshotted into its folder (jobs/<id>/config.yaml) as it is now:
@@ -60,7 +59,8 @@ class JobService:
             raise BadRequest("give 'config_path', an inline 'config', or a 'command'")
         target = body.get("target_host")
         hosts = self.known_hosts(target if isinstance(target, str) and target != jobs.ANY_HOST else None)
-        spec = jobs.build_spec(body, hosts, job_id=job_id, config=config, origin=origin)
+        spec = jobs.build_spec(body, hosts, job_id=job_id, config=config, origin=origin,
+                               inbox_folder=inbox_folder)
         if inline:
             self.configs.write(config.file_name, config.text,
                                WriteMode.REPLACE if body.get("overwrite") is True else WriteMode.SAME)
@@ -104,7 +104,7 @@ class JobService:
         """The job's JobStatus (entry, location, state, host); 404 if there is no such job."""
         job = self.index.get(names.job_id(job_id))
         if job is None:
-            raise NotFound(f"no job {job_id!r}", job_id=job_id, status=JobState.NOT_FOUND.value)
+            raise _no_such_job(job_id)
         return self.index.status_of(job)
 
     def status(self, job_id):
@@ -224,37 +224,45 @@ class JobService:
         """Cancel a queued job at once; ask the owner of a running one to stop it."""
         job = self.lookup(job_id)
         if job.state == JobState.QUEUED:
-            check_transition(job.state, JobState.CANCELED)
             if self.spool.cancel_queued(job.entry):
                 self.index.place(Location(DONE, JobState.CANCELED.value), job.entry)
                 return {"message": f"job {job_id} canceled before it started", "status": JobState.CANCELED.value}
-            job = self._refound(job)  # a host claimed it meanwhile
-        state = job.state
-        check_transition(state, JobState.STOPPED)  # 409 unless dispatched or running
+            job = self._refound(job)  # a host claimed it meanwhile, or a delete took it
+        if job.state == JobState.NOT_FOUND:
+            raise _no_such_job(job_id)
+        check_transition(job.state, JobState.STOPPED)  # 409 unless dispatched or running
         self.spool.request_stop(job.entry.job_id, by)
         return {"message": f"stop requested; host {job.host} stops job {job_id}",
-                "status": state.value,
+                "status": job.state.value,
                 "stop_requested": True}
 
     def delete(self, job_id, force=False):
-        """Remove a job's entry and folder; a running job only with ``force`` (it is stopped)."""
+        """Remove a job's entry and folder; a running job only with ``force``.
+
+        The entry's rename into the trash decides: of concurrent deletes exactly one's
+        succeeds, and the others answer 404, as every read does from then on. The entry
+        can move under us (claimed, ended, requeued): then it is re-found and the checks
+        run again. An active job's owner sees its entry gone and kills the attempt
+        (Runner.stop_reason ``entry_removed``); its late record write finds no folder.
+        """
         job = self.lookup(job_id)
-        if job.state == JobState.QUEUED and not self.spool.cancel_queued(job.entry):
+        for _ in range(MAX_DELETE_TRIES):
+            if job.state == JobState.NOT_FOUND:
+                raise _no_such_job(job_id)  # another delete won
+            if job.state.active and not force:
+                raise Conflict(f"job {job_id} is {job.state.value}; stop it first or delete with ?force=1",
+                               status=job.state.value, job_id=job_id)
+            if self.spool.trash(self.spool.entry_path(job.location, job.entry)):
+                break
             job = self._refound(job)
-        state = job.state
-        if state.active:
-            if not force:
-                raise Conflict(f"job {job_id} is {state.value}; stop it first or delete with ?force=1",
-                               status=state.value, job_id=job_id)
-            # The owner sees its entry gone and kills the attempt (Runner.stop_reason).
-            self.spool.request_stop(job.entry.job_id, "delete")
-        location = self.spool.find(job.entry, hint=job.location)
-        if location is not None:
-            self.spool.trash(self.spool.entry_path(location, job.entry))
+        else:
+            raise Conflict(f"job {job_id} kept moving while being deleted; try again", job_id=job_id)
+        self.index.deleted(job.entry)
+        # A crash here leaves a folder without an entry, which start-up recovery trashes.
         self.spool.trash(self.spool.folder(job.entry.job_id).path)
+        # A stop asked for earlier has nothing left to stop; gone now, it cannot stop a later job of this id.
         self.spool.clear_stop_request(job.entry.job_id)
-        self.index.forget(job.entry.job_id)
-        return {"message": f"job {job_id} deleted", "job_id": job_id, "previous_status": state.value}
+        return {"message": f"job {job_id} deleted", "job_id": job_id, "previous_status": job.state.value}
 
     def _refound(self, job):
         """The job re-found on disk after losing a race on it; its state is ``not_found`` if it is gone."""
@@ -284,6 +292,10 @@ class JobService:
     def _ended(self, job_id):
         job = self.index.get(job_id)
         return job is None or self.index.state_of(job).terminal
+
+
+def _no_such_job(job_id):
+    return NotFound(f"no job {job_id!r}", job_id=job_id, status=JobState.NOT_FOUND.value)
 
 
 def _parse_cursor(cursor):

@@ -8,7 +8,8 @@
     <root>/spool/requests/<job_id>.stop   stop requests, written by the API only
     <root>/spool/trash/               two-phase deletes
     <root>/spool/inbox/<folder>/job.json  job folders dropped onto the share
-    <root>/spool/rejected/<folder>/   dropped folders that were invalid, with reason.json
+    <root>/spool/rejected/<name>.<hex>/   what was set aside (an invalid dropped folder, an unreadable
+                                      entry from queued/), with reason.json
     <root>/jobs/<job_id>/             the job's data; never moves while the job exists
     <root>/jobs/<job_id>/config.yaml  the job's config, snapshotted at submit (configs/ is the store's)
 
@@ -19,8 +20,10 @@ superseded attempt (its owner's renames fail, its records are not the current on
 """
 
 import errno
+import logging
 import os
 import shutil
+import stat
 import time
 import uuid
 from typing import NamedTuple
@@ -30,11 +33,20 @@ from .exceptions import Conflict
 from .jobs import ANY_HOST, CONFIG_SNAPSHOT, MAX_PRIORITY, JobFolder, JobSpec, utc_now
 from .states import TERMINAL_STATES, JobState, check_transition
 
+log = logging.getLogger(__name__)
+
 ENTRY_SUFFIX = ".json"
 QUEUED = "queued"
 DONE = "done"
 RUNNING = "running"
 TERMINAL_DIRS = tuple(sorted(state.value for state in TERMINAL_STATES))
+REASON_FILE = "reason.json"
+# How long an unreadable entry in queued/ is left alone before it is set aside (see reject_unreadable_queued).
+UNREADABLE_ENTRY_SETTLE_SECONDS = 5.0
+# rejected/<name>.<hex>: the part of a name kept, so that the folder's name stays within NAME_MAX.
+NAME_KEPT = 200
+# Half-published folders and staging dirs younger than this may belong to a submission in flight.
+ORPHAN_MIN_AGE = 60.0
 
 
 class Entry(NamedTuple):
@@ -108,6 +120,7 @@ class Spool:
         self.rejected_dir = os.path.join(self.spool_dir, "rejected")
         self._queued_syncer = fsio.DirSyncer(self.queued_dir)
         self._jobs_syncer = fsio.DirSyncer(self.jobs_dir)
+        self._readable_queued = set()  # see reject_unreadable_queued
 
     # ----- layout -------------------------------------------------------------------------
 
@@ -286,8 +299,8 @@ class Spool:
             raise
 
     def read_spec(self, location, entry):
-        doc = fsio.read_json_object(self.entry_path(location, entry))
-        return JobSpec.from_dict(doc) if doc else None
+        """The entry's JobSpec, or None if the entry is gone or is not one (see ``_read_entry``)."""
+        return _read_entry(self.entry_path(location, entry), entry)[0]
 
     # ----- claim, run, finish (the owner's side) ------------------------------------------
 
@@ -313,7 +326,11 @@ class Spool:
         return True
 
     def write_attempt(self, entry, host, agent_id, state, **details):
-        """The attempt record jobs/<id>/attempts/<n>.json; only attempt n's owner writes it."""
+        """Write the attempt record jobs/<id>/attempts/<n>.json (only attempt n's owner does); returns it.
+
+        Returns None, writing nothing, when the job's folder is gone: the job was deleted,
+        which supersedes every attempt of it.
+        """
         folder = self.folder(entry.job_id)
         path = folder.attempt_record(entry.attempt)
         record = fsio.read_json_object(path) or {}
@@ -322,8 +339,17 @@ class Spool:
         record.update(details)
         record.update(job_id=entry.job_id, attempt=entry.attempt, host=host, agent_id=agent_id,
                       state=JobState(state).value, updated_at=utc_now())
-        fsio.makedirs(os.path.dirname(path))
-        fsio.atomic_write_json(path, record)
+        # Race: a delete can rename the job folder into the trash at any moment. Only the leaf
+        # attempts/ is ever made here, and every path below resolves through jobs/<id>, so a
+        # write after the delete fails instead of re-creating the deleted job's folder.
+        try:
+            _make_leaf_dir(os.path.dirname(path))
+            fsio.atomic_write_json(path, record)
+        except OSError as exc:
+            if not fsio.is_gone(exc):
+                raise
+            log.info("job %s is deleted; attempt %s's record is not written", entry.job_id, entry.attempt)
+            return None
         return record
 
     def read_attempt(self, entry):
@@ -336,7 +362,8 @@ class Spool:
         record is terminal, which readers report as terminal and ``complete_finished``
         moves later. If the rename finds the entry gone, this attempt was superseded
         (requeued after the host was judged lost, or deleted): returns False and the
-        record, written under a stale attempt number, is ignored by every reader.
+        record, written under a stale attempt number, is ignored by every reader (for a
+        deleted job there is no folder left to write it into, and none is made).
         """
         state = JobState(state)
         self.write_attempt(entry, host, agent_id, state, ended_at=utc_now(), **details)
@@ -426,10 +453,14 @@ class Spool:
                            ended_at=utc_now())
         return True
 
-    # ----- delete and recovery ------------------------------------------------------------
+    # ----- delete, setting aside and recovery ---------------------------------------------
 
     def trash(self, path):
-        """Phase one of a delete: one rename out of sight. ``empty_trash`` does phase two."""
+        """Phase one of a delete: one rename out of sight; False if ``path`` is gone. ``empty_trash`` does phase two.
+
+        Of concurrent callers for one path exactly one rename succeeds: that is what makes
+        one of several concurrent DELETEs of a job the winner (JobService.delete).
+        """
         target = os.path.join(self.trash_dir, f"{uuid.uuid4().hex}-{os.path.basename(path)}")
         try:
             os.rename(path, target)
@@ -448,25 +479,77 @@ class Spool:
             except OSError:
                 pass
 
-    def recover_orphans(self, known_job_ids, min_age=60.0):
+    def set_aside(self, path, source, reason, **facts):
+        """Move ``path`` (a folder, file or link) into ``rejected/<name>.<hex>/`` beside a reason.json.
+
+        What is set aside goes *inside* a fresh folder of ours, so reason.json never lands
+        in (or through a link in) what was moved. Returns False if ``path`` is gone.
+        """
+        name = os.path.basename(path)
+        target = os.path.join(self.rejected_dir, f"{name[:NAME_KEPT]}.{uuid.uuid4().hex[:8]}")
+        os.mkdir(target)
+        try:
+            os.rename(path, os.path.join(target, name))
+        except OSError as exc:
+            os.rmdir(target)
+            if fsio.is_gone(exc):
+                return False
+            raise
+        fsio.atomic_write_json(os.path.join(target, REASON_FILE),
+                               {"name": name, "source": source, "reason": reason, "rejected_at": utc_now(), **facts})
+        log.warning("%s/%s set aside into %s: %s", source, name, target, reason)
+        return True
+
+    def rejected_summary(self, limit=5):
+        """How many things were set aside into rejected/, and the newest few names (for /health)."""
+        names = fsio.listdir(self.rejected_dir)
+        names.sort(key=lambda name: fsio.age(os.path.join(self.rejected_dir, name)))
+        return {"count": len(names), "newest": names[:limit]}
+
+    def reject_unreadable_queued(self, min_age=UNREADABLE_ENTRY_SETTLE_SECONDS):
+        """Set aside the entries in queued/ that cannot be read as their job's spec; returns them.
+
+        An entry is staged, fsynced and renamed into queued/ whole, so one that cannot be read
+        is never one being written: it is garbage (a planted file, a directory, a link), which
+        agents skip forever. ``min_age`` (by mtime) only spares a reader's stale view of a
+        file another NFS host renamed a moment ago. An entry never changes, so each name is
+        read once; ``_readable_queued`` remembers those that read fine while they are queued.
+        """
+        listed, rejected = set(), []
+        for name in fsio.listdir(self.queued_dir):
+            listed.add(name)
+            entry = Entry.parse(name)
+            if entry is None or name in self._readable_queued:
+                continue
+            path = os.path.join(self.queued_dir, name)
+            spec, problem = _read_entry(path, entry)
+            if spec is not None:
+                self._readable_queued.add(name)
+            elif problem and fsio.age(path) >= min_age and self.set_aside(
+                    path, QUEUED, f"spool/queued/{name} {problem}", job_id=entry.job_id):
+                rejected.append(entry)
+        self._readable_queued &= listed
+        return rejected
+
+    def recover_orphans(self, known_job_ids, min_age=ORPHAN_MIN_AGE):
         """Clean what a crash in the middle of publish() or delete can leave behind.
 
         Staging dirs older than ``min_age`` are removed (never published). A job folder
         with no entry anywhere and older than ``min_age`` belongs to a submission that
-        never got its 2xx (or to a delete half done): it goes to the trash.
+        never got its 2xx, or to a delete that trashed the entry and died before the
+        folder: it goes to the trash.
         """
-        now = time.time()
         removed = []
         for name in fsio.listdir(self.staging_dir):
             path = os.path.join(self.staging_dir, name)
-            if _age(path, now) > min_age:
+            if fsio.age(path) > min_age:
                 shutil.rmtree(path, ignore_errors=True)
                 fsio.unlink_quietly(path)  # a staged entry is a file
         for job_id in fsio.listdir(self.jobs_dir):
             if job_id in known_job_ids:
                 continue
             path = os.path.join(self.jobs_dir, job_id)
-            if _age(path, now) > min_age and self.trash(path):
+            if fsio.age(path) > min_age and self.trash(path):
                 removed.append(job_id)
         return removed
 
@@ -498,8 +581,30 @@ class Spool:
         return None
 
 
-def _age(path, now):
+def _make_leaf_dir(path):
+    """mkdir of ``path`` alone (never its parents); an existing one is fine."""
     try:
-        return now - os.stat(path).st_mtime
-    except OSError:
-        return 0.0
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+
+
+def _read_entry(path, entry):
+    """(JobSpec, None) for a readable entry; (None, None) if it is gone; (None, what is wrong) for garbage."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        if fsio.is_gone(exc):
+            return None, None
+        raise
+    if not stat.S_ISREG(mode):
+        return None, "is not a regular file"  # a directory, a link, a FIFO (opening one would block)
+    doc = fsio.read_json(path)
+    if doc is None:
+        return (None, "is not valid JSON") if os.path.lexists(path) else (None, None)
+    if not isinstance(doc, dict) or doc.get("job_id") != entry.job_id:
+        return None, f"is not a job spec of job {entry.job_id}"
+    try:
+        return JobSpec.from_dict(doc), None
+    except TypeError:  # a required field is missing
+        return None, f"is not a job spec of job {entry.job_id}"

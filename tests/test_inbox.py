@@ -2,12 +2,13 @@
 
 import json
 import os
-import shutil
 import time
 
 from opeva_spool import fsio
+from opeva_spool.server import Server
 
-from .conftest import wait_for, wait_for_status
+from .clients import WsgiClient
+from .conftest import make_settings, wait_for, wait_for_status
 
 
 def drop(server, folder, job=None, files=None, age=None):
@@ -26,6 +27,16 @@ def drop(server, folder, job=None, files=None, age=None):
         for path in [final] + [os.path.join(final, name) for name in os.listdir(final)]:
             os.utime(path, (old, old))
     return final
+
+
+def rejections(server):
+    """{folder: reason} of everything the inbox set aside."""
+    reasons = {}
+    for name in fsio.listdir(server.spool.rejected_dir):
+        reason = fsio.read_json_object(os.path.join(server.spool.rejected_dir, name, "reason.json"))
+        if reason is not None:  # else still being set aside
+            reasons[reason["folder"]] = reason["reason"]
+    return reasons
 
 
 def test_dropped_folder_becomes_a_job_named_after_it_and_runs(client, server):
@@ -51,12 +62,10 @@ def test_invalid_folders_are_moved_aside_with_a_reason_and_do_not_block_others(c
     drop(server, "no-job-file", None, files={"notes.txt": "hi"}, age=60)
     drop(server, "bad..name", {"command": "true"})
     drop(server, "good-one", {"command": "true", "target_host": "gpu-a"})
-    wait_for(lambda: len(fsio.listdir(server.spool.rejected_dir)) == 4, message="rejections")
+    wait_for(lambda: len(rejections(server)) == 4, message="rejections")
+    wait_for(lambda: client.get("/status/good-one").status == 200, message="the good folder's pickup")
     assert client.get("/status/good-one").json()["status"] == "queued"
-    reasons = {}
-    for name in fsio.listdir(server.spool.rejected_dir):
-        reason = fsio.read_json_object(os.path.join(server.spool.rejected_dir, name, "reason.json"))
-        reasons[reason["folder"]] = reason["reason"]
+    reasons = rejections(server)
     assert "not valid JSON" in reasons["bad-json"]
     assert "target_host" in reasons["bad-host"] or "host" in reasons["bad-host"]
     assert "job.json" in reasons["no-job-file"]
@@ -70,17 +79,75 @@ def test_a_folder_still_being_written_is_left_alone(server):
     assert os.path.isdir(folder)
 
 
-def test_ingesting_again_after_a_crash_does_not_duplicate_the_job(client, server):
+def test_the_same_folder_found_again_after_a_crash_is_only_removed(tmp_path):
+    server = Server(make_settings(tmp_path, embedded_worker=False))  # not started: this test is the only scanner
+    client = WsgiClient(server.app)
     folder = drop(server, "once", {"command": "true", "target_host": "gpu-a"})
-    backup = os.path.join(server.spool.root, "once.copy")  # outside the inbox
-    shutil.copytree(folder, backup)
-    wait_for(lambda: client.get("/status/once").status == 200, message="inbox pickup")
-    # The server died after publishing but before removing the folder: it is there again.
-    os.rename(backup, os.path.join(server.spool.inbox_dir, "once"))
-    server.inbox.scan()
+    assert server.inbox.scan() == {"once": "once"}
+    # The server died after publishing but before removing the folder: the folder is back as it was then.
+    [trashed] = [name for name in fsio.listdir(server.spool.trash_dir) if name.endswith("-once")]
+    os.rename(os.path.join(server.spool.trash_dir, trashed), folder)
+    assert server.inbox.scan() == {"once": "once"}
     assert fsio.listdir(server.spool.inbox_dir) == []
     assert [job["job_id"] for job in client.get("/jobs").json()] == ["once"]
     assert fsio.listdir(server.spool.rejected_dir) == []
+
+
+def test_a_second_folder_with_a_taken_job_id_is_rejected_not_dropped(client, server):
+    drop(server, "first", {"job_id": "shared", "command": "true", "target_host": "gpu-a"})
+    wait_for(lambda: client.get("/status/shared").status == 200, message="inbox pickup")
+    drop(server, "second", {"job_id": "shared", "command": "false", "target_host": "gpu-a"})
+    wait_for(lambda: "second" in rejections(server), message="the second folder's rejection")
+    assert "job id taken" in rejections(server)["second"]
+    # A later folder of the same name as the accepted one is another submission, not a re-ingestion.
+    drop(server, "first", {"job_id": "shared", "command": "false", "target_host": "gpu-a"})
+    wait_for(lambda: "first" in rejections(server), message="the later same-named folder's rejection")
+    assert "job id taken" in rejections(server)["first"]
+    assert client.get("/job-info/shared").json()["command"] == "true"
+    assert fsio.listdir(server.spool.inbox_dir) == []
+
+
+def test_a_deeply_nested_folder_is_rejected_and_the_maintenance_round_goes_on(tmp_path):
+    server = Server(make_settings(tmp_path, embedded_worker=False))  # maintain_once is called by the test
+    client = WsgiClient(server.app)
+    drop(server, "aaa-deep-json", "[" * 5000)
+    drop(server, "bbb-deep-config", {"target_host": "gpu-a"}, files={"config.yaml": "[" * 5000})
+    drop(server, "zzz-good", {"command": "true", "target_host": "gpu-a"})
+    server.spool.request_stop("long-gone-job")  # a stop request nobody answers: maintenance clears it
+    os.makedirs(os.path.join(server.spool.trash_dir, "deleted-folder"))
+    server.maintain_once()
+    reasons = rejections(server)
+    assert "nested too deeply" in reasons["aaa-deep-json"]
+    assert "bbb-deep-config" in reasons
+    assert client.get("/status/zzz-good").json()["status"] == "queued"
+    assert not server.spool.stop_requested("long-gone-job")
+    assert fsio.listdir(server.spool.trash_dir) == []
+    assert fsio.listdir(server.spool.inbox_dir) == []
+
+
+def test_links_in_drop_folders_are_refused_and_nothing_outside_is_read(client, server, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "job.json").write_text(json.dumps({"command": "true", "target_host": "gpu-a"}))
+    (outside / "secret.yaml").write_text("secret: 42\n")
+    before = sorted(os.listdir(outside))
+    inbox = server.spool.inbox_dir
+    os.makedirs(os.path.join(inbox, ".link-job"))
+    os.symlink(outside / "job.json", os.path.join(inbox, ".link-job", "job.json"))
+    os.makedirs(os.path.join(inbox, ".link-config"))
+    with open(os.path.join(inbox, ".link-config", "job.json"), "w") as handle:
+        json.dump({"target_host": "gpu-a"}, handle)
+    os.symlink(outside / "secret.yaml", os.path.join(inbox, ".link-config", "config.yaml"))
+    for name in ("link-job", "link-config"):
+        os.rename(os.path.join(inbox, "." + name), os.path.join(inbox, name))
+    os.symlink(outside, os.path.join(inbox, "link-folder"))
+    wait_for(lambda: len(rejections(server)) == 3, message="three rejections")
+    for folder, reason in rejections(server).items():
+        assert "link" in reason, (folder, reason)
+    assert client.get("/jobs").json() == []
+    assert fsio.listdir(server.spool.configs_dir) == []
+    assert sorted(os.listdir(outside)) == before  # no reason.json written through the link
+    assert fsio.listdir(inbox) == []
 
 
 def test_same_id_as_an_api_job_is_rejected_not_merged(client, server):

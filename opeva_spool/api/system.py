@@ -65,6 +65,7 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
             "shared_root": spool.root,
             "problems": problems,
             "jobs": ctx.index.counts(),
+            "rejected": spool.rejected_summary(),  # dropped folders and queued/ garbage set aside
             "mongodb": dependency_checks["mongodb"].get() if "mongodb" in dependency_checks
             else {"status": "not_configured"},
             "docker": dependency_checks["docker"].get() if "docker" in dependency_checks
