@@ -21,7 +21,8 @@ def test_environment_overrides_yaml_and_values_are_typed(tmp_path):
 
 
 @pytest.mark.parametrize("environ", [{"OPEVA_PORT": "eighty"}, {"OPEVA_OBSERVER": "magic"},
-                                     {"OPEVA_RUNTIME": "vm"}, {"OPEVA_DOCKER_ENV": "[1, 2]"}])
+                                     {"OPEVA_RUNTIME": "vm"}, {"OPEVA_DOCKER_ENV": "[1, 2]"},
+                                     {"OPEVA_JOB_USER": "opeva"}, {"OPEVA_JOB_USER": "1000"}])
 def test_invalid_values_are_refused_with_the_setting_named(environ):
     with pytest.raises(BadRequest):
         load_settings(environ=environ)
