@@ -5,10 +5,11 @@ class. An agent is the only writer of its jobs' logs, attempt records and termin
 moves; everything it learns from the API (stop requests) comes as files it reads.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import socket
-import sys
 import tempfile
 import threading
 import uuid
@@ -17,17 +18,18 @@ import filelock
 
 from . import fsio, hosts
 from .exceptions import Conflict, RuntimeFailure
-from .jobs import ANY_HOST, DATA_SUBDIRS, utc_now
-from .runtimes.base import Launch, Lease
-from .spool import QUEUED, RUNNING, Entry, Location
-from .states import JobState
+from .jobs import CONFIG_SNAPSHOT, ANY_HOST, DATA_SUBDIRS, JobSpec, utc_now
+from .runtimes.base import Execution, Launch, Lease, Runtime
+from .settings import Settings
+from .spool import QUEUED, RUNNING, Entry, Location, Spool
+from .states import EndReason, JobState
 from .watching import DirectoryWatcher
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2  # how often a runner checks its execution and stop requests
-
-
+# The job's config as submitted: jobs/<id>/config.yaml, written at submission; the job runs from it,
+# so editing configs/<name> later changes no queued job.
 class HostPresence:
     """One agent per host name on a machine, held for the agent's lifetime.
 
@@ -54,10 +56,49 @@ class HostPresence:
         self.lock.release()
 
 
+class GpuPool:
+    """The GPU ids a host may hand out, and which of them attempts hold: a GPU is never shared.
+
+    The claim loop takes, runners give back when they end, the heartbeat reads what is free.
+    """
+
+    def __init__(self, ids):
+        self.ids = tuple(ids)
+        self._held = set()
+        self._lock = threading.Lock()
+
+    def take(self, wanted: int | str) -> tuple[str, ...] | None:
+        """Specific free ids for a job asking for ``wanted`` (0, N or "all"), now held; None if too few are free."""
+        if not wanted:
+            return ()
+        count = len(self.ids) if wanted == "all" else wanted
+        with self._lock:
+            free = [gpu for gpu in self.ids if gpu not in self._held]
+            if count == 0 or len(free) < count:
+                return None
+            taken = tuple(free[:count])
+            self._held.update(taken)
+        return taken
+
+    def hold(self, gpus: tuple[str, ...]) -> None:
+        """Count ids as held without asking (an attempt re-attached after a restart already has them)."""
+        with self._lock:
+            self._held.update(gpus)
+
+    def give_back(self, gpus: tuple[str, ...]) -> None:
+        with self._lock:
+            self._held.difference_update(gpus)
+
+    def free(self) -> list[str]:
+        with self._lock:
+            return [gpu for gpu in self.ids if gpu not in self._held]
+
+
 class Runner(threading.Thread):
     """Runs one claimed attempt to its end and records how it ended."""
 
-    def __init__(self, agent, entry, spec, gpus, execution=None):
+    def __init__(self, agent: Agent, entry: Entry, spec: JobSpec, gpus: tuple[str, ...],
+                 execution: Execution | None = None):
         super().__init__(name=f"job-{entry.job_id}", daemon=True)
         self.agent, self.entry, self.spec, self.gpus = agent, entry, spec, gpus
         self.execution = execution  # given when re-attached after an agent restart
@@ -70,7 +111,7 @@ class Runner(threading.Thread):
             self._run()
         except Exception as exc:  # a bug or an I/O error must still end the attempt on disk
             log.exception("job %s attempt %s crashed its runner", entry.job_id, entry.attempt)
-            self._finish(JobState.FAILED, {"reason": "agent_error", "error": str(exc)})
+            self._finish(JobState.FAILED, {"reason": EndReason.AGENT_ERROR, "error": str(exc)})
         finally:
             agent.runner_done(self)
 
@@ -114,16 +155,16 @@ class Runner(threading.Thread):
                 if agent.heartbeat.lease_broken(self.lease_epoch):
                     # Race: this agent was frozen past its lease and its guard killed the job;
                     # the exit code is the guard's doing, not the job's failure.
-                    self._note_if_current(folder, f"lease_lost: the guard ended the job, exit code {code}")
-                    return self._after_stop("lease_lost", code)
-                return self._finish(JobState.FAILED, {"exit_code": code, "reason": "exit_code",
+                    self._note_if_current(folder, f"{EndReason.LEASE_LOST}: the guard ended the job, exit code {code}")
+                    return self._after_stop(EndReason.LEASE_LOST, code)
+                return self._finish(JobState.FAILED, {"exit_code": code, "reason": EndReason.EXIT_CODE,
                                                       "error": f"the job exited with code {code}"})
             reason = self.stop_reason()
-            if reason == "agent_shutdown" and agent.runtime.survives_agent:
+            if reason == EndReason.AGENT_SHUTDOWN and agent.runtime.survives_agent:
                 return execution.detach()  # the restarted agent re-attaches (Runtime.adopt)
             if reason:
                 # Without a lease the job must be dead before the server's offline threshold.
-                grace = agent.heartbeat.grace if reason == "lease_lost" else agent.settings.stop_grace
+                grace = agent.heartbeat.grace if reason == EndReason.LEASE_LOST else agent.settings.stop_grace
                 code = execution.stop(grace)
                 execution.release()
                 # Noted only once it ended: while it runs, the runtime is the log's only writer.
@@ -145,36 +186,37 @@ class Runner(threading.Thread):
 
     def _after_stop(self, reason, code):
         agent, entry = self.agent, self.entry
-        if reason == "stop_requested":
+        if reason == EndReason.STOP_REQUESTED:
             return self._finish(JobState.STOPPED, {"exit_code": code, "reason": reason})
-        if reason == "entry_removed":
+        if reason == EndReason.ENTRY_REMOVED:
             return None  # deleted or requeued by the server: there is no entry left to end
         # lease_lost / agent_shutdown: the job did nothing wrong; retry policy decides.
         agent.spool.recover_lost(entry, agent.host, reason)
         return None
 
-    def stop_reason(self):
+    def stop_reason(self) -> EndReason | None:
+        """Why this attempt must end now, or None while it may run on."""
         agent, entry = self.agent, self.entry
         if agent.heartbeat.lease_broken(self.lease_epoch):
-            return "lease_lost"
+            return EndReason.LEASE_LOST
         if agent.spool.stop_requested(entry.job_id):
-            return "stop_requested"
+            return EndReason.STOP_REQUESTED
         if not agent.owns(entry):
-            return "entry_removed"
+            return EndReason.ENTRY_REMOVED
         if agent.stopping.is_set():
-            return "agent_shutdown"
+            return EndReason.AGENT_SHUTDOWN
         return None
 
 
 class Agent:
-    def __init__(self, settings, spool, runtime, host=None):
+    def __init__(self, settings: Settings, spool: Spool, runtime: Runtime, host: str | None = None):
         self.settings = settings
         self.spool = spool
         self.runtime = runtime
         self.host = host or settings.host
         self.agent_id = f"{self.host}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.capacity = settings.capacity
-        self.gpu_ids = tuple(settings.gpu_ids)
+        self.gpu_pool = GpuPool(settings.gpu_ids)
         self.presence = HostPresence(settings.lock_dir, self.host)
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -183,12 +225,12 @@ class Agent:
         self._runners = {}
         self._lock = threading.Lock()
         self._threads = []
-        self.heartbeat = hosts.HeartbeatWriter(spool, self)
+        self.heartbeat = hosts.HeartbeatWriter(spool, self.host, settings, self.heartbeat_facts)
         self.watcher = DirectoryWatcher(settings.observer, settings.scan_interval)
 
     # ----- lifecycle ----------------------------------------------------------------------
 
-    def start(self):
+    def start(self) -> Agent:
         self.presence.acquire()
         self.spool.ensure_layout()
         fsio.makedirs(self.spool.running_dir(self.host))
@@ -197,7 +239,7 @@ class Agent:
         # is renewed from here on, so a slow recovery does not count as a lapse.
         self.heartbeat.beat()
         self.guard = self.runtime.guard_host(self.host, self.lease())
-        self._thread(self.heartbeat.run)
+        self._thread(self._beat_loop)
         self.recovered = self.recover()
         self.watcher.watch(self.spool.queued_dir, self._on_queue_event)
         self.watcher.start()
@@ -209,7 +251,7 @@ class Agent:
         thread.start()
         self._threads.append(thread)
 
-    def shutdown(self, timeout=None):
+    def shutdown(self, timeout: float | None = None) -> None:
         """Stop claiming and end this agent's threads; running jobs are stopped and requeued.
 
         Containers (survives_agent) are left running for the restarted agent to adopt. The
@@ -226,35 +268,54 @@ class Agent:
             runner.join(timeout)
         self.presence.release()
 
-    def drain(self):
+    def drain(self) -> None:
         """Finish running jobs, take no new ones (SIGUSR1); ``opeva-spool drain`` does it by file."""
         self.drain_signaled = True
 
     @property
-    def draining(self):
+    def draining(self) -> bool:
         return self.drain_signaled or os.path.exists(self.spool.drain_path(self.host))
 
-    def runners(self):
+    def runners(self) -> list[Runner]:
         with self._lock:
             return list(self._runners.values())
 
-    def running_job_ids(self):
+    def running_job_ids(self) -> list[str]:
         with self._lock:
             return sorted(self._runners)
 
-    def runner_done(self, runner):
+    def runner_done(self, runner: Runner) -> None:
         with self._lock:
             self._runners.pop(runner.entry.job_id, None)
+        self.gpu_pool.give_back(runner.gpus)
         self.wake.set()
+
+    # ----- heartbeat ----------------------------------------------------------------------
+
+    def heartbeat_facts(self) -> dict:
+        """What this host's heartbeat says about it, besides being alive (HeartbeatWriter adds that)."""
+        return {
+            "agent_id": self.agent_id,
+            "capacity": self.capacity,
+            "gpu_ids": list(self.gpu_pool.ids),
+            "free_gpus": self.gpu_pool.free(),
+            "running": self.running_job_ids(),
+            "runtime": self.runtime.name,
+            "draining": self.draining,
+        }
+
+    def _beat_loop(self):
+        # A renewed lease after a lapse: the stopped jobs went back to the queue, look at it at once.
+        self.heartbeat.run(self.stopping, on_lapse_renewed=self.wake.set)
 
     # ----- recovery -----------------------------------------------------------------------
 
-    def recover(self):
+    def recover(self) -> bool:
         """Deal with what an earlier incarnation of this host's agent left in running/.
 
         Entries whose ending is recorded are moved on. The rest belong to attempts whose
         agent died: the runtime re-attaches to those it can (containers), and the others
-        are requeued or failed like a lost host's jobs.
+        are requeued or failed like a lost host's jobs. False if it must be tried again.
         """
         self.spool.complete_finished(self.host)
         running = self.spool.running_dir(self.host)
@@ -273,11 +334,13 @@ class Agent:
             execution = adopted.pop((entry.job_id, entry.attempt), None)
             if execution is not None and spec is not None:
                 record = self.spool.read_attempt(entry) or {}
-                self._start_runner(Runner(self, entry, spec, tuple(record.get("gpus", ())), execution))
+                gpus = tuple(record.get("gpus", ()))
+                self.gpu_pool.hold(gpus)
+                self._start_runner(Runner(self, entry, spec, gpus, execution))
                 continue
             if execution is not None:
                 execution.release()  # its spec cannot be read: end it before the entry moves on
-            self.spool.recover_lost(entry, self.host, reason="agent_restarted")
+            self.spool.recover_lost(entry, self.host, reason=EndReason.AGENT_RESTARTED)
         return True
 
     # ----- claiming -----------------------------------------------------------------------
@@ -296,7 +359,7 @@ class Agent:
             except OSError:
                 log.exception("claiming on %s failed; retrying at the next scan", self.host)
 
-    def wants(self, name):
+    def wants(self, name: str) -> bool:
         """Whether a queued entry name is for this host (by its target field, without parsing it all)."""
         return Entry.target_of(name) in (self.host, ANY_HOST)
 
@@ -308,7 +371,7 @@ class Agent:
         if arrived and not event.is_directory and self.wants(os.path.basename(arrived)):
             self.wake.set()
 
-    def claim_ready(self):
+    def claim_ready(self) -> None:
         """Claim queued jobs for this host (or any host) while there is room, in queue order."""
         if self.draining or self.heartbeat.lease_expired() or len(self.runners()) >= self.capacity:
             return
@@ -321,59 +384,62 @@ class Agent:
             spec = self.spool.read_spec(Location(QUEUED), entry)
             if spec is None:
                 continue  # claimed meanwhile, or not readable yet: the next scan sees it
-            gpus = self.assign_gpus(spec.gpus)
+            gpus = self.gpu_pool.take(spec.gpus)
             if gpus is None:
                 continue  # not enough free GPUs here now; a later job may fit
-            if self.spool.claim(entry, self.host, self.agent_id):
-                self._start_runner(Runner(self, entry, spec, gpus))
+            claimed = False
+            try:
+                claimed = self.spool.claim(entry, self.host, self.agent_id)
+                if claimed:
+                    self._start_runner(Runner(self, entry, spec, gpus))
+            finally:
+                if not claimed:
+                    self.gpu_pool.give_back(gpus)  # another host won the job (or the claim failed)
 
     def _start_runner(self, runner):
         with self._lock:
             self._runners[runner.entry.job_id] = runner
         runner.start()
 
-    def assign_gpus(self, wanted):
-        """Specific free GPU ids for a job asking for ``wanted`` (0, N or "all"); None if they are taken."""
-        if not wanted:
-            return ()
-        busy = {gpu for runner in self.runners() for gpu in runner.gpus}
-        free = [gpu for gpu in self.gpu_ids if gpu not in busy]
-        count = len(self.gpu_ids) if wanted == "all" else wanted
-        if count == 0 or len(free) < count:
-            return None
-        return tuple(free[:count])
-
-    def owns(self, entry):
+    def owns(self, entry: Entry) -> bool:
         """True while ``entry`` is in this host's running/ (not requeued, reclaimed or deleted)."""
         return os.path.exists(os.path.join(self.spool.running_dir(self.host), entry.name))
 
     # ----- what a job gets ----------------------------------------------------------------
 
-    def lease(self):
+    def lease(self) -> Lease:
         return Lease(heartbeat_path=self.spool.heartbeat_path(self.host), seconds=self.heartbeat.lease_seconds,
                      grace=self.heartbeat.grace, agent_id=self.agent_id)
 
-    def launch_for(self, entry, spec, log_path, gpus):
+    def config_path_for(self, spec: JobSpec) -> str:
+        """The job's config as the runtime sees it: its snapshot in the job folder ("" for a job without one)."""
+        if not spec.config_file:
+            return ""
         root = self.runtime.job_root
-        config_path = f"{root}/configs/{spec.config_file}" if spec.config_file else ""
+        if os.path.exists(self.spool.folder(spec.job_id).config):
+            return f"{root}/jobs/{spec.job_id}/{CONFIG_SNAPSHOT}"
+        # Queued by a version that took no snapshot (an upgrade with jobs waiting): configs/ as it is now.
+        return f"{root}/configs/{spec.config_file}"
+
+    def launch_for(self, entry: Entry, spec: JobSpec, log_path: str, gpus: tuple[str, ...]) -> Launch:
+        """Everything the runtime needs to start this attempt; RuntimeFailure if its command cannot be made."""
+        config_path = self.config_path_for(spec)
         command = spec.command
         if command is None:
-            template = self.settings.docker_command if self.runtime.name == "docker" else self.settings.process_command
-            command = template.format(job_id=spec.job_id, config_path=config_path,
-                                      config_file=spec.config_file, python=sys.executable)
+            command = self.runtime.default_command(spec.job_id, config_path, spec.config_file)
         env = {
-            "OPEVA_BASE_DIR": root,
+            "OPEVA_BASE_DIR": self.runtime.job_root,
             "OPEVA_JOB_ID": spec.job_id,
+            "OPEVA_JOB_NAME": spec.job_name,  # the real image names its run after it
             "OPEVA_CONFIG_PATH": config_path,
             "OPEVA_ATTEMPT": str(entry.attempt),
             "OPEVA_HOST": self.host,
             **spec.env,
         }
         return Launch(job_id=spec.job_id, attempt=entry.attempt, host=self.host, command=command, env=env,
-                      log_path=log_path, image=spec.image or self.settings.default_image, gpus=gpus,
-                      lease=self.lease())
+                      log_path=log_path, image=spec.image, gpus=gpus, lease=self.lease())
 
-    def note(self, log_path, message):
+    def note(self, log_path: str, message: str) -> None:
         """A line of ours in the job's log (the agent is that file's writer)."""
         with open(log_path, "a", encoding="utf-8") as handle:
             handle.write(f"[opeva-spool {utc_now()} {self.host}] {message}\n")

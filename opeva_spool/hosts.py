@@ -15,14 +15,19 @@ time the server calls the host offline and requeues its jobs, the old attempts a
 dead: two live attempts of one job never overlap.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from . import __version__, fsio
 from .runtimes.guard import lease_clock
-from .spool import Entry
+from .settings import Settings
+from .spool import Entry, Spool
+from .states import EndReason
 
 log = logging.getLogger(__name__)
 
@@ -37,44 +42,44 @@ def boot_id():
         return "unknown"
 
 
-def lease_times(settings):
+def lease_times(settings: Settings) -> tuple[float, float]:
     """(lease, grace) for an agent with these settings: see the module docstring."""
     lease = settings.offline_after / 2
     return lease, min(settings.stop_grace, settings.offline_after / 4)
 
 
 class HeartbeatWriter:
-    def __init__(self, spool, agent):
+    """Rewrites one host's heartbeat and keeps the agent's side of the lease.
+
+    What the heartbeat says about the host (its agent, capacity, GPUs, jobs) comes from
+    ``facts``, a callable the agent gives; the writer adds what proves it alive.
+    """
+
+    def __init__(self, spool: Spool, host: str, settings: Settings, facts: Callable[[], dict]):
         self.spool = spool
-        self.agent = agent
+        self.host = host
+        self.facts = facts
+        self.interval = settings.heartbeat_interval
         self.counter = 0
         self.boot_id = boot_id()
-        self.lease_seconds, self.grace = lease_times(agent.settings)
+        self.lease_seconds, self.grace = lease_times(settings)
         self.last_written = lease_clock()
         # How often the lease has lapsed. An attempt started under an earlier count may have been
         # killed by its guard meanwhile (an agent that was frozen wakes up to a lapsed lease).
         self.lapses = 0
 
-    def document(self):
-        agent = self.agent
-        busy = {gpu for runner in agent.runners() for gpu in runner.gpus}
+    def document(self) -> dict:
         return {
-            "host": agent.host,
-            "agent_id": agent.agent_id,
+            **self.facts(),
+            "host": self.host,
             "boot_id": self.boot_id,
             "counter": self.counter,
             "pid": os.getpid(),
-            "capacity": agent.capacity,
-            "gpu_ids": list(agent.gpu_ids),
-            "free_gpus": [gpu for gpu in agent.gpu_ids if gpu not in busy],
-            "running": agent.running_job_ids(),
-            "runtime": agent.runtime.name,
             "version": __version__,
-            "draining": agent.draining,
-            "interval": agent.settings.heartbeat_interval,
+            "interval": self.interval,
         }
 
-    def lease_expired(self):
+    def lease_expired(self) -> bool:
         """True while the heartbeat has not reached the share for longer than the lease.
 
         Computed from the last success, not kept as a flag by the writing thread: that
@@ -82,22 +87,22 @@ class HeartbeatWriter:
         """
         return lease_clock() - self.last_written > self.lease_seconds
 
-    def lease_broken(self, since):
+    def lease_broken(self, since: int) -> bool:
         """True if the lease has lapsed now or at any time after lapse count ``since``."""
         # Order matters against beat(): it counts the lapse before it renews last_written,
         # so reading the expiry first and the count second never misses a lapse.
         expired = self.lease_expired()
         return expired or self.lapses != since
 
-    def beat(self):
+    def beat(self) -> bool:
         """Write one heartbeat; returns True if it reached the share."""
         self.counter += 1
         try:
             # No fsync: a lost heartbeat is replaced by the next one.
-            fsio.atomic_write_json(self.spool.heartbeat_path(self.agent.host), self.document(), durable=False)
+            fsio.atomic_write_json(self.spool.heartbeat_path(self.host), self.document(), durable=False)
             written = True
         except OSError as exc:
-            log.warning("heartbeat of %s failed: %s", self.agent.host, exc)
+            log.warning("heartbeat of %s failed: %s", self.host, exc)
             written = False
         # Checked after the write: a write that hung past the lease (hard mount) or an agent
         # frozen between beats both count as a lapse, before the renewal below hides it.
@@ -107,22 +112,22 @@ class HeartbeatWriter:
             self.last_written = lease_clock()
         return written
 
-    def run(self):
-        agent = self.agent
-        while not agent.stopping.is_set():
+    def run(self, stopping: threading.Event, on_lapse_renewed: Callable[[], None]) -> None:
+        """Beat every ``interval`` until ``stopping``; call ``on_lapse_renewed`` when a lapsed lease is renewed."""
+        while not stopping.is_set():
             lapses = self.lapses
             if not self.beat() and self.lease_expired():
-                log.warning("%s cannot renew its lease: its jobs are being stopped", agent.host)
+                log.warning("%s cannot renew its lease: its jobs are being stopped", self.host)
             elif self.lapses != lapses:
-                log.warning("%s renewed a lapsed lease: its jobs were stopped and go back to the queue", agent.host)
-                agent.wake.set()
-            agent.stopping.wait(agent.settings.heartbeat_interval)
+                log.warning("%s renewed a lapsed lease: its jobs were stopped and go back to the queue", self.host)
+                on_lapse_renewed()
+            stopping.wait(self.interval)
 
 
 class HostView:
     """What the server last saw of one host, timed by the server's own clock."""
 
-    __slots__ = ("key", "changed_at", "doc")
+    __slots__ = ("changed_at", "doc", "key")
 
     def __init__(self, key, changed_at, doc):
         self.key, self.changed_at, self.doc = key, changed_at, doc
@@ -199,6 +204,6 @@ class LivenessMonitor:
                     continue
                 if self.spool.recorded_ending(entry):
                     continue  # ended; its owner (or complete_finished) moves it
-                placed = self.spool.recover_lost(entry, host, reason="host_lost")
+                placed = self.spool.recover_lost(entry, host, reason=EndReason.HOST_LOST)
                 if placed:
                     self.on_moved(*placed)

@@ -8,6 +8,7 @@ Every setting is listed in ``FIELDS`` with its default and a one-line descriptio
 """
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
@@ -20,7 +21,7 @@ DEFAULT_BIND = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_HOSTS = ("local",)
 DEFAULT_IMAGE = "opeva-simulator:latest"  # set default_image to your training image
-# Formatted with job_id, config_path (absolute, as the runtime sees it) and config_file.
+# Formatted with job_id, config_path (the job's config snapshot, absolute as the runtime sees it) and config_file.
 DEFAULT_DOCKER_COMMAND = "--config {config_path} --job_id {job_id}"
 DEFAULT_PROCESS_COMMAND = "{python} -m opeva_spool.demo --config {config_path} --job_id {job_id}"
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -29,6 +30,7 @@ DEFAULT_STOP_GRACE = 10.0
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_OFFLINE_AFTER = 30.0
 DEFAULT_MONGO_TIMEOUT_MS = 2000
+JOB_USER = re.compile(r"^\d+:\d+$")  # numeric: the ids must mean the same on the share as in the container
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Settings:
     docker_network_mode: str = ""
     docker_allow_pull: bool = False
     docker_env: dict = field(default_factory=dict)
+    job_user: str = ""
     # --- site data ---
     mongo_uri: str = ""
     mongo_timeout_ms: int = DEFAULT_MONGO_TIMEOUT_MS
@@ -71,8 +74,9 @@ DESCRIPTIONS = {
     "port": "Port the HTTP server listens on.",
     "hosts": "Known worker hosts (comma-separated in env); `local` is the embedded worker.",
     "default_image": "Docker image for jobs that name none.",
-    "docker_command": "Command template for Docker jobs ({job_id}, {config_path}, {config_file}).",
-    "process_command": "Command template for process-runtime jobs ({python} is this interpreter).",
+    "docker_command": "Command template for Docker jobs ({job_id}, {config_path}: the job's config snapshot, "
+                      "{config_file}).",
+    "process_command": "Command template for process-runtime jobs (the same fields, and {python}: this interpreter).",
     "observer": "`native` (inotify) or `polling` (sees other hosts' writes on NFS).",
     "scan_interval": "Seconds between full scans of the spool (events are only hints).",
     "max_body_bytes": "Largest accepted request body; larger gets 413.",
@@ -91,6 +95,8 @@ DESCRIPTIONS = {
     "docker_network_mode": "Network mode for job containers (empty: engine default).",
     "docker_allow_pull": "Pull a missing image instead of failing the job.",
     "docker_env": "Extra environment for every container (YAML mapping).",
+    "job_user": "`uid:gid` that job containers run as, so the service can read what they write on the share; "
+                "empty: the agent's own uid:gid.",
     "mongo_uri": "MongoDB URI for site data; empty disables the site endpoints (503).",
     "mongo_timeout_ms": "Server-selection and socket timeout for MongoDB, in milliseconds.",
 }
@@ -140,6 +146,8 @@ def load_settings(config_file: str | None = None, environ: Mapping[str, str] | N
         raise SettingsError(f"setting 'observer' must be 'native' or 'polling', not {settings.observer!r}")
     if settings.runtime not in ("process", "docker"):
         raise SettingsError(f"setting 'runtime' must be 'process' or 'docker', not {settings.runtime!r}")
+    if settings.job_user and not JOB_USER.match(settings.job_user):
+        raise SettingsError(f"setting 'job_user' must be a numeric uid:gid, not {settings.job_user!r}")
     return settings
 
 

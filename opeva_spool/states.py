@@ -1,9 +1,9 @@
-"""The job lifecycle in one place: the states and which transitions are allowed.
+"""The job lifecycle in one place: the states, which transitions are allowed, and why attempts end.
 
-    launching -> queued -> dispatched -> running -> finished | failed | stopped
-                   |          |            |
-                   +-> canceled            +-> queued (requeue after a lost host, attempt + 1)
-                   (and dispatched -> failed | stopped | queued)
+    queued -> dispatched -> running -> finished | failed | stopped
+      |          |            |
+      +-> canceled            +-> queued (requeue after a lost host, attempt + 1)
+                 (and dispatched -> failed | stopped | queued)
 
 ``not_found`` and ``unknown`` are answers, not states a job is ever put in.
 """
@@ -14,7 +14,6 @@ from .exceptions import IllegalTransition
 
 
 class JobState(str, enum.Enum):
-    LAUNCHING = "launching"
     QUEUED = "queued"
     DISPATCHED = "dispatched"
     RUNNING = "running"
@@ -41,7 +40,6 @@ class JobState(str, enum.Enum):
 TERMINAL_STATES = frozenset({JobState.FINISHED, JobState.FAILED, JobState.STOPPED, JobState.CANCELED})
 
 ALLOWED = {
-    JobState.LAUNCHING: {JobState.QUEUED, JobState.FAILED},
     JobState.QUEUED: {JobState.DISPATCHED, JobState.CANCELED},
     JobState.DISPATCHED: {JobState.RUNNING, JobState.FAILED, JobState.STOPPED, JobState.QUEUED},
     JobState.RUNNING: {JobState.FINISHED, JobState.FAILED, JobState.STOPPED, JobState.QUEUED},
@@ -55,3 +53,35 @@ def check_transition(current, target):
         raise IllegalTransition(
             f"a job cannot go from {current.value} to {target.value}", status=current.value
         )
+
+
+class EndReason(str, enum.Enum):
+    """Why an attempt ended or was taken away: the ``reason`` of an attempt record and of job-info.
+
+    docs/spool.md lists each with its meaning. The runtime's reasons are also those of
+    ``RuntimeFailure``; ``engine_error`` and ``reap_failed`` are only ever logged.
+    """
+
+    # The job ran and ended.
+    EXIT_CODE = "exit_code"  # it exited non-zero on its own
+    STOP_REQUESTED = "stop_requested"  # POST /stop stopped it
+    # Its host or agent went away; the attempt is requeued or failed per max_retries.
+    HOST_LOST = "host_lost"  # the server judged the host offline
+    LEASE_LOST = "lease_lost"  # the agent could not renew its heartbeat; its guard ended the job
+    AGENT_RESTARTED = "agent_restarted"  # the host's restarted agent found it and could not re-attach
+    AGENT_SHUTDOWN = "agent_shutdown"  # the agent was stopped and the runtime cannot outlive it
+    ENTRY_REMOVED = "entry_removed"  # its entry was deleted or requeued by the server: no ending is written
+    AGENT_ERROR = "agent_error"  # a bug or an I/O error in the agent while it supervised the job
+    # The runtime could not start it.
+    BAD_COMMAND = "bad_command"
+    IMAGE_MISSING = "image_missing"
+    IMAGE_PULL_FAILED = "image_pull_failed"
+    ENGINE_UNAVAILABLE = "engine_unavailable"
+    CREATE_FAILED = "create_failed"
+    START_FAILED = "start_failed"
+    # The runtime could not act on a job it runs (logged; the agent retries or ends it as agent_error).
+    ENGINE_ERROR = "engine_error"
+    REAP_FAILED = "reap_failed"
+
+    def __str__(self):
+        return self.value

@@ -1,6 +1,8 @@
 """A Docker agent as a real process: live logs, endings, stop, missing image, /data, GPUs,
 re-attachment after kill -9, and its host guard when the agent is frozen."""
 
+import os
+import shutil
 import signal
 import time
 import uuid
@@ -8,11 +10,9 @@ import uuid
 import pytest
 
 from opeva_spool import fsio
-from opeva_spool.agent import Agent, Runner
+from opeva_spool.agent import GpuPool
 from opeva_spool.runtimes.docker import container_name, gpu_request
-from opeva_spool.runtimes.process import ProcessRuntime
-from opeva_spool.settings import Settings
-from opeva_spool.spool import Entry, Spool
+from opeva_spool.spool import Spool
 
 from .conftest import wait_for
 from .processes import start_agent, start_server, stop
@@ -124,6 +124,27 @@ def test_job_writes_the_share_through_its_data_mount(server, share, docker_agent
         assert handle.read() == f"1 on {host}\n"
 
 
+def test_container_job_runs_as_the_agent_s_user_from_its_config_snapshot_with_its_name_and_id(server, share,
+                                                                                             docker_agents):
+    host, _ = docker_agents()
+    spool = Spool(str(share / "root"))
+    config = f"{host}.yaml"
+    assert server.post("/experiment-configs/create", json={"file_name": config, "config": {"a": 1}}).status == 200
+    spool.request_drain(host)  # the job waits until the test has seen its snapshot
+    script = 'echo "$OPEVA_JOB_ID $OPEVA_JOB_NAME $OPEVA_CONFIG_PATH $(id -u):$(id -g)"; cat "$OPEVA_CONFIG_PATH"'
+    job_id = submit(server, host, ["sh", "-c", script], config_path=config, job_name="my-run")
+    snapshot, live = spool.folder(job_id).path + "/config.yaml", f"{spool.configs_dir}/{config}"
+    if not os.path.exists(snapshot):  # the submission side writes it; on its own, this test does
+        shutil.copyfile(live, snapshot)
+    with open(live, "w") as handle:
+        handle.write("a: edited after the submission\n")
+    spool.request_drain(host, undo=True)
+    wait_status(server, job_id, "finished")
+    first, *config_seen = server.get(f"/logs/{job_id}").text.splitlines()
+    assert first == f"{job_id} my-run /data/jobs/{job_id}/config.yaml {os.getuid()}:{os.getgid()}"
+    assert config_seen == ["a: 1"]
+
+
 def test_gpu_job_asks_the_engine_for_exactly_its_assigned_devices(server, share, docker_agents):
     host, _ = docker_agents(gpu_ids="0,1,2")
     job_id = submit(server, host, "true", gpus=2)
@@ -134,16 +155,17 @@ def test_gpu_job_asks_the_engine_for_exactly_its_assigned_devices(server, share,
     assert "nvidia" in ended["error"] or "gpu" in ended["error"]
 
 
-def test_two_jobs_never_share_a_gpu(tmp_path):
-    settings = Settings(shared_root=str(tmp_path), gpu_ids=("0", "1", "2"), lock_dir=str(tmp_path / "locks"))
-    agent = Agent(settings, Spool(str(tmp_path)), ProcessRuntime(str(tmp_path)), host="g1")
-    first = agent.assign_gpus(2)
-    assert first == ("0", "1")
-    # A runner holding them, registered but never started: only its GPUs matter here.
-    agent._runners["holder"] = Runner(agent, Entry(0, 1, "g1", 1, "holder"), None, first)
-    assert agent.assign_gpus(2) is None  # one free: the job waits rather than share
-    assert agent.assign_gpus(1) == ("2",)
-    assert agent.assign_gpus("all") is None
+def test_two_jobs_never_share_a_gpu():
+    pool = GpuPool(("0", "1", "2"))
+    first = pool.take(2)
+    assert first == ("0", "1") and pool.free() == ["2"]
+    assert pool.take(2) is None  # one free: the job waits rather than share
+    assert pool.take("all") is None
+    assert pool.take(1) == ("2",) and pool.take(0) == ()
+    pool.give_back(first)
+    assert pool.free() == ["0", "1"]
+    pool.hold(("1",))  # a re-attached attempt keeps the GPU its record names
+    assert pool.take(2) is None and pool.take(1) == ("0",)
     requests, env = gpu_request(first)
     assert [request["DeviceIDs"] for request in requests] == [["0", "1"]]
     assert requests[0]["Driver"] == "nvidia" and env == {"NVIDIA_VISIBLE_DEVICES": "0,1"}

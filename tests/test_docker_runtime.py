@@ -66,9 +66,7 @@ def make_settings(docker_engine, shared_root, host, busybox_image):
 
 @pytest.fixture
 def runtime(make_settings):
-    rt = DockerRuntime(make_settings())
-    yield rt
-    rt.close()
+    return DockerRuntime(make_settings())
 
 
 @pytest.fixture
@@ -150,7 +148,6 @@ def test_failed_pull_becomes_a_runtime_failure(make_settings, make_launch):
     # Nothing listens on port 9: the pull is refused quickly.
     with pytest.raises(RuntimeFailure) as failure:
         rt.start(make_launch(["true"], image="127.0.0.1:9/absent:none"))
-    rt.close()
     assert failure.value.reason == "image_pull_failed"
     assert "127.0.0.1:9/absent:none" in failure.value.detail
 
@@ -185,15 +182,48 @@ def test_job_writes_under_data_land_in_the_shared_root(runtime, make_launch, sha
 
 
 def test_container_is_named_and_labelled_for_the_job(runtime, make_launch, docker_engine):
-    launch = make_launch(["true"], attempt=2, labels={"team": "ev", "opeva.host": "spoofed"})
+    launch = make_launch(["true"], attempt=2)
     execution = runtime.start(launch)
     container = docker_engine[1].containers.get(execution.container_id)
     assert container.name == f"opeva-{launch.job_id}-a2" == execution.container_name
     labels = container.labels
     assert (labels["opeva.job_id"], labels["opeva.attempt"], labels["opeva.host"]) == (launch.job_id, "2", launch.host)
-    assert labels["team"] == "ev"
     execution.wait(10)
     execution.release()
+
+
+def test_container_runs_as_job_user_so_what_it_writes_on_the_share_is_owned_by_that_user(make_settings,
+                                                                                         make_launch, shared_root):
+    # As the real image writes progress.json: mode 0600. Whoever owns it is the only one who can read it.
+    os.chmod(shared_root, 0o755)  # a share every job user can enter (pytest makes its temp dirs 0700)
+
+    def written_by(runtime, owner):
+        launch = make_launch(None)
+        progress = shared_root / "jobs" / launch.job_id / "progress"
+        progress.mkdir()
+        os.chown(progress, *owner)  # the job folder belongs to the service user, as on a real share
+        launch.command = ["sh", "-c", f"umask 077; echo '{{}}' > /data/jobs/{launch.job_id}/progress/progress.json"]
+        execution = runtime.start(launch)
+        assert execution.wait(10) == 0, read(launch.log_path)
+        execution.release()
+        return os.stat(progress / "progress.json")
+
+    written = written_by(DockerRuntime(make_settings(job_user="1234:1234")), (1234, 1234))
+    assert (written.st_uid, written.st_gid) == (1234, 1234)
+    written = written_by(DockerRuntime(make_settings()), (os.getuid(), os.getgid()))  # default: the agent's user
+    assert (written.st_uid, written.st_gid) == (os.getuid(), os.getgid())
+
+
+def test_default_command_and_image_come_from_the_runtime_s_settings(make_settings, make_launch, busybox_image):
+    runtime = DockerRuntime(make_settings(docker_command="run {config_file} {job_id}"))
+    assert runtime.default_command("j1", "/data/jobs/j1/config.yaml", "x.yaml") == "run x.yaml j1"
+    launch = make_launch(["true"])  # names no image: the default_image setting (busybox here) runs it
+    execution = runtime.start(launch)
+    assert execution.wait(10) == 0
+    execution.release()
+    with pytest.raises(RuntimeFailure) as failure:
+        DockerRuntime(make_settings(docker_command="{python} run")).default_command("j1", "", "")
+    assert failure.value.reason == "bad_command" and "{python}" in failure.value.detail
 
 
 def test_container_name_is_fitted_to_dockers_pattern():
@@ -206,7 +236,6 @@ def test_job_env_overrides_configured_env_and_gpus_stay_hidden(make_settings, ma
     execution = rt.start(launch)
     assert execution.wait(10) == 0
     execution.release()
-    rt.close()
     assert read(launch.log_path) == "from-job kept void\n"
 
 
@@ -217,7 +246,6 @@ def test_network_mode_from_settings_is_applied(make_settings, make_launch, docke
     assert container.attrs["HostConfig"]["NetworkMode"] == "host"
     execution.wait(10)
     execution.release()
-    rt.close()
 
 
 def test_gpu_request_names_exactly_the_assigned_devices(runtime, make_launch):
@@ -285,7 +313,6 @@ def test_new_agent_adopts_a_running_container_and_resumes_its_log_without_duplic
     assert eventually(lambda: os.path.getsize(launch.log_path) > size_at_death + 100, 5)
     assert execution.stop(grace=5) == 143
     execution.release()
-    rt.close()
 
     lines = read(launch.log_path).splitlines()
     assert lines[0] == "earlier attempt"
@@ -304,8 +331,6 @@ def test_adopted_container_that_already_exited_reports_its_code_and_log_once(mak
     assert execution.poll() == 4
     execution.release()
     assert read(launch.log_path) == "only-once\n"
-    first.close()
-    second.close()
 
 
 def test_release_of_a_stale_running_container_kills_and_removes_it(
@@ -319,4 +344,3 @@ def test_release_of_a_stale_running_container_kills_and_removes_it(
     stale.release()
     assert time.monotonic() - began < 5
     assert docker_engine[1].containers.list(all=True, filters={"label": f"opeva.job_id={launch.job_id}"}) == []
-    other.close()

@@ -1,8 +1,12 @@
 """A job's life through the API with the process runtime and the embedded worker."""
 
 import os
+import shutil
 
-from .conftest import PYTHON, demo_config, wait_for, wait_for_status
+from opeva_spool.server import Server
+
+from .clients import WsgiClient
+from .conftest import PYTHON, demo_config, make_settings, wait_for, wait_for_status
 
 
 def test_submitted_job_runs_to_finished_with_progress_and_result(client, server):
@@ -61,7 +65,8 @@ def test_stop_of_running_job_terminates_it_and_ends_stopped(client, server):
 
 
 def test_stop_escalates_to_sigkill_when_job_ignores_sigterm(client, settings):
-    script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    script = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+              "time.sleep(60)")
     job = client.post("/run-simulation", json={"command": [PYTHON, "-c", script]}).json()
     wait_for(lambda: "ready" in client.get(f"/logs/{job['job_id']}").text, message="job start")
     client.post(f"/stop/{job['job_id']}")
@@ -123,11 +128,34 @@ def test_priority_orders_the_queue(client, server):
     assert order == [high["job_id"], mid["job_id"], low["job_id"]]
 
 
-def test_job_env_and_config_path_reach_the_process(client, server):
-    script = "import os; print(os.environ['OPEVA_JOB_ID'], os.environ['OPEVA_CONFIG_PATH'], os.environ['MY_VAR'])"
+def test_job_runs_from_its_config_snapshot_with_its_name_id_and_env(client, server):
+    script = ("import os; env = os.environ; "
+              "print(env['OPEVA_JOB_ID'], env['OPEVA_JOB_NAME'], env['OPEVA_CONFIG_PATH'], env['MY_VAR']); "
+              "print(open(env['OPEVA_CONFIG_PATH']).read(), end='')")
     client.post("/experiment-configs/create", json={"file_name": "e.yaml", "config": {"a": 1}})
+    server.spool.request_drain("local")  # the job waits until the test has seen its snapshot
     job = client.post("/run-simulation", json={"command": [PYTHON, "-c", script], "config_path": "configs/e.yaml",
-                                               "env": {"MY_VAR": "hello"}}).json()
+                                               "job_name": "my-run", "env": {"MY_VAR": "hello"}}).json()
+    snapshot, live = server.spool.folder(job["job_id"]).path + "/config.yaml", f"{server.spool.configs_dir}/e.yaml"
+    if not os.path.exists(snapshot):  # the submission side writes it; on its own, this test does
+        shutil.copyfile(live, snapshot)
+    with open(live, "w") as handle:
+        handle.write("a: edited after the submission\n")
+    server.spool.request_drain("local", undo=True)
     wait_for_status(client, job["job_id"], "finished")
-    line = client.get(f"/logs/{job['job_id']}").text.strip()
-    assert line == f"{job['job_id']} {server.spool.configs_dir}/e.yaml hello"
+    first, *config_seen = client.get(f"/logs/{job['job_id']}").text.splitlines()
+    assert first == f"{job['job_id']} my-run {snapshot} hello"
+    assert config_seen == ["a: 1"]
+
+
+def test_a_command_template_naming_an_unknown_field_fails_the_job_as_bad_command(tmp_path):
+    server = Server(make_settings(tmp_path, process_command="{python} run.py --seed {seed}")).start()
+    try:
+        client = WsgiClient(server.app)
+        job = client.post("/run-simulation", json={"config": demo_config()}).json()
+        wait_for_status(client, job["job_id"], "failed")
+        assert client.get(f"/job-info/{job['job_id']}").json()["reason"] == "bad_command"
+        log = client.get(f"/logs/{job['job_id']}").text
+        assert "{seed}" in log and "it may use {job_id}" in log
+    finally:
+        server.close()

@@ -25,7 +25,8 @@ def test_environment_overrides_yaml_and_values_are_typed(tmp_path):
 
 
 @pytest.mark.parametrize("environ", [{"OPEVA_PORT": "eighty"}, {"OPEVA_OBSERVER": "magic"},
-                                     {"OPEVA_RUNTIME": "vm"}, {"OPEVA_DOCKER_ENV": "[1, 2]"}])
+                                     {"OPEVA_RUNTIME": "vm"}, {"OPEVA_DOCKER_ENV": "[1, 2]"},
+                                     {"OPEVA_JOB_USER": "opeva"}, {"OPEVA_JOB_USER": "1000"}])
 def test_invalid_values_are_a_settings_error_naming_the_setting(environ):
     with pytest.raises(SettingsError) as raised:
         load_settings(environ=environ)

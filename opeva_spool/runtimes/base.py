@@ -3,13 +3,20 @@
 An agent hands a runtime a ``Launch`` (everything needed to start one attempt of a
 job) and gets back a ``Execution`` it can poll, signal and wait on. A runtime owns
 how output reaches the attempt's log file: the process runtime points the child's
-stdout/stderr at it, the Docker runtime streams the container's output into it.
+stdout/stderr at it, the Docker runtime streams the container's output into it. It
+also owns what a job runs when its spec names no command (``default_command``).
 """
+
+from __future__ import annotations
 
 import abc
 import shlex
+import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from ..exceptions import RuntimeFailure
+from ..states import EndReason
 
 
 @dataclass
@@ -27,15 +34,14 @@ class Launch:
     job_id: str
     attempt: int
     host: str
-    command: object  # a string (split like a shell would, never run by one) or a list, run as given
-    env: dict
+    command: str | list[str]  # a string (split like a shell would, never run by one) or a list, run as given
+    env: dict[str, str]
     log_path: str  # the file on the share that this attempt appends its output to
-    image: str = ""
-    gpus: tuple = ()  # the specific GPU ids the agent assigned to this attempt
-    labels: dict = field(default_factory=dict)
-    lease: Lease = None  # None: no guard (a runtime used on its own, as in its tests)
+    image: str = ""  # the job's own image; empty: the runtime's default (Docker only)
+    gpus: tuple[str, ...] = ()  # the specific GPU ids the agent assigned to this attempt
+    lease: Lease | None = None  # None: no guard (a runtime used on its own, as in its tests)
 
-    def argv(self):
+    def argv(self) -> list[str]:
         if isinstance(self.command, str):
             return shlex.split(self.command)
         return [str(part) for part in self.command]
@@ -45,28 +51,28 @@ class Execution(abc.ABC):
     """One running attempt of a job."""
 
     @abc.abstractmethod
-    def poll(self):
+    def poll(self) -> int | None:
         """The exit code once it has ended, else None. Never blocks."""
 
     @abc.abstractmethod
-    def signal_stop(self):
+    def signal_stop(self) -> None:
         """Ask it to end (SIGTERM)."""
 
     @abc.abstractmethod
-    def kill(self):
+    def kill(self) -> None:
         """End it now (SIGKILL)."""
 
-    def describe(self):
+    def describe(self) -> dict:
         """Facts for the attempt record and job-info (a pid, a container id and name)."""
         return {}
 
-    def release(self):
+    def release(self) -> None:  # noqa: B027 (a hook: only some executions hold something)
         """Free what the runtime holds for it (log streams, container); called once it ended."""
 
-    def detach(self):
+    def detach(self) -> None:  # noqa: B027 (a hook: only executions that survive the agent need it)
         """Let go of it while it keeps running (the agent is shutting down and will adopt it)."""
 
-    def wait(self, timeout):
+    def wait(self, timeout: float) -> int | None:
         """Poll until it ends or ``timeout`` seconds pass; the exit code or None."""
         deadline = time.monotonic() + timeout
         while True:
@@ -75,7 +81,7 @@ class Execution(abc.ABC):
                 return code
             time.sleep(0.05)
 
-    def stop(self, grace):
+    def stop(self, grace: float) -> int | None:
         """SIGTERM, up to ``grace`` seconds, then SIGKILL; returns the exit code."""
         self.signal_stop()
         code = self.wait(grace)
@@ -91,12 +97,29 @@ class Runtime(abc.ABC):
     survives_agent = False
     #: Where the shared root appears to the job (``{config_path}`` in commands is under it).
     job_root = ""
+    #: What a job without a command of its own runs: a ``str.format`` template of ``template_fields``.
+    command_template = ""
 
     @abc.abstractmethod
-    def start(self, launch):
+    def start(self, launch: Launch) -> Execution:
         """Start one attempt; returns an Execution. Raises RuntimeFailure if it cannot start."""
 
-    def adopt(self, host, current=None):
+    def template_fields(self, job_id: str, config_path: str, config_file: str) -> dict[str, str]:
+        """The names a command template may use; a runtime adds its own."""
+        return {"job_id": job_id, "config_path": config_path, "config_file": config_file}
+
+    def default_command(self, job_id: str, config_path: str, config_file: str) -> str:
+        """The command template filled in for one job; a template naming an unknown field is a bad command."""
+        fields = self.template_fields(job_id, config_path, config_file)
+        try:
+            return self.command_template.format(**fields)
+        except (KeyError, IndexError, ValueError) as exc:
+            usable = ", ".join(f"{{{name}}}" for name in fields)
+            detail = f"the {self.name} command template {self.command_template!r} cannot be filled in ({exc!r}); " \
+                     f"it may use {usable}"
+            raise RuntimeFailure(EndReason.BAD_COMMAND, detail) from None
+
+    def adopt(self, host: str, current: set[tuple[str, int]] | None = None) -> dict[tuple[str, int], Execution]:
         """Executions of this host left by an earlier incarnation of the agent.
 
         Returns ``{(job_id, attempt): Execution}``. With ``current`` (a set of such keys),
@@ -107,16 +130,13 @@ class Runtime(abc.ABC):
         """
         return {}
 
-    def guard_host(self, host, lease):
+    def guard_host(self, host: str, lease: Lease) -> subprocess.Popen | None:
         """Start whatever outlives a frozen agent to end this host's jobs when ``lease`` lapses.
 
         Returns a Popen-like object or None (a runtime that guards each attempt instead).
         """
         return None
 
-    def check(self):
+    def check(self) -> str | None:
         """None if the runtime is usable, else a sentence saying why not (for /health)."""
         return None
-
-    def close(self):
-        pass

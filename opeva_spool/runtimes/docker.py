@@ -12,7 +12,13 @@ that many bytes. (Streaming with ``since=<log file mtime>`` would compare the NF
 server's clock with the engine's, and loses lines that were in flight when the
 agent died.) For the replay to be complete the container logs to ``json-file``
 without rotation, whatever the daemon's default.
+
+A container runs as ``job_user`` (default: the agent's own uid:gid), not as the image's
+user: what it writes on the share (the real image writes progress.json with mode 0600)
+must be readable by the service that serves it.
 """
+
+from __future__ import annotations
 
 import logging
 import os
@@ -28,7 +34,9 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, LogConfig
 
 from ..exceptions import RuntimeFailure
-from .base import Execution, Runtime
+from ..settings import Settings
+from ..states import EndReason
+from .base import Execution, Launch, Lease, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +61,12 @@ RECONNECT_DELAY = 1.0
 NO_ROTATION = LogConfig(type="json-file", config={"max-size": "1t"})
 
 
-def container_name(job_id, attempt):
+def container_name(job_id: str, attempt: int) -> str:
     """``opeva-<job_id>-a<attempt>``, fitted to Docker's ``[a-zA-Z0-9][a-zA-Z0-9_.-]+``."""
     return f"opeva-{re.sub(r'[^a-zA-Z0-9_.-]', '_', job_id)}-a{int(attempt)}"
 
 
-def gpu_request(gpus):
+def gpu_request(gpus: tuple[str, ...]) -> tuple[list[DeviceRequest], dict[str, str]]:
     """``(device_requests, env)`` giving a container exactly the GPU ids in ``gpus``.
 
     With no GPUs, NVIDIA_VISIBLE_DEVICES=void: CUDA images set it to ``all``, and on a
@@ -87,7 +95,7 @@ def _file_size(path):
 class DockerExecution(Execution):
     """One container; ``copied`` is how many bytes of its output the log file already holds."""
 
-    def __init__(self, container, log_path, copied=0):
+    def __init__(self, container, log_path: str, copied: int = 0):
         self.container = container
         self.container_id = container.id
         self.container_name = container.name
@@ -108,7 +116,7 @@ class DockerExecution(Execution):
         except NotFound:
             return None
 
-    def poll(self):
+    def poll(self) -> int | None:
         if self._code is None:
             try:
                 state = self._state()
@@ -128,25 +136,28 @@ class DockerExecution(Execution):
         except APIError as exc:
             # 409: it stopped between the caller's decision and this call, which is the goal.
             if exc.status_code != 409:
-                raise RuntimeFailure("engine_error", f"cannot signal {self.container_name}: {_explain(exc)}") from None
+                raise self._signal_failed(exc) from None
         except ENGINE_ERRORS as exc:
-            raise RuntimeFailure("engine_error", f"cannot signal {self.container_name}: {_explain(exc)}") from None
+            raise self._signal_failed(exc) from None
 
-    def describe(self):
+    def _signal_failed(self, exc):
+        return RuntimeFailure(EndReason.ENGINE_ERROR, f"cannot signal {self.container_name}: {_explain(exc)}")
+
+    def describe(self) -> dict:
         return {"container_id": self.container_id, "container_name": self.container_name}
 
-    def detach(self):
+    def detach(self) -> None:
         # The container runs on; the restarted agent adopts it and resumes the log copy.
         self._closing.set()
 
-    def signal_stop(self):
+    def signal_stop(self) -> None:
         # kill with SIGTERM returns at once; `docker stop` would block for its own grace period.
         self._signal("SIGTERM")
 
-    def kill(self):
+    def kill(self) -> None:
         self._signal("SIGKILL")
 
-    def release(self):
+    def release(self) -> None:
         """Kill it if still running (a stale adopted one), finish the log copy, remove it."""
         if self.poll() is None:
             self.kill()
@@ -206,8 +217,11 @@ class DockerRuntime(Runtime):
     job_root = "/data"
     survives_agent = True
 
-    def __init__(self, settings):
+    def __init__(self, settings: Settings):
         self.settings = settings
+        self.command_template = settings.docker_command
+        self.default_image = settings.default_image
+        self.job_user = settings.job_user or f"{os.getuid()}:{os.getgid()}"
         self._client = None
         self._client_lock = threading.Lock()
 
@@ -225,25 +239,24 @@ class DockerRuntime(Runtime):
     def _engine_url(self):
         return self.settings.docker_host or os.environ.get("DOCKER_HOST") or "the default socket"
 
-    def check(self):
+    def _not_answering(self, exc):
+        return f"the Docker engine at {self._engine_url()} does not answer: {_explain(exc)}"
+
+    def _unavailable(self, exc):
+        return RuntimeFailure(EndReason.ENGINE_UNAVAILABLE, self._not_answering(exc))
+
+    def check(self) -> str | None:
         try:
             self._engine().ping()
         except ENGINE_ERRORS as exc:
-            return f"the Docker engine at {self._engine_url()} does not answer: {_explain(exc)}"
+            return self._not_answering(exc)
         return None
 
-    def close(self):
-        with self._client_lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
-    def container_spec(self, launch, image, log_offset):
+    def container_spec(self, launch: Launch, image: str, log_offset: int) -> dict:
         """The keyword arguments of ``containers.create`` for one attempt."""
         device_requests, gpu_env = gpu_request(launch.gpus)
         command = launch.command if isinstance(launch.command, str) else [str(part) for part in launch.command]
         labels = {
-            **launch.labels,
             LABEL_JOB: launch.job_id,
             LABEL_ATTEMPT: str(launch.attempt),
             LABEL_HOST: launch.host,
@@ -255,6 +268,7 @@ class DockerRuntime(Runtime):
             "command": command,
             "name": container_name(launch.job_id, launch.attempt),
             "labels": labels,
+            "user": self.job_user,
             # The agent assigns the GPUs: its choice wins over any configured variable.
             "environment": {**self.settings.docker_env, **launch.env, **gpu_env},
             "volumes": {
@@ -270,34 +284,33 @@ class DockerRuntime(Runtime):
             spec["network_mode"] = self.settings.docker_network_mode
         return spec
 
-    def _ensure_image(self, engine, image, host):
+    def _ensure_image(self, engine: docker.DockerClient, image: str, host: str) -> None:
         try:
             engine.images.get(image)
             return
         except ImageNotFound:
             pass
         if not self.settings.docker_allow_pull:
-            raise RuntimeFailure("image_missing", f"image {image} is not present on host {host}")
+            raise RuntimeFailure(EndReason.IMAGE_MISSING, f"image {image} is not present on host {host}")
         try:
             engine.images.pull(image)
         except ENGINE_ERRORS as exc:
             detail = f"cannot pull image {image} on host {host}: {_explain(exc)}"
-            raise RuntimeFailure("image_pull_failed", detail) from None
+            raise RuntimeFailure(EndReason.IMAGE_PULL_FAILED, detail) from None
 
-    def start(self, launch):
-        image = launch.image or self.settings.default_image
+    def start(self, launch: Launch) -> DockerExecution:
+        image = launch.image or self.default_image
         try:
             engine = self._engine()
             self._ensure_image(engine, image, launch.host)
         except ENGINE_ERRORS as exc:
-            raise RuntimeFailure(
-                "engine_unavailable", f"the Docker engine at {self._engine_url()} does not answer: {_explain(exc)}"
-            ) from None
+            raise self._unavailable(exc) from None
         spec = self.container_spec(launch, image, _file_size(launch.log_path))
         try:
             container = engine.containers.create(**spec)
         except ENGINE_ERRORS as exc:
-            raise RuntimeFailure("create_failed", f"cannot create container {spec['name']}: {_explain(exc)}") from None
+            detail = f"cannot create container {spec['name']}: {_explain(exc)}"
+            raise RuntimeFailure(EndReason.CREATE_FAILED, detail) from None
         try:
             container.start()
         except ENGINE_ERRORS as exc:
@@ -306,10 +319,11 @@ class DockerRuntime(Runtime):
                 container.remove(force=True)
             except ENGINE_ERRORS:
                 log.warning("cannot remove the failed container %s", spec["name"])
-            raise RuntimeFailure("start_failed", f"cannot start container {spec['name']}: {_explain(exc)}") from None
+            detail = f"cannot start container {spec['name']}: {_explain(exc)}"
+            raise RuntimeFailure(EndReason.START_FAILED, detail) from None
         return DockerExecution(container, launch.log_path)
 
-    def guard_host(self, host, lease):
+    def guard_host(self, host: str, lease: Lease) -> subprocess.Popen:
         """The containers guard (guard.py): kills this host's containers if the lease lapses.
 
         Its own session, so a signal to the agent's process group (Ctrl-C, systemd's
@@ -325,7 +339,7 @@ class DockerRuntime(Runtime):
                 "--docker-host", self.settings.docker_host or os.environ.get("DOCKER_HOST", "")]
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
-    def adopt(self, host, current=None):
+    def adopt(self, host: str, current: set[tuple[str, int]] | None = None) -> dict[tuple[str, int], DockerExecution]:
         found = {}
         try:
             # ignore_removed: a container removed between the listing and its inspection is skipped.
@@ -334,9 +348,7 @@ class DockerRuntime(Runtime):
             )
         except ENGINE_ERRORS as exc:
             # Not {}: that would make the agent fail jobs whose containers may well be running.
-            raise RuntimeFailure(
-                "engine_unavailable", f"the Docker engine at {self._engine_url()} does not answer: {_explain(exc)}"
-            ) from None
+            raise self._unavailable(exc) from None
         for container in containers:
             labels = container.labels
             try:

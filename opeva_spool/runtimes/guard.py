@@ -17,7 +17,8 @@ Two forms:
     holds an flock on ``L`` (local disk), inherited by the job, so a restarted agent
     can tell whether any process of the attempt is still alive (``reap``).
 
-``python -m opeva_spool.runtimes.guard containers --heartbeat F --lease S --grace G --host H --agent-id A --agent-pid P``
+``python -m opeva_spool.runtimes.guard containers --heartbeat F --lease S --grace G``
+``    --host H --agent-id A --agent-pid P [--docker-host URL]``
     One per Docker agent, in its own session. Kills every container labelled
     ``opeva.host=H`` when the lease lapses. It exits when a successor agent's
     heartbeat appears (that agent runs its own guard), or when its agent is dead and
@@ -225,7 +226,10 @@ def run_containers(args):
 
     from .docker import ENGINE_ERRORS, LABEL_HOST
 
-    client = docker.DockerClient(base_url=args.docker_host, timeout=10) if args.docker_host else docker.from_env(timeout=10)
+    if args.docker_host:
+        client = docker.DockerClient(base_url=args.docker_host, timeout=10)
+    else:
+        client = docker.from_env(timeout=10)
     clock = HeartbeatClock(args.heartbeat)
     label = {"label": f"{LABEL_HOST}={args.host}"}
     lapsed_at = None

@@ -5,6 +5,8 @@ which leads the attempt's session and process group and kills the group when the
 agent's heartbeat stops changing (a frozen or dead agent): see guard.py.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import shutil
@@ -14,56 +16,62 @@ import sys
 import tempfile
 
 from ..exceptions import RuntimeFailure
+from ..settings import Settings
+from ..states import EndReason
 from . import guard
-from .base import Execution, Runtime
+from .base import Execution, Launch, Runtime
 
 log = logging.getLogger(__name__)
 
 
 class ProcessExecution(Execution):
-    def __init__(self, popen):
+    def __init__(self, popen: subprocess.Popen):
         self.popen = popen
 
-    def poll(self):
+    def poll(self) -> int | None:
         return self.popen.poll()
 
-    def describe(self):
+    def describe(self) -> dict:
         return {"pid": self.popen.pid}
 
-    def _signal(self, signum):
+    def _signal(self, signum: int) -> None:
         # The child leads its own process group, so a shell wrapper and its children all get it.
         try:
             os.killpg(self.popen.pid, signum)
         except ProcessLookupError:
             pass
 
-    def signal_stop(self):
+    def signal_stop(self) -> None:
         self._signal(signal.SIGTERM)
 
-    def kill(self):
+    def kill(self) -> None:
         self._signal(signal.SIGKILL)
 
 
 class ProcessRuntime(Runtime):
     name = "process"
 
-    def __init__(self, shared_root, lock_dir=""):
-        self.job_root = shared_root
-        self.lock_dir = lock_dir or tempfile.gettempdir()
+    def __init__(self, settings: Settings):
+        self.job_root = settings.shared_root
+        self.command_template = settings.process_command
+        self.lock_dir = settings.lock_dir or tempfile.gettempdir()
 
-    def guard_dir(self, host):
+    def template_fields(self, job_id: str, config_path: str, config_file: str) -> dict[str, str]:
+        return {**super().template_fields(job_id, config_path, config_file), "python": sys.executable}
+
+    def guard_dir(self, host: str) -> str:
         """Local-disk dir of the attempt locks that guards hold (see guard.reap)."""
         return os.path.join(self.lock_dir, f"opeva-spool-{host}.attempts")
 
-    def start(self, launch):
+    def start(self, launch: Launch) -> ProcessExecution:
         env = dict(os.environ)
         env.update(launch.env)
         argv = launch.argv()
         if not argv:
-            raise RuntimeFailure("bad_command", "the job's command is empty")
+            raise RuntimeFailure(EndReason.BAD_COMMAND, "the job's command is empty")
         # Checked here because under a guard the exec happens in the guard's child, too late to refuse.
         if shutil.which(argv[0], path=env.get("PATH")) is None:
-            raise RuntimeFailure("bad_command", f"cannot run {argv[0]!r}: not found or not executable")
+            raise RuntimeFailure(EndReason.BAD_COMMAND, f"cannot run {argv[0]!r}: not found or not executable")
         if launch.lease is not None:
             lease = launch.lease
             lock = os.path.join(self.guard_dir(launch.host), f"{launch.job_id}.{launch.attempt}.lock")
@@ -84,17 +92,17 @@ class ProcessRuntime(Runtime):
                     close_fds=True,
                 )
             except OSError as exc:
-                raise RuntimeFailure("bad_command", f"cannot run {argv[0]!r}: {exc.strerror}") from None
+                raise RuntimeFailure(EndReason.BAD_COMMAND, f"cannot run {argv[0]!r}: {exc.strerror}") from None
         return ProcessExecution(popen)
 
-    def adopt(self, host, current=None):
+    def adopt(self, host: str, current: set[tuple[str, int]] | None = None) -> dict:
         # A process attempt cannot be re-attached (it was the dead agent's child): make sure
         # none still runs before the agent requeues them, or the next attempt would overlap it.
         try:
             killed = guard.reap(self.guard_dir(host))
         except TimeoutError as exc:
             # Unsure whether it still runs: the agent retries recovery rather than requeue it.
-            raise RuntimeFailure("reap_failed", str(exc)) from None
+            raise RuntimeFailure(EndReason.REAP_FAILED, str(exc)) from None
         if killed:
             log.warning("killed attempts left running by the previous agent of %s: %s", host, killed)
         return {}
