@@ -18,7 +18,7 @@ import filelock
 
 from . import fsio, hosts
 from .exceptions import Conflict, RuntimeFailure
-from .jobs import CONFIG_SNAPSHOT, ANY_HOST, DATA_SUBDIRS, JobSpec, utc_now
+from .jobs import ANY_HOST, CONFIG_SNAPSHOT, DATA_SUBDIRS, JobSpec, utc_now
 from .runtimes.base import Execution, Launch, Lease, Runtime
 from .settings import Settings
 from .spool import QUEUED, RUNNING, Entry, Location, Spool
