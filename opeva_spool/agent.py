@@ -18,7 +18,7 @@ import filelock
 
 from . import fsio, hosts
 from .exceptions import Conflict, RuntimeFailure
-from .jobs import ANY_HOST, CONFIG_SNAPSHOT, DATA_SUBDIRS, JobSpec, utc_now
+from .jobs import ANY_HOST, CONFIG_SNAPSHOT, DATA_SUBDIRS, JobFolder, JobSpec, utc_now
 from .runtimes.base import Execution, Launch, Lease, Runtime
 from .settings import Settings
 from .spool import QUEUED, RUNNING, Entry, Location, Spool
@@ -128,15 +128,21 @@ class Runner(threading.Thread):
             # No note in the log here: while a container runs, its output copier is the log's writer.
             log.info("job %s attempt %s re-attached after a restart", entry.job_id, entry.attempt)
         else:
-            for sub in DATA_SUBDIRS:  # the job's output folders are made by its first runner
-                fsio.makedirs(os.path.join(folder.path, sub))
+            try:
+                for sub in DATA_SUBDIRS:  # the job's output folders are made by its first runner
+                    fsio.make_leaf_dir(os.path.join(folder.path, sub))
+            except FileNotFoundError:
+                # Race: a forced delete took the job folder between the claim and here; making
+                # the sub-folders with their parents would bring the deleted job back.
+                log.info("job %s was deleted before attempt %s started", entry.job_id, entry.attempt)
+                return None
             if entry.attempt > 1 and os.path.exists(folder.log):
                 # Keep every attempt's log: the previous attempt's output moves aside.
                 os.replace(folder.log, folder.log[: -len(".log")] + f".attempt-{entry.attempt - 1}.log")
             try:
                 self.execution = agent.runtime.start(agent.launch_for(entry, self.spec, folder.log, self.gpus))
             except RuntimeFailure as failure:
-                agent.note(folder.log, f"cannot start: {failure.detail}")
+                agent.note(folder, f"cannot start: {failure.detail}")
                 return self._finish(JobState.FAILED, {"reason": failure.reason, "error": failure.detail,
                                                       "gpus": list(self.gpus)})
             agent.spool.write_attempt(entry, agent.host, agent.agent_id, JobState.RUNNING,
@@ -182,7 +188,7 @@ class Runner(threading.Thread):
         in between, and the note is only a courtesy.
         """
         if self.agent.owns(self.entry):
-            self.agent.note(folder.log, message)
+            self.agent.note(folder, message)
 
     def _after_stop(self, reason, code):
         agent, entry = self.agent, self.entry
@@ -439,7 +445,10 @@ class Agent:
         return Launch(job_id=spec.job_id, attempt=entry.attempt, host=self.host, command=command, env=env,
                       log_path=log_path, image=spec.image, gpus=gpus, lease=self.lease())
 
-    def note(self, log_path: str, message: str) -> None:
-        """A line of ours in the job's log (the agent is that file's writer)."""
-        with open(log_path, "a", encoding="utf-8") as handle:
-            handle.write(f"[opeva-spool {utc_now()} {self.host}] {message}\n")
+    def note(self, folder: JobFolder, message: str) -> None:
+        """A line of ours in the job's log (the agent is that file's writer); never through a link."""
+        try:
+            with fsio.append_inside(folder.log, folder.path) as handle:
+                handle.write(f"[opeva-spool {utc_now()} {self.host}] {message}\n".encode())
+        except OSError as exc:
+            log.warning("cannot note in %s: %s", folder.log, exc)

@@ -208,6 +208,36 @@ def open_inside(path, folder):
         os.close(pinned)
 
 
+def append_inside(path, folder):
+    """``path`` opened for binary appending (created if missing), every component below ``folder``
+    opened without following links: a job that replaced its log or logs/ by a link to a file of
+    the host makes this fail with ELOOP/ENOTDIR instead of making the agent (often root) write
+    there. Walking with O_NOFOLLOW from an open directory leaves no check-then-use race."""
+    parts = os.path.relpath(path, folder).split(os.sep)
+    if parts[0] == os.pardir:
+        raise ValueError(f"{path} is not below {folder}")
+    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+            os.close(directory)
+            directory = inner
+        fd = os.open(parts[-1], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                     dir_fd=directory)
+    finally:
+        os.close(directory)
+    return open(fd, "ab")
+
+
+def make_leaf_dir(path):
+    """mkdir of ``path`` alone (never its parents); an existing one is fine. FileNotFoundError
+    when the parent is gone: a deleted job's folder must not come back through its sub-folders."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+
+
 def read_job_json(path, folder, limit=MAX_JOB_JSON_BYTES):
     """The JSON object a job wrote at ``path``, or None if it is missing, half-written or no
     object; opened with ``open_inside`` (so Refused and OSErrors propagate), Refused over ``limit`` bytes."""

@@ -343,7 +343,7 @@ class Spool:
         # attempts/ is ever made here, and every path below resolves through jobs/<id>, so a
         # write after the delete fails instead of re-creating the deleted job's folder.
         try:
-            _make_leaf_dir(os.path.dirname(path))
+            fsio.make_leaf_dir(os.path.dirname(path))
             fsio.atomic_write_json(path, record)
         except OSError as exc:
             if not fsio.is_gone(exc):
@@ -353,7 +353,14 @@ class Spool:
         return record
 
     def read_attempt(self, entry):
-        return fsio.read_json_object(self.folder(entry.job_id).attempt_record(entry.attempt))
+        """The attempt record, or None (not written yet, half-written, or planted as a link out of the
+        job's folder: jobs write under their folder, and a record must not be taken from elsewhere)."""
+        folder = self.folder(entry.job_id)
+        try:
+            return fsio.read_job_json(folder.attempt_record(entry.attempt), folder.path)
+        except fsio.Refused as refused:
+            log.warning("job %s attempt %s's record %s; ignored", entry.job_id, entry.attempt, refused)
+            return None
 
     def finish(self, entry, host, agent_id, state, **details):
         """Record the end of an attempt, then move its entry to done/<state>/.
@@ -579,14 +586,6 @@ class Spool:
         except OSError as exc:
             return f"the shared root is not writable: {exc}"
         return None
-
-
-def _make_leaf_dir(path):
-    """mkdir of ``path`` alone (never its parents); an existing one is fine."""
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        pass
 
 
 def _read_entry(path, entry):

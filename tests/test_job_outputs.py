@@ -255,3 +255,17 @@ def test_a_job_json_file_over_the_limit_is_refused_not_read_whole(tmp_path):
     assert fsio.read_job_json(str(folder / "result.json"), str(folder), limit=1000)["pad"] == "x" * 100
     with pytest.raises(fsio.Refused, match="larger than 50 bytes"):
         fsio.read_job_json(str(folder / "result.json"), str(folder), limit=50)
+
+
+def test_a_log_planted_as_a_link_is_never_written_through(client, server, tmp_path):
+    """A job (root in its container) may replace its log by a link to a file of the host between
+    attempts; the agent and the runtime must not append to that file."""
+    outside = tmp_path / "authorized_keys"
+    outside.write_text("untouched\n")
+    server.spool.request_drain("local")  # hold the job back until the link is planted
+    job_id = client.post("/run-simulation", json={"command": [PYTHON, "-c", "print('hi')"]}).json()["job_id"]
+    os.symlink(outside, job_file(server, job_id, "log"))
+    server.spool.request_drain("local", undo=True)
+    wait_for_status(client, job_id, "failed")
+    assert outside.read_text() == "untouched\n"
+    assert client.get(f"/job-info/{job_id}").json()["reason"] == "start_failed"

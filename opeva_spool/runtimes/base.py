@@ -10,14 +10,21 @@ also owns what a job runs when its spec names no command (``default_command``).
 from __future__ import annotations
 
 import abc
+import os
 import shlex
 import subprocess
 import time
 from dataclasses import dataclass
 
+from .. import fsio
 from ..exceptions import RuntimeFailure
 from ..states import EndReason
 
+
+def open_log(log_path: str):
+    """The job's log (``jobs/<id>/logs/<id>.log``) opened for appending, never through a link
+    the job planted there (an OSError instead): runtimes write it as the agent's user."""
+    return fsio.append_inside(log_path, os.path.dirname(os.path.dirname(log_path)))
 
 @dataclass
 class Lease:

@@ -36,7 +36,7 @@ from docker.types import DeviceRequest, LogConfig
 from ..exceptions import RuntimeFailure
 from ..settings import Settings
 from ..states import EndReason
-from .base import Execution, Launch, Lease, Runtime
+from .base import Execution, Launch, Lease, Runtime, open_log
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class DockerExecution(Execution):
     def _copy_stream(self):
         # Every attach replays the output from the start; skip what the file already holds.
         seen = 0
-        with open(self.log_path, "ab") as out:
+        with open_log(self.log_path) as out:
             for chunk in self._api.logs(self.container_id, stream=True, follow=True, stdout=True, stderr=True):
                 held = self._copied - seen
                 seen += len(chunk)

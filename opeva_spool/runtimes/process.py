@@ -19,7 +19,7 @@ from ..exceptions import RuntimeFailure
 from ..settings import Settings
 from ..states import EndReason
 from . import guard
-from .base import Execution, Launch, Runtime
+from .base import Execution, Launch, Runtime, open_log
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,11 @@ class ProcessRuntime(Runtime):
             argv = [sys.executable, "-I", guard.__file__, "process",
                     "--heartbeat", lease.heartbeat_path, "--lease", str(lease.seconds),
                     "--grace", str(lease.grace), "--lock", lock, "--", *argv]
-        with open(launch.log_path, "ab") as log:
+        try:
+            log_file = open_log(launch.log_path)
+        except OSError as exc:
+            raise RuntimeFailure(EndReason.START_FAILED, f"cannot open the job's log: {exc.strerror}") from None
+        with log_file as log:
             try:
                 popen = subprocess.Popen(
                     argv,
