@@ -54,3 +54,11 @@ def test_a_folder_is_a_zip_named_after_it(datasets):
     assert response.status == 200 and response.headers["Content-Type"] == "application/zip"
     assert response.headers["Content-Disposition"] == 'attachment; filename="tiny.zip"'
     assert response.body.startswith(b"PK")
+
+
+def test_a_plain_file_answers_range_requests_so_a_broken_download_can_resume(datasets):
+    client, folder = datasets
+    (folder / "week.csv").write_bytes(b"a,b\n1,2\n")
+    response = client.get("/dataset/download/week.csv", headers={"Range": "bytes=4-"})
+    assert response.status == 206 and response.body == b"1,2\n"
+    assert response.headers["Content-Range"] == "bytes 4-7/8"

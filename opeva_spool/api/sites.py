@@ -1,5 +1,7 @@
 """Routes for site data (MongoDB), site schemas and CityLearn datasets; see docs/datasets.md."""
 
+import os
+
 import bottle
 
 from ..exceptions import BadRequest
@@ -65,10 +67,11 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
     @app.get("/dataset/download/<name>")
     def dataset_download(name):
         download = datasets.download(name)
+        if download.file_path is not None:  # Range and If-Modified-Since, as a plain file should have
+            return bottle.static_file(os.path.basename(download.file_path), root=os.path.dirname(download.file_path),
+                                      mimetype=download.content_type, download=download.file_name)
         bottle.response.content_type = download.content_type
         bottle.response.set_header("Content-Disposition", f'attachment; filename="{download.file_name}"')
-        if download.size is not None:
-            bottle.response.content_length = download.size
         return download.chunks
 
     @app.delete("/dataset/<name>")

@@ -39,8 +39,8 @@ class Download:
 
     file_name: str  # as the client should save it
     content_type: str
-    chunks: Iterator[bytes]
-    size: int | None  # None while a zip is still being made
+    chunks: Iterator[bytes] | None  # a zip made on the fly; None for a plain file
+    file_path: str | None = None  # a plain file, served with ranges and validators by the HTTP layer
 
 
 class DatasetStore:
@@ -188,13 +188,13 @@ class DatasetStore:
         except OSError as exc:  # a dangling link, or deleted since
             raise NotFound(f"dataset {name!r} cannot be read: {exc.strerror}", name=name) from None
         if stat.S_ISDIR(info.st_mode):
-            return Download(f"{name}.zip", "application/zip", zip_stream(path, name), None)
+            return Download(f"{name}.zip", "application/zip", zip_stream(path, name))
         if not stat.S_ISREG(info.st_mode):  # a FIFO would block the request thread for good
             raise NotFound(f"dataset {name!r} is neither a file nor a folder", name=name)
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if content_type.startswith("text/"):
             content_type += "; charset=UTF-8"
-        return Download(name, content_type, _file_chunks(path), info.st_size)
+        return Download(name, content_type, None, path)
 
     def delete(self, name: str) -> dict:
         path = self.path(name)
@@ -212,12 +212,6 @@ class DatasetStore:
         except FileNotFoundError:
             pass
         return {"message": f"dataset {name!r} deleted", "name": name}
-
-
-def _file_chunks(path: str) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        while chunk := handle.read(DOWNLOAD_CHUNK):
-            yield chunk
 
 
 def zip_stream(folder: str, prefix: str) -> Iterator[bytes]:
