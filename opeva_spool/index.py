@@ -14,12 +14,14 @@ running entry's finer state is read from its attempt record on each request: one
 file, only for jobs on a host.
 """
 
+from __future__ import annotations
+
 import bisect
 import os
 import threading
 import time
 
-from .spool import DONE, QUEUED, RUNNING, JobStatus, Location
+from .spool import DONE, QUEUED, RUNNING, Entry, JobStatus, Location
 from .states import JobState
 
 # Coarse buckets the index can tell from locations alone; "active" is everything in a running/.
@@ -44,7 +46,7 @@ class IndexedJob:
         self.generation = generation
 
     @property
-    def bucket(self):
+    def bucket(self) -> str:
         if self.location.kind == RUNNING:
             return ACTIVE
         if self.location.kind == DONE:
@@ -52,11 +54,11 @@ class IndexedJob:
         return QUEUED
 
     @property
-    def order_key(self):
+    def order_key(self) -> tuple[int, str]:
         return (-self.entry.submit_ns, self.entry.job_id)
 
     @property
-    def host(self):
+    def host(self) -> str:
         if self.location.kind == RUNNING:
             return self.location.detail
         return self.ran_on or self.entry.target
@@ -80,7 +82,7 @@ class JobIndex:
 
     # ----- feeding ------------------------------------------------------------------------
 
-    def place(self, location, entry):
+    def place(self, location: Location, entry: Entry) -> IndexedJob | None:
         """The entry is now at ``location`` (from a listing, an event or our own write); None if it was deleted."""
         with self._lock:
             if (entry.job_id, entry.submit_ns) in self._tombstones:
@@ -101,7 +103,7 @@ class JobIndex:
             bisect.insort(self._buckets.setdefault(job.bucket, []), job.order_key)
             return job
 
-    def vacate(self, location, entry):
+    def vacate(self, location: Location, entry: Entry) -> None:
         """The entry left ``location`` (a delete or a move event); find where it went."""
         with self._lock:
             job = self._jobs.get(entry.job_id)
@@ -109,14 +111,14 @@ class JobIndex:
                 return
         self.resolve(entry.job_id)
 
-    def forget(self, job_id):
+    def forget(self, job_id: str) -> None:
         with self._lock:
             job = self._jobs.pop(job_id, None)
             if job is not None:
                 self._unbucket(job)
                 _remove_sorted(self._order, job.order_key)
 
-    def deleted(self, entry):
+    def deleted(self, entry: Entry) -> None:
         """The job of ``entry`` was deleted: forget it, and ignore any later placement of its entry.
 
         Race: an event (inotify delivers a move up to 0.5 s late) or a listing made before the
@@ -134,7 +136,7 @@ class JobIndex:
     def _unbucket(self, job):
         _remove_sorted(self._buckets.get(job.bucket, []), job.order_key)
 
-    def resolve(self, job_id):
+    def resolve(self, job_id: str) -> IndexedJob | None:
         """Re-find one job on disk by stat; updates and returns it (None if gone)."""
         with self._lock:
             job = self._jobs.get(job_id)
@@ -154,7 +156,7 @@ class JobIndex:
                 return self._jobs.get(job_id)
         return self.place(location, job.entry)
 
-    def sync(self, include_done=True):
+    def sync(self, include_done: bool = True) -> None:
         """Reconcile with a listing of the spool; done/ is large, so callers list it less often."""
         with self._lock:
             self._generation += 1
@@ -180,7 +182,7 @@ class JobIndex:
 
     # ----- reading ------------------------------------------------------------------------
 
-    def get(self, job_id):
+    def get(self, job_id: str) -> IndexedJob | None:
         """The indexed job, re-resolved if its entry is no longer where the index thought."""
         with self._lock:
             job = self._jobs.get(job_id)
@@ -192,25 +194,27 @@ class JobIndex:
             return self.resolve(job_id)
         return job
 
-    def state_of(self, job):
+    def state_of(self, job: IndexedJob) -> JobState:
         return self.spool.state_at(job.location, job.entry)
 
-    def host_of(self, job):
+    def host_of(self, job: IndexedJob) -> str:
         """The host a job is on or ran on; for an ended ``any`` job the index did not see run, from its attempt record
         (remembered: an ended job does not move again)."""
         if job.ran_on is None and job.location.kind == DONE:
             job.ran_on = self.spool.host_at(job.location, job.entry)
         return job.host
 
-    def status_of(self, job):
+    def status_of(self, job: IndexedJob) -> JobStatus:
         """The spool's JobStatus for an indexed job."""
         return JobStatus(job.entry, job.location, self.state_of(job), self.host_of(job))
 
-    def job_ids(self):
+    def job_ids(self) -> set[str]:
         with self._lock:
             return set(self._jobs)
 
-    def page(self, status=None, host=None, limit=100, after=None, offset=0):
+    def page(self, status: JobState | None = None, host: str | None = None, limit: int = 100,
+             after: tuple[int, str] | None = None, offset: int = 0
+             ) -> tuple[list[IndexedJob], tuple[int, str] | None, int | None]:
         """Indexed jobs newest first, filtered; ``after`` is the order key of the last one seen.
 
         Returns (jobs, next_after, total); total is None when counting would mean
@@ -235,7 +239,7 @@ class JobIndex:
             next_after = keys[position - 1] if position < len(keys) and jobs else None
         return jobs, next_after, total
 
-    def counts(self):
+    def counts(self) -> dict[str, int]:
         with self._lock:
             return {bucket: len(keys) for bucket, keys in self._buckets.items() if keys}
 

@@ -26,6 +26,7 @@ import shutil
 import stat
 import time
 import uuid
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from . import fsio, names
@@ -57,14 +58,14 @@ class Entry(NamedTuple):
     job_id: str
 
     @property
-    def name(self):
+    def name(self) -> str:
         return (
             f"{MAX_PRIORITY - self.priority:03d}_{self.submit_ns:019d}_{self.target}"
             f"_{self.attempt:03d}_{self.job_id}{ENTRY_SUFFIX}"
         )
 
     @classmethod
-    def parse(cls, name):
+    def parse(cls, name: str) -> "Entry | None":
         """The Entry a file name encodes, or None for anything else (temp files, strays)."""
         if not name.endswith(ENTRY_SUFFIX) or name.startswith("."):
             return None
@@ -79,12 +80,12 @@ class Entry(NamedTuple):
         return cls(MAX_PRIORITY - int(prio), int(ts), target, int(attempt), job_id)
 
     @staticmethod
-    def target_of(name):
+    def target_of(name: str) -> str | None:
         """The target field of an entry name, cheaply (None if it has none); parse() validates."""
         parts = name.split("_", 3)
         return parts[2] if len(parts) == 4 else None
 
-    def next_attempt(self):
+    def next_attempt(self) -> "Entry":
         return self._replace(attempt=self.attempt + 1)
 
 
@@ -105,7 +106,7 @@ class JobStatus(NamedTuple):
 
 
 class Spool:
-    def __init__(self, root):
+    def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self.spool_dir = os.path.join(self.root, "spool")
         self.jobs_dir = os.path.join(self.root, "jobs")
@@ -124,22 +125,22 @@ class Spool:
 
     # ----- layout -------------------------------------------------------------------------
 
-    def ensure_layout(self):
+    def ensure_layout(self) -> None:
         for path in (self.jobs_dir, self.configs_dir, self.datasets_dir, self.staging_dir,
                      self.queued_dir, self.requests_dir, self.trash_dir, self.inbox_dir,
                      self.rejected_dir, *(self.done_path(state) for state in TERMINAL_DIRS)):
             fsio.makedirs(path)
 
-    def running_dir(self, host):
+    def running_dir(self, host: str) -> str:
         return os.path.join(self.spool_dir, host, RUNNING)
 
-    def heartbeat_path(self, host):
+    def heartbeat_path(self, host: str) -> str:
         return os.path.join(self.spool_dir, host, "heartbeat.json")
 
-    def drain_path(self, host):
+    def drain_path(self, host: str) -> str:
         return os.path.join(self.spool_dir, host, "drain")
 
-    def request_drain(self, host, undo=False):
+    def request_drain(self, host: str, undo: bool = False) -> None:
         """Ask ``host``'s agent to take no new jobs (``undo`` lifts it); a file the agent reads."""
         path = self.drain_path(names.host(host))
         if undo:
@@ -151,10 +152,10 @@ class Spool:
         fsio.makedirs(os.path.dirname(path))
         fsio.atomic_write_json(path, {"host": host, "requested_at": utc_now()})
 
-    def done_path(self, state):
+    def done_path(self, state: str) -> str:
         return os.path.join(self.done_dir, state)
 
-    def location_of_dir(self, directory):
+    def location_of_dir(self, directory: str) -> Location | None:
         """The Location a directory holds entries for, or None (the inverse of location_dir)."""
         if directory == self.queued_dir:
             return Location(QUEUED)
@@ -165,20 +166,20 @@ class Spool:
             return Location(DONE, leaf)
         return None
 
-    def location_dir(self, location):
+    def location_dir(self, location: Location) -> str:
         if location.kind == QUEUED:
             return self.queued_dir
         if location.kind == RUNNING:
             return self.running_dir(location.detail)
         return self.done_path(location.detail)
 
-    def entry_path(self, location, entry):
+    def entry_path(self, location: Location, entry: Entry) -> str:
         return os.path.join(self.location_dir(location), entry.name)
 
-    def folder(self, job_id):
+    def folder(self, job_id: str) -> JobFolder:
         return JobFolder(self.jobs_dir, job_id)
 
-    def worker_hosts(self):
+    def worker_hosts(self) -> list[str]:
         """Hosts that have (or had) a running/ directory on the share."""
         return sorted(
             name for name in fsio.listdir(self.spool_dir)
@@ -186,7 +187,7 @@ class Spool:
             and os.path.isdir(self.running_dir(name))
         )
 
-    def locations(self):
+    def locations(self) -> Iterator[Location]:
         """Every place an entry can be, queue first."""
         yield Location(QUEUED)
         for host in self.worker_hosts():
@@ -194,7 +195,7 @@ class Spool:
         for state in TERMINAL_DIRS:
             yield Location(DONE, state)
 
-    def scan(self, include_done=True):
+    def scan(self, include_done: bool = True) -> Iterator[tuple[Location, Entry]]:
         """(Location, Entry) for every entry on disk; a listing, no file is opened."""
         for location in self.locations():
             if location.kind == DONE and not include_done:
@@ -204,7 +205,7 @@ class Spool:
                 if entry:
                     yield location, entry
 
-    def find(self, entry, hint=None):
+    def find(self, entry: Entry, hint: Location | None = None) -> Location | None:
         """Where ``entry`` is now (stat per candidate, no listing), or None."""
         candidates = list(self.locations())
         if hint is not None and hint in candidates:
@@ -217,7 +218,7 @@ class Spool:
 
     # ----- the state rule -----------------------------------------------------------------
 
-    def state_at(self, location, entry):
+    def state_at(self, location: Location, entry: Entry) -> JobState:
         """A job's state: where its entry is, and for an entry on a host, its attempt record.
 
         queued/ means queued and done/<state>/ that state. In a running/ the record tells
@@ -236,7 +237,7 @@ class Spool:
         except ValueError:
             return JobState.UNKNOWN
 
-    def host_at(self, location, entry, ran_on=None):
+    def host_at(self, location: Location, entry: Entry, ran_on: str | None = None) -> str:
         """The host a job is on or ran on: its running/'s, else ``ran_on``, else its record's, else its target."""
         if location.kind == RUNNING:
             return location.detail
@@ -246,7 +247,7 @@ class Spool:
             return (self.read_attempt(entry) or {}).get("host") or entry.target
         return entry.target
 
-    def status_at(self, location, entry, ran_on=None):
+    def status_at(self, location: Location, entry: Entry, ran_on: str | None = None) -> JobStatus:
         return JobStatus(entry, location, self.state_at(location, entry), self.host_at(location, entry, ran_on))
 
     # ----- publish ------------------------------------------------------------------------
@@ -298,13 +299,13 @@ class Spool:
             fsio.unlink_quietly(entry_stage)
             raise
 
-    def read_spec(self, location, entry):
+    def read_spec(self, location: Location, entry: Entry) -> JobSpec | None:
         """The entry's JobSpec, or None if the entry is gone or is not one (see ``_read_entry``)."""
         return _read_entry(self.entry_path(location, entry), entry)[0]
 
     # ----- claim, run, finish (the owner's side) ------------------------------------------
 
-    def claim(self, entry, host, agent_id):
+    def claim(self, entry: Entry, host: str, agent_id: str) -> bool:
         """Move a queued entry into ``host``'s running/; True if this agent owns it now.
 
         Exactly one claimer wins because rename is atomic at the server, and only one
@@ -325,7 +326,8 @@ class Spool:
         self.write_attempt(entry, host, agent_id, JobState.DISPATCHED, claimed_at=utc_now())
         return True
 
-    def write_attempt(self, entry, host, agent_id, state, **details):
+    def write_attempt(self, entry: Entry, host: str, agent_id: str, state: JobState | str,
+                      **details) -> dict | None:
         """Write the attempt record jobs/<id>/attempts/<n>.json (only attempt n's owner does); returns it.
 
         Returns None, writing nothing, when the job's folder is gone: the job was deleted,
@@ -352,7 +354,7 @@ class Spool:
             return None
         return record
 
-    def read_attempt(self, entry):
+    def read_attempt(self, entry: Entry) -> dict | None:
         """The attempt record, or None (not written yet, half-written, or planted as a link out of the
         job's folder: jobs write under their folder, and a record must not be taken from elsewhere)."""
         folder = self.folder(entry.job_id)
@@ -362,7 +364,7 @@ class Spool:
             log.warning("job %s attempt %s's record %s; ignored", entry.job_id, entry.attempt, refused)
             return None
 
-    def finish(self, entry, host, agent_id, state, **details):
+    def finish(self, entry: Entry, host: str, agent_id: str, state: JobState | str, **details) -> bool:
         """Record the end of an attempt, then move its entry to done/<state>/.
 
         The record comes first: a crash between the two leaves a running entry whose
@@ -381,7 +383,7 @@ class Spool:
         fsio.fsync_dir(self.done_path(state.value))
         return True
 
-    def recorded_ending(self, entry):
+    def recorded_ending(self, entry: Entry) -> JobState | None:
         """The terminal state the attempt's record holds, or None (no record yet, or not ended)."""
         record = self.read_attempt(entry) or {}
         try:
@@ -390,7 +392,7 @@ class Spool:
             return None
         return state if state.terminal else None
 
-    def complete_finished(self, host):
+    def complete_finished(self, host: str) -> None:
         """Move entries whose terminal record is written but which are still in running/."""
         for name in fsio.listdir(self.running_dir(host)):
             entry = Entry.parse(name)
@@ -401,31 +403,31 @@ class Spool:
 
     # ----- requests from the API ----------------------------------------------------------
 
-    def cancel_queued(self, entry):
+    def cancel_queued(self, entry: Entry) -> bool:
         """Cancel a queued entry by winning the rename race against claimers; True if canceled."""
         src = os.path.join(self.queued_dir, entry.name)
         moved = fsio.rename_claim(src, os.path.join(self.done_path(JobState.CANCELED.value), entry.name))
         # Ambiguous (NFS retransmit) means the target exists: only this call moves to canceled/.
         return moved is not False
 
-    def stop_request_path(self, job_id):
+    def stop_request_path(self, job_id: str) -> str:
         return os.path.join(self.requests_dir, f"{job_id}.stop")
 
-    def request_stop(self, job_id, by=""):
+    def request_stop(self, job_id: str, by: str = "") -> None:
         fsio.atomic_write_json(self.stop_request_path(job_id), {"job_id": job_id, "requested_at": utc_now(),
                                                                "requested_by": by})
 
-    def stop_requested(self, job_id):
+    def stop_requested(self, job_id: str) -> bool:
         return os.path.exists(self.stop_request_path(job_id))
 
-    def clear_stop_request(self, job_id):
+    def clear_stop_request(self, job_id: str) -> None:
         try:
             os.unlink(self.stop_request_path(job_id))
         except OSError as exc:
             if not fsio.is_gone(exc):
                 raise
 
-    def requeue(self, entry, host):
+    def requeue(self, entry: Entry, host: str) -> Entry | None:
         """Put a lost host's running entry back in the queue as the next attempt.
 
         One rename, racing the owner's finish(): if the owner finished first, the rename
@@ -436,7 +438,7 @@ class Spool:
                                   os.path.join(self.queued_dir, new.name))
         return new if moved is not False else None
 
-    def recover_lost(self, entry, host, reason):
+    def recover_lost(self, entry: Entry, host: str, reason: str) -> tuple[Location, Entry] | None:
         """A running attempt whose agent is gone: requeue it if the job's max_retries allow, else fail it.
 
         Returns (Location, Entry) of where the job went, or None if its owner's own move won.
@@ -449,7 +451,7 @@ class Spool:
             return Location(DONE, JobState.FAILED.value), entry
         return None
 
-    def fail_lost(self, entry, host, reason):
+    def fail_lost(self, entry: Entry, host: str, reason: str) -> bool:
         """End a lost host's running entry as failed; the server acts as the owner of record."""
         src = os.path.join(self.running_dir(host), entry.name)
         dst = os.path.join(self.done_path(JobState.FAILED.value), entry.name)
@@ -462,7 +464,7 @@ class Spool:
 
     # ----- delete, setting aside and recovery ---------------------------------------------
 
-    def trash(self, path):
+    def trash(self, path: str) -> bool:
         """Phase one of a delete: one rename out of sight; False if ``path`` is gone. ``empty_trash`` does phase two.
 
         Of concurrent callers for one path exactly one rename succeeds: that is what makes
@@ -477,7 +479,7 @@ class Spool:
             raise
         return True
 
-    def empty_trash(self):
+    def empty_trash(self) -> None:
         # .nfsXXXX files (deleted while open elsewhere) make rmtree fail: leave them for later.
         for name in fsio.listdir(self.trash_dir):
             shutil.rmtree(os.path.join(self.trash_dir, name), ignore_errors=True)
@@ -486,7 +488,7 @@ class Spool:
             except OSError:
                 pass
 
-    def set_aside(self, path, source, reason, **facts):
+    def set_aside(self, path: str, source: str, reason: str, **facts) -> bool:
         """Move ``path`` (a folder, file or link) into ``rejected/<name>.<hex>/`` beside a reason.json.
 
         What is set aside goes *inside* a fresh folder of ours, so reason.json never lands
@@ -507,13 +509,13 @@ class Spool:
         log.warning("%s/%s set aside into %s: %s", source, name, target, reason)
         return True
 
-    def rejected_summary(self, limit=5):
+    def rejected_summary(self, limit: int = 5) -> dict:
         """How many things were set aside into rejected/, and the newest few names (for /health)."""
         names = fsio.listdir(self.rejected_dir)
         names.sort(key=lambda name: fsio.age(os.path.join(self.rejected_dir, name)))
         return {"count": len(names), "newest": names[:limit]}
 
-    def reject_unreadable_queued(self, min_age=UNREADABLE_ENTRY_SETTLE_SECONDS):
+    def reject_unreadable_queued(self, min_age: float = UNREADABLE_ENTRY_SETTLE_SECONDS) -> list[Entry]:
         """Set aside the entries in queued/ that cannot be read as their job's spec; returns them.
 
         An entry is staged, fsynced and renamed into queued/ whole, so one that cannot be read
@@ -538,7 +540,7 @@ class Spool:
         self._readable_queued &= listed
         return rejected
 
-    def recover_orphans(self, known_job_ids, min_age=ORPHAN_MIN_AGE):
+    def recover_orphans(self, known_job_ids: set[str], min_age: float = ORPHAN_MIN_AGE) -> list[str]:
         """Clean what a crash in the middle of publish() or delete can leave behind.
 
         Staging dirs older than ``min_age`` are removed (never published). A job folder
@@ -560,7 +562,7 @@ class Spool:
                 removed.append(job_id)
         return removed
 
-    def check_one_filesystem(self):
+    def check_one_filesystem(self) -> str | None:
         """None if the whole tree is on one filesystem (renames need it), else a sentence."""
         devices = {}
         for path in (self.root, self.spool_dir, self.jobs_dir, self.configs_dir, self.queued_dir,
