@@ -14,7 +14,7 @@ from opeva_spool.server import Server
 from opeva_spool.spool import Entry
 
 from .clients import WsgiClient
-from .conftest import make_settings
+from .conftest import make_settings, wait_for
 from .processes import start_server, stop
 
 pytestmark = pytest.mark.slow
@@ -39,8 +39,7 @@ def test_jobs_accepted_before_kill_9_are_there_after_restart(tmp_path):
     clients = [threading.Thread(target=submit_until_killed) for _ in range(4)]
     for thread in clients:
         thread.start()
-    while len(accepted) < 100:
-        time.sleep(0.01)
+    wait_for(lambda: len(accepted) >= 100, timeout=30, message="100 accepted submissions")
     server.send_signal(signal.SIGKILL)  # in the middle of the stream of submissions
     server.wait()
     killing.set()
