@@ -76,9 +76,11 @@ def outdoor_temperature(i, building):
 
 def _sessions(i):
     if ALICE["first"] <= i <= ALICE["last"]:
-        flexibility = {"departure.time": ALICE["departure"], "departure.soc": 80, "arrival.time": "2024-03-30T08:00:00Z"}
+        flexibility = {"departure.time": ALICE["departure"], "departure.soc": 80,
+                       "arrival.time": "2024-03-30T08:00:00Z"}
         return [
-            {"charger_id": "B1-C1", "user_id": "alice", "power": 7.0, "soc": 30 + (i - 32) * 3, "flexibility": flexibility},
+            {"charger_id": "B1-C1", "user_id": "alice", "power": 7.0, "soc": 30 + (i - 32) * 3,
+             "flexibility": flexibility},
             {"charger_id": "X9", "user_id": "bob", "power": 3.0, "soc": 50},
         ]
     if EV42["first"] <= i <= EV42["last"]:

@@ -26,9 +26,9 @@ def spool_env(root, tmp_path, **settings):
 
 
 def start(command, env, log_path):
-    log = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "opeva_spool.cli", *command], env=env, cwd=PROJECT_ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "opeva_spool.cli", *command], env=env, cwd=PROJECT_ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 def start_server(root, tmp_path, **settings):

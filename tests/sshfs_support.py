@@ -174,11 +174,10 @@ Subsystem sftp internal-sftp
             os.makedirs(PRIVSEP_DIR, mode=0o755)
             self.made_privsep = True
         self.ssh_dir = ssh
-        log = open(f"{ssh}/sshd.log", "ab")
         # -D: stay in the foreground (our child, so we can always kill it); -e: log to stderr.
-        self.sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", f"{ssh}/sshd_config"], stdout=log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
+        with open(f"{ssh}/sshd.log", "ab") as log:
+            self.sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", f"{ssh}/sshd_config"], stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             if self.sshd.poll() is not None:
@@ -197,15 +196,14 @@ Subsystem sftp internal-sftp
             f"IdentityFile={self.ssh_dir}/client_key", f"Port={SSH_PORT}", "LogLevel=ERROR",
             SSHFS_CACHE_OPTIONS,
         ])
-        log = open(os.path.join(host.local, "sshfs.log"), "ab")
-        # -f: foreground, so the sshfs process is our child and can always be killed; in a
-        # process group of its own with its ssh client, which outlives it if it dies mid-connect.
-        # -F /dev/null: no user or system ssh_config changes what the test asked for.
-        host.sshfs = subprocess.Popen(
-            host.command("sshfs", "-f", "-F", "/dev/null", "-o", options,
-                         f"root@{self.server_address}:{self.shared_root}", host.mount),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+        with open(os.path.join(host.local, "sshfs.log"), "ab") as log:
+            # -f: foreground, so the sshfs process is our child and can always be killed; in a
+            # process group of its own with its ssh client, which outlives it if it dies mid-connect.
+            # -F /dev/null: no user or system ssh_config changes what the test asked for.
+            host.sshfs = subprocess.Popen(
+                host.command("sshfs", "-f", "-F", "/dev/null", "-o", options,
+                             f"root@{self.server_address}:{self.shared_root}", host.mount),
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 5
         while not _mounted(host.mount):
             if host.sshfs.poll() is not None or time.monotonic() > deadline:

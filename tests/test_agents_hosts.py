@@ -148,7 +148,7 @@ def test_hosts_shows_state_capacity_gpus_running_jobs_and_drain(cluster, tmp_pat
                    check=True, capture_output=True)
     agent_a.send_signal(signal.SIGUSR1)
     for host in ("node-a", "node-b"):
-        wait_for(lambda: cluster.host_view(host)["draining"], timeout=5, message=f"{host} to show draining")
+        wait_for(lambda host=host: cluster.host_view(host)["draining"], timeout=5, message=f"{host} to show draining")
     waiting = cluster.submit(command=[sys.executable, "-c", "pass"])
     time.sleep(1.0)  # several scans of both agents
     assert cluster.status(waiting)["status"] == "queued"
@@ -166,7 +166,7 @@ def test_killed_agent_s_jobs_are_requeued_or_failed_per_max_retries_without_over
     lost = cluster.submit(max_retries=0)
     for job_id in (retried, lost):
         cluster.wait_status(job_id, "running", host="node-a")
-        wait_for(lambda: cluster.marks(job_id, 1), message=f"{job_id} attempt 1 to start")
+        wait_for(lambda job_id=job_id: cluster.marks(job_id, 1), message=f"{job_id} attempt 1 to start")
     cluster.agent("node-b", capacity=2)
     agent_a.kill()
     killed_at = time.time()

@@ -21,7 +21,8 @@ def test_atomic_create_refuses_an_existing_name_and_keeps_it(tmp_path):
     fsio.atomic_create_bytes(path, b"first")
     with pytest.raises(FileExistsError):
         fsio.atomic_create_bytes(path, b"second")
-    assert open(path, "rb").read() == b"first" and os.listdir(tmp_path) == ["x.yaml"]
+    with open(path, "rb") as handle:
+        assert handle.read() == b"first" and os.listdir(tmp_path) == ["x.yaml"]
 
 
 @pytest.mark.parametrize("content", [b"", b"{", b"\xff", b"[1]"])

@@ -21,8 +21,8 @@ def test_health_reports_a_reachable_and_a_dead_mongodb(tmp_path, mongo_uri):
                                       embedded_worker=False))
         client = WsgiClient(server.app)
         assert client.get("/health").status == 200  # the check runs in the background: never blocks
-        status = wait_for(lambda: client.get("/health").json()["mongodb"]["status"] != "checking" and
-                          client.get("/health").json()["mongodb"], message="mongodb check")
+        status = wait_for(lambda client=client: client.get("/health").json()["mongodb"]["status"] != "checking"
+                          and client.get("/health").json()["mongodb"], message="mongodb check")
         assert status["status"] == expected
 
 

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.mongo
 
 
 def make_client(tmp_path, mongo_uri, **settings):
-    app = make_app(Context(Settings(shared_root=str(tmp_path), mongo_uri=mongo_uri, **settings)), [opeva_spool.api.sites])
+    settings = Settings(shared_root=str(tmp_path), mongo_uri=mongo_uri, **settings)
+    app = make_app(Context(settings), [opeva_spool.api.sites])
     return WsgiClient(app)
 
 
@@ -81,7 +82,8 @@ def test_real_time_data_paginates_per_collection(client):
     assert not tail["has_more"] and len(tail["documents"]) == LAB_SAMPLES % 10
 
 
-@pytest.mark.parametrize("query", ["minutes=0", "minutes=-5", "minutes=99999999", "minutes=abc", "limit=0", "limit=100000", "page=0"])
+@pytest.mark.parametrize("query", ["minutes=0", "minutes=-5", "minutes=99999999", "minutes=abc", "limit=0",
+                                   "limit=100000", "page=0"])
 def test_real_time_data_rejects_absurd_query_values(client, query):
     response = client.get(f"/real-time-data/{LAB}?{query}")
     assert response.status == 400, response

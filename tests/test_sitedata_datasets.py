@@ -107,7 +107,9 @@ def test_loads_are_kwh_per_step_and_temperatures_are_means_not_sums(lab):
 def test_calendar_is_in_site_local_time_with_citylearn_conventions_across_dst(lab):
     rows = lab.rows("lab15", "B1.csv")
     # 2024-03-30 00:00 UTC is 02:00 EET on a Saturday: hour 3 (1..24), day_type 6.
-    assert (rows[0]["month"], rows[0]["hour"], rows[0]["minutes"], rows[0]["day_type"], rows[0]["daylight_savings_status"]) == ("3", "3", "0", "6", "0")
+    first = rows[0]
+    calendar = (first["month"], first["hour"], first["minutes"], first["day_type"], first["daylight_savings_status"])
+    assert calendar == ("3", "3", "0", "6", "0")
     # 2024-03-31 00:45 UTC = 02:45 EET; 01:00 UTC = 04:00 EEST: hour jumps 3 -> 5, DST flag 0 -> 1.
     assert (rows[99]["hour"], rows[99]["daylight_savings_status"]) == ("3", "0")
     assert (rows[100]["hour"], rows[100]["daylight_savings_status"]) == ("5", "1")
@@ -276,7 +278,8 @@ def test_site_without_timezone_uses_utc_and_says_so(lab, mongo_client):
     mongo_client[site].building_A.insert_many(
         [{"timestamp": LAB_START.replace(hour=h), "non_shiftable_load": 1.0} for h in range(4)])
     mongo_client[site].schema.insert_one({"_id": "schema", "schema": {"buildings": {"A": {}}}})
-    status = lab.build("utc-site", site_id=site, period=60, from_ts="2024-03-30T00:00:00Z", until_ts="2024-03-30T04:00:00Z")
+    status = lab.build("utc-site", site_id=site, period=60, from_ts="2024-03-30T00:00:00Z",
+                       until_ts="2024-03-30T04:00:00Z")
     assert status["state"] == "ready" and any("UTC" in w for w in status["warnings"])
     assert lab.rows("utc-site", "A.csv")[0]["hour"] == "1"
 
