@@ -10,7 +10,6 @@ setup(
         "bottle>=0.13",
         "waitress>=3.0",
         "watchdog>=4.0",
-        "filelock>=3.12",
         "docker>=7.0",
         "pymongo>=4.6",
         "pyyaml>=6.0",

@@ -5,17 +5,16 @@ class. An agent is the only writer of its jobs' logs, attempt records and termin
 moves; everything it learns from the API (stop requests) comes as files it reads.
 """
 
+import fcntl
+import json
 import logging
 import os
 import socket
 import sys
-import tempfile
 import threading
 import uuid
 
-import filelock
-
-from . import fsio, hosts
+from . import fsio, hosts, locks
 from .exceptions import Conflict, RuntimeFailure
 from .jobs import ANY_HOST, DATA_SUBDIRS, utc_now
 from .runtimes.base import Launch, Lease
@@ -29,29 +28,52 @@ POLL_SECONDS = 0.2  # how often a runner checks its execution and stop requests
 
 
 class HostPresence:
-    """One agent per host name on a machine, held for the agent's lifetime.
+    """One agent per shared root and host name on a machine, held for the agent's lifetime.
 
     The lock file lives on local disk: flock is not forwarded across NFS (or sshfs)
     hosts, so it only excludes processes of this machine; exclusion between hosts comes
     from the atomic rename in Spool.claim. Being alone on its host is what lets an agent
-    starting up treat everything in its running/ as its dead predecessor's.
+    starting up treat everything in its running/ as its dead predecessor's. The holder
+    writes who it is into the file, so a refused agent can name it.
     """
 
-    def __init__(self, lock_dir, host):
-        lock_dir = lock_dir or tempfile.gettempdir()
-        os.makedirs(lock_dir, exist_ok=True)
-        self.lock = filelock.FileLock(os.path.join(lock_dir, f"opeva-spool-{host}.agent.lock"), timeout=0)
+    def __init__(self, lock_dir: str, shared_root: str, host: str):
+        self.path = locks.local_lock_path(lock_dir, shared_root, host, "agent.lock")
+        self.root = os.path.realpath(shared_root)
         self.host = host
+        self._fd = None
 
-    def acquire(self):
+    def acquire(self, agent_id: str = "") -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        # Not O_TRUNC: opening must not wipe the holder's note before the lock is known to be free.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            self.lock.acquire()
-        except filelock.Timeout:
-            raise Conflict(f"another agent for host {self.host!r} already runs on this machine "
-                           f"(lock {self.lock.lock_file})") from None
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder(fd)
+            os.close(fd)
+            raise Conflict(f"another agent for host {self.host!r} on shared root {self.root} already runs on "
+                           f"this machine ({holder}); stop it first, or start this one with another --root "
+                           f"or --host (lock file {self.path})", host=self.host, root=self.root) from None
+        note = {"pid": os.getpid(), "root": self.root, "host": self.host, "agent_id": agent_id,
+                "started_at": utc_now()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(note).encode(), 0)
+        self._fd = fd
 
-    def release(self):
-        self.lock.release()
+    @staticmethod
+    def _holder(fd):
+        # Race: the holder writes its note just after it locks; in between the note is empty or old.
+        try:
+            note = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            return f"pid {int(note['pid'])}, root {note['root']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "its pid is not recorded yet"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
 
 
 class Runner(threading.Thread):
@@ -175,7 +197,7 @@ class Agent:
         self.agent_id = f"{self.host}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.capacity = settings.capacity
         self.gpu_ids = tuple(settings.gpu_ids)
-        self.presence = HostPresence(settings.lock_dir, self.host)
+        self.presence = HostPresence(settings.lock_dir, spool.root, self.host)
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.drain_signaled = False
@@ -189,7 +211,7 @@ class Agent:
     # ----- lifecycle ----------------------------------------------------------------------
 
     def start(self):
-        self.presence.acquire()
+        self.presence.acquire(self.agent_id)
         self.spool.ensure_layout()
         fsio.makedirs(self.spool.running_dir(self.host))
         # Beat before starting the host guard: it takes the first heartbeat carrying this agent's

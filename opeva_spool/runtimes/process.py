@@ -11,8 +11,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 
+from .. import locks
 from ..exceptions import RuntimeFailure
 from . import guard
 from .base import Execution, Runtime
@@ -49,11 +49,12 @@ class ProcessRuntime(Runtime):
 
     def __init__(self, shared_root, lock_dir=""):
         self.job_root = shared_root
-        self.lock_dir = lock_dir or tempfile.gettempdir()
+        self.lock_dir = lock_dir
 
     def guard_dir(self, host):
-        """Local-disk dir of the attempt locks that guards hold (see guard.reap)."""
-        return os.path.join(self.lock_dir, f"opeva-spool-{host}.attempts")
+        """Local-disk dir of the attempt locks that guards hold (see guard.reap); per root, so that
+        a restarting agent of another deployment on this machine never reaps this one's jobs."""
+        return locks.local_lock_path(self.lock_dir, self.job_root, host, "attempts")
 
     def start(self, launch):
         env = dict(os.environ)
