@@ -53,8 +53,8 @@ class HostPresence:
             holder = self._holder(fd)
             os.close(fd)
             raise Conflict(f"another agent for host {self.host!r} on shared root {self.root} already runs on "
-                           f"this machine ({holder}); stop it first, or start this one with another --root "
-                           f"or --host (lock file {self.path})", host=self.host, root=self.root) from None
+                           f"this machine ({holder}); stop it first, or use another shared root or host name "
+                           f"(lock file {self.path})", host=self.host, root=self.root) from None
         note = {"pid": os.getpid(), "root": self.root, "host": self.host, "agent_id": agent_id,
                 "started_at": utc_now()}
         os.ftruncate(fd, 0)

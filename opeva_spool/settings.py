@@ -28,6 +28,8 @@ DEFAULT_STOP_GRACE = 10.0
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_OFFLINE_AFTER = 30.0
 DEFAULT_MONGO_TIMEOUT_MS = 2000
+DEFAULT_MAX_STREAMS = 256
+DEFAULT_MAX_STREAMS_PER_CLIENT = 32
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Settings:
     scan_interval: float = DEFAULT_SCAN_INTERVAL
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     api_token: str = ""
+    max_streams: int = DEFAULT_MAX_STREAMS
+    max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT
     embedded_worker: bool = True
     # --- agent (one worker host) ---
     host: str = "local"
@@ -76,6 +80,8 @@ DESCRIPTIONS = {
     "scan_interval": "Seconds between full scans of the spool (events are only hints).",
     "max_body_bytes": "Largest accepted request body; larger gets 413.",
     "api_token": "When set, mutating endpoints need `Authorization: Bearer <token>`.",
+    "max_streams": "Most long-lived responses (`/logs/{id}?follow=1`) open at once; beyond it 503.",
+    "max_streams_per_client": "Most of them one client address holds (behind a proxy: all clients); beyond it 429.",
     "embedded_worker": "`serve` also runs the worker for host `local`.",
     "host": "Name of the host an agent works for.",
     "runtime": "`process` (subprocess) or `docker`.",
