@@ -5,7 +5,7 @@
     python bench/run.py --out bench/results/latest.json   # where the JSON goes (this is the default)
     python bench/run.py --profile            # also py-spy the server during each phase (needs py-spy);
                                          # read them with bench/profile_summary.py
-    python bench/run.py --streams-only       # only figure 7 (~20 s)
+    python bench/run.py --streams-only       # only figure 7 (~30 s; with --quick ~15 s)
 
 What it does, all on this machine (docs/benchmarks.md has the details and the last results):
 - starts the real server, ``python -m opeva_spool.cli serve``, as a subprocess on 127.0.0.1 with a
@@ -25,8 +25,9 @@ What it does, all on this machine (docs/benchmarks.md has the details and the la
      (``agent.HostPresence``), and, recorded only, what two claimers sharing a name would do;
   5. server VmRSS at the largest tree;
   6. GET /health while 8 clients stream submissions;
-  7. GET /health while 200 clients follow a running job's log (``/logs/<id>?follow=1``), from 10
-     loopback addresses (20 each, within the default ``max_streams_per_client``).
+  7. GET /health every 10 ms, idle and while 200 clients follow a running job's log
+     (``/logs/<id>?follow=1``; the job logs a line every 0.5 s), from 10 loopback addresses
+     (20 each, within the default ``max_streams_per_client``).
 Nothing here changes the package; bench/results/ is git-ignored.
 """
 
@@ -62,9 +63,9 @@ SUBMIT_BODY = {"command": "true", "target_host": seeding.SEED_HOST, "job_name": 
                "submitted_by": "bench"}
 HEADERS = {"Content-Type": "application/json"}
 FULL = dict(sizes=(0, 10_000, 100_000), submit_one=1000, submit_each=250, to_running=30, status=1000,
-            pages=200, claims=20_000, health=400, health_submit_each=300)
+            pages=200, claims=20_000, health=400, health_submit_each=300, follow_seconds=10)
 QUICK = dict(sizes=(0, 10_000), submit_one=300, submit_each=80, to_running=10, status=300,
-             pages=60, claims=4_000, health=150, health_submit_each=120)
+             pages=60, claims=4_000, health=150, health_submit_each=120, follow_seconds=5)
 FOLLOWERS = 200
 FOLLOWER_ADDRESSES = 10  # 127.0.0.1 .. 127.0.0.10: all of 127.0.0.0/8 is this machine
 # The followed job logs a line every half second, so every stream carries data.
@@ -499,8 +500,20 @@ def _followers(port, job_id, count, opened, stop, queue):
     queue.put({"streams": count, "admitted": admitted, "ended_early": ended, "bytes_received": received})
 
 
-def health_beside_followers(workdir, requests):
-    """/health latency on an idle server, then with FOLLOWERS clients following a running job's log."""
+def _probe_health(port, seconds):
+    """GET /health every 10 ms for ``seconds`` (health_prober on a thread of this process)."""
+    stop, result = threading.Event(), {}
+    prober = threading.Thread(target=lambda: result.update(health_prober(port)(stop)), daemon=True)
+    prober.start()
+    time.sleep(seconds)
+    stop.set()
+    prober.join(30)
+    return result
+
+
+def health_beside_followers(workdir, seconds):
+    """/health latency on an idle server, then with FOLLOWERS clients following a running job's log
+    (which logs a line every half second, so each of them is written to ``2 * seconds`` times)."""
     root = os.path.join(workdir, "root-streams")
     server = ServerProcess(root, workdir)
     ctx = multiprocessing.get_context("fork")
@@ -514,14 +527,14 @@ def health_beside_followers(workdir, requests):
                 raise RuntimeError("the followed job did not start")
             time.sleep(0.05)
         client.close()
-        idle = http_load(server.port, "health", 1, requests)
+        idle = _probe_health(server.port, seconds)
         opened, stop, queue = ctx.Event(), ctx.Event(), ctx.Queue()
         followers = ctx.Process(target=_followers, args=(server.port, job_id, FOLLOWERS, opened, stop, queue))
         followers.start()
         if not opened.wait(60):
             stop.set()
             raise RuntimeError(f"not all {FOLLOWERS} follow streams were admitted: {queue.get(timeout=30)}")
-        loaded = http_load(server.port, "health", 1, requests, server_pid=server.pid)
+        loaded = _probe_health(server.port, seconds)
         stop.set()
         streams = queue.get(timeout=60)
         followers.join(30)
@@ -647,14 +660,14 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"), help="JSON output path")
     parser.add_argument("--profile", action="store_true", help="record py-spy profiles of the server per phase")
     parser.add_argument("--keep", action="store_true", help="keep the temp shared roots")
-    parser.add_argument("--streams-only", action="store_true", help="only /health beside log followers (~20 s)")
+    parser.add_argument("--streams-only", action="store_true", help="only /health beside log followers (~30 s)")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     sizes = cfg["sizes"]
     workdir = tempfile.mkdtemp(prefix="opeva-bench-", dir="/tmp")
     if args.streams_only:
         try:
-            raw = {"health_beside_followers": health_beside_followers(workdir, cfg["health"])}
+            raw = {"health_beside_followers": health_beside_followers(workdir, cfg["follow_seconds"])}
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         figs = streams_figures(raw)
@@ -732,7 +745,7 @@ def main(argv=None):
             "shared_host_unlocked": claim_race(workdir, cfg["claims"], ["bench-s", "bench-s", "bench-b", "bench-c"]),
         }
         log(f"/health beside {FOLLOWERS} log followers")
-        raw["health_beside_followers"] = health_beside_followers(workdir, cfg["health"])
+        raw["health_beside_followers"] = health_beside_followers(workdir, cfg["follow_seconds"])
     except BaseException:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
