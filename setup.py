@@ -16,6 +16,6 @@ setup(
         "pyyaml>=6.0",
         "pandas>=2.0",
     ],
-    extras_require={"test": ["pytest>=8", "nx-27017"]},
+    extras_require={"test": ["pytest>=8", "nx-27017", "ruff==0.17.6"]},
     entry_points={"console_scripts": ["opeva-spool=opeva_spool.cli:main"]},
 )

@@ -1,15 +1,27 @@
 # Sourced by .ci/run: a private Docker engine for the Docker runtime tests.
-#   ensure_docker_packages   install docker.io and busybox-static if missing
-#   start_dockerd            start dockerd (or reuse a running one) and export DOCKER_HOST
-#   stop_dockerd             stop it and remove everything it left behind
-# All three are idempotent and safe under `set -euo pipefail`. The scratch dir is short on purpose: the socket path must
-# stay under the 108-byte limit of unix socket names.
+#   ensure_docker_packages   install docker.io and busybox-static if missing (under the apt lock)
+#   start_dockerd            start this run's own dockerd (or reuse the one given) and export DOCKER_HOST
+#   stop_dockerd             stop the engine this run started and remove its scratch dir; an engine
+#                            it reused is left alone
+# All three are idempotent and safe under `set -euo pipefail`. Needs .ci/locks.sh.
+#
+# By default each run starts its own engine in a fresh `mktemp -d` dir, so two runs on one machine
+# never share (or stop) each other's engine. To reuse a running engine, set OPEVA_CI_DOCKER_DIR to
+# the dir holding its docker.sock. The dir is short on purpose: the socket path must stay under the
+# 108-byte limit of unix socket names.
 
-OPEVA_CI_DOCKER_DIR=${OPEVA_CI_DOCKER_DIR:-/tmp/opeva-ci-dk}
-OPEVA_CI_APT_LOG=${OPEVA_CI_APT_LOG:-/tmp/opeva-ci-apt.log}
+OPEVA_CI_APT_LOG=${OPEVA_CI_APT_LOG:-${OPEVA_CI_LOG_DIR:-/tmp}/apt.log}
+_OPEVA_CI_DOCKER_STARTED=""   # the scratch dir of the engine this run started, once it has
+_OPEVA_CI_DOCKERD_PID=""       # and that engine's pid (our child)
 
 _docker_pkg_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+_docker_apt_install() {
+    apt-get -o DPkg::Lock::Timeout=600 update -q &&
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
+            --no-install-recommends docker.io busybox-static
 }
 
 ensure_docker_packages() {
@@ -19,10 +31,7 @@ ensure_docker_packages() {
         return 0
     fi
     echo "installing docker.io busybox-static (log: $OPEVA_CI_APT_LOG)"
-    {
-        apt-get update -q &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker.io busybox-static
-    } >>"$OPEVA_CI_APT_LOG" 2>&1 || {
+    ci_locked apt _docker_apt_install >>"$OPEVA_CI_APT_LOG" 2>&1 || {
         echo "apt-get failed; last lines of $OPEVA_CI_APT_LOG:" >&2
         tail -n 20 "$OPEVA_CI_APT_LOG" >&2
         return 1
@@ -42,21 +51,33 @@ EOF
 }
 
 start_dockerd() {
-    local dir=$OPEVA_CI_DOCKER_DIR
-    local sock=$dir/docker.sock
-    if [ -S "$sock" ] && _dockerd_ping "$sock"; then
-        export DOCKER_HOST=unix://$sock
+    if [ -n "$_OPEVA_CI_DOCKER_STARTED" ]; then
         return 0
     fi
-    mkdir -p "$dir"
+    if [ -n "${OPEVA_CI_DOCKER_DIR:-}" ]; then
+        local given=$OPEVA_CI_DOCKER_DIR/docker.sock
+        if [ -S "$given" ] && _dockerd_ping "$given"; then
+            export DOCKER_HOST=unix://$given
+            echo "reusing the Docker engine at $given (left running at exit)"
+            return 0
+        fi
+        echo "OPEVA_CI_DOCKER_DIR=$OPEVA_CI_DOCKER_DIR has no engine answering on docker.sock" >&2
+        return 1
+    fi
+    local dir
+    dir=$(mktemp -d /tmp/opeva-dk.XXXXXX)
+    _OPEVA_CI_DOCKER_STARTED=$dir   # from here on stop_dockerd cleans it up, whatever happens next
+    local sock=$dir/docker.sock
     # --iptables=false --bridge=none: never touch the host's firewall or create a bridge.
     dockerd --host "unix://$sock" --data-root "$dir/docker" --exec-root "$dir/dx" \
         --pidfile "$dir/dockerd.pid" --iptables=false --bridge=none \
         >>"$dir/dockerd.log" 2>&1 &
+    _OPEVA_CI_DOCKERD_PID=$!
     local i
     for i in $(seq 200); do
         if _dockerd_ping "$sock"; then
             export DOCKER_HOST=unix://$sock
+            echo "started a Docker engine at $sock"
             return 0
         fi
         sleep 0.1
@@ -67,25 +88,31 @@ start_dockerd() {
 }
 
 stop_dockerd() {
-    local dir=$OPEVA_CI_DOCKER_DIR
-    local pid i mnt
-    pid=$(cat "$dir/dockerd.pid" 2>/dev/null || true)
+    local dir=$_OPEVA_CI_DOCKER_STARTED
+    if [ -z "$dir" ]; then
+        return 0   # this run started no engine: one it reused is not its to stop
+    fi
+    local pid=$_OPEVA_CI_DOCKERD_PID i mnt
     if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
-        # Not necessarily our child (it may come from an earlier step), so poll instead of `wait`.
         # dockerd stops its containers first, which can take their stop timeout (10 s).
         for i in $(seq 300); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
         kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true   # our child: reap it
+    fi
+    if [ -f "$dir/dockerd.log" ] && [ -n "${OPEVA_CI_LOG_DIR:-}" ]; then
+        cp "$dir/dockerd.log" "$OPEVA_CI_LOG_DIR/dockerd.log" 2>/dev/null || true
     fi
     # dockerd leaves mounts under its dirs (overlay, shm, netns); deepest first, or umount fails busy.
     awk -v d="$dir" '$2 == d || index($2, d "/") == 1 {print $2}' /proc/mounts | sort -r |
         while read -r mnt; do
             umount "$mnt" 2>/dev/null || umount -l "$mnt" || echo "cannot unmount $mnt" >&2
         done
-    rm -rf "$dir"
+    rm -rf "$dir" || echo "cannot remove $dir" >&2
     if [ "${DOCKER_HOST:-}" = "unix://$dir/docker.sock" ]; then
         unset DOCKER_HOST
     fi
+    _OPEVA_CI_DOCKER_STARTED="" _OPEVA_CI_DOCKERD_PID=""
 }

@@ -23,17 +23,18 @@ FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
 
 
 def parse(path):
-    for line in open(path, encoding="utf-8", errors="replace"):
-        line = line.rstrip("\n")
-        if not line:
-            continue
-        stack, _, count = line.rpartition(" ")
-        try:
-            count = int(count)
-        except ValueError:
-            continue
-        frames = stack.split(";")
-        yield frames[0], frames[1:], count
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            stack, _, count = line.rpartition(" ")
+            try:
+                count = int(count)
+            except ValueError:
+                continue
+            frames = stack.split(";")
+            yield frames[0], frames[1:], count
 
 
 def short(frame, lines=False):

@@ -5,6 +5,7 @@
     python bench/run.py --out bench/results/latest.json   # where the JSON goes (this is the default)
     python bench/run.py --profile            # also py-spy the server during each phase (needs py-spy);
                                          # read them with bench/profile_summary.py
+    python bench/run.py --streams-only       # only figure 7 (~30 s; with --quick ~15 s)
 
 What it does, all on this machine (docs/benchmarks.md has the details and the last results):
 - starts the real server, ``python -m opeva_spool.cli serve``, as a subprocess on 127.0.0.1 with a
@@ -23,7 +24,10 @@ What it does, all on this machine (docs/benchmarks.md has the details and the la
      double-claim audit; a check that a second agent for one host name is refused
      (``agent.HostPresence``), and, recorded only, what two claimers sharing a name would do;
   5. server VmRSS at the largest tree;
-  6. GET /health while 8 clients stream submissions.
+  6. GET /health while 8 clients stream submissions;
+  7. GET /health every 10 ms, idle and while 200 clients follow a running job's log
+     (``/logs/<id>?follow=1``; the job logs a line every 0.5 s), from 10 loopback addresses
+     (20 each, within the default ``max_streams_per_client``).
 Nothing here changes the package; bench/results/ is git-ignored.
 """
 
@@ -34,6 +38,7 @@ import multiprocessing
 import os
 import platform
 import random
+import selectors
 import shutil
 import signal
 import socket
@@ -49,17 +54,22 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 import seed as seeding  # noqa: E402
-from opeva_spool import fsio  # noqa: E402
+
 from opeva_spool import agent as agent_module  # noqa: E402
+from opeva_spool import fsio  # noqa: E402
 from opeva_spool.spool import Entry, Spool  # noqa: E402
 
 SUBMIT_BODY = {"command": "true", "target_host": seeding.SEED_HOST, "job_name": "bench-submit",
                "submitted_by": "bench"}
 HEADERS = {"Content-Type": "application/json"}
 FULL = dict(sizes=(0, 10_000, 100_000), submit_one=1000, submit_each=250, to_running=30, status=1000,
-            pages=200, claims=20_000, health=400, health_submit_each=300)
+            pages=200, claims=20_000, health=400, health_submit_each=300, follow_seconds=10)
 QUICK = dict(sizes=(0, 10_000), submit_one=300, submit_each=80, to_running=10, status=300,
-             pages=60, claims=4_000, health=150, health_submit_each=120)
+             pages=60, claims=4_000, health=150, health_submit_each=120, follow_seconds=5)
+FOLLOWERS = 200
+FOLLOWER_ADDRESSES = 10  # 127.0.0.1 .. 127.0.0.10: all of 127.0.0.0/8 is this machine
+# The followed job logs a line every half second, so every stream carries data.
+TICKING_JOB = [sys.executable, "-c", "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.5)"]
 
 
 # ----- small helpers -----------------------------------------------------------------------
@@ -160,13 +170,13 @@ class ServerProcess:
         self.log_path = os.path.join(workdir, f"server-{self.port}.log")
         env = dict(os.environ)
         env.update(OPEVA_HOSTS=f"local,{seeding.SEED_HOST}", OPEVA_OBSERVER="native",
-                   OPEVA_LOCK_DIR=os.path.join(workdir, "locks"), PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""),
-                   PYTHONDONTWRITEBYTECODE="1")
+                   OPEVA_LOCK_DIR=os.path.join(workdir, "locks"),
+                   PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""), PYTHONDONTWRITEBYTECODE="1")
         argv = [sys.executable, "-m", "opeva_spool.cli", "serve", "--root", root, "--port", str(self.port),
                 "--bind", "127.0.0.1"]
         if not worker:
             argv.append("--no-worker")
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         started = time.perf_counter()
         self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.startup_s = self._wait_ready(started)
@@ -350,7 +360,8 @@ def submit_to_running(port, root, count, gap, timeout=10.0):
         time.sleep(gap)
     client.close()
     return {"claimed": summary_ms(to_claim), "running": summary_ms(to_running), "ended": summary_ms(to_end),
-            "timeouts": misses, "jobs": count, "gap_s": gap, "method": "client stats/reads jobs/<id>/attempts/1.json every 0.5 ms"}
+            "timeouts": misses, "jobs": count, "gap_s": gap,
+            "method": "client stats/reads jobs/<id>/attempts/1.json every 0.5 ms"}
 
 
 # ----- claims racing over one spool -----------------------------------------------------------
@@ -435,9 +446,9 @@ def claim_race(workdir, count, hosts):
             "no_winner": sum(1 for name in entry_names if name not in winners), "per_claimer": per}
 
 
-def _second_agent(lock_dir, host, queue):
+def _second_agent(lock_dir, root, host, queue):
     try:
-        agent_module.HostPresence(lock_dir, host).acquire()
+        agent_module.HostPresence(lock_dir, root, host).acquire()
         queue.put("acquired")
     except Exception as exc:  # the package raises Conflict (409) for a second agent
         queue.put(f"refused: {type(exc).__name__}: {exc}")
@@ -446,16 +457,90 @@ def _second_agent(lock_dir, host, queue):
 def presence_check(workdir):
     """With agent.HostPresence (one agent per host name per machine): a second agent is refused."""
     lock_dir = os.path.join(workdir, "presence-locks")
-    first = agent_module.HostPresence(lock_dir, "bench-s")
+    first = agent_module.HostPresence(lock_dir, workdir, "bench-s")
     first.acquire()
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_second_agent, args=(lock_dir, "bench-s", queue))
+    proc = ctx.Process(target=_second_agent, args=(lock_dir, workdir, "bench-s", queue))
     proc.start()
     outcome = queue.get(timeout=30)
     proc.join(10)
     first.release()
     return {"second_agent": outcome, "refused": outcome.startswith("refused")}
+
+
+# ----- /health beside many log followers ----------------------------------------------------
+
+def _followers(port, job_id, count, opened, stop, queue):
+    """Runs in its own process: ``count`` follow streams, read as data comes, until ``stop``."""
+    selector = selectors.DefaultSelector()
+    for n in range(count):
+        source = f"127.0.0.{1 + n % FOLLOWER_ADDRESSES}"
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+        sock.sendall(f"GET /logs/{job_id}?follow=1 HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, bytearray())
+    admitted, ended, received = 0, 0, 0
+    while not stop.is_set():
+        for key, _ in selector.select(0.1):
+            data = key.fileobj.recv(65536)
+            received += len(data)
+            head = key.data
+            if len(head) < 12:
+                head += data[: 12 - len(head)]
+                if len(head) >= 12:
+                    admitted += head.startswith(b"HTTP/1.1 200")
+                    if admitted == count:
+                        opened.set()
+            if not data:
+                ended += 1
+                selector.unregister(key.fileobj)
+    for key in list(selector.get_map().values()):
+        key.fileobj.close()
+    queue.put({"streams": count, "admitted": admitted, "ended_early": ended, "bytes_received": received})
+
+
+def _probe_health(port, seconds):
+    """GET /health every 10 ms for ``seconds`` (health_prober on a thread of this process)."""
+    stop, result = threading.Event(), {}
+    prober = threading.Thread(target=lambda: result.update(health_prober(port)(stop)), daemon=True)
+    prober.start()
+    time.sleep(seconds)
+    stop.set()
+    prober.join(30)
+    return result
+
+
+def health_beside_followers(workdir, seconds):
+    """/health latency on an idle server, then with FOLLOWERS clients following a running job's log
+    (which logs a line every half second, so each of them is written to ``2 * seconds`` times)."""
+    root = os.path.join(workdir, "root-streams")
+    server = ServerProcess(root, workdir)
+    ctx = multiprocessing.get_context("fork")
+    try:
+        client = Client(server.port)
+        body = {"command": TICKING_JOB, "target_host": "local", "job_name": "bench-ticking"}
+        job_id = json.loads(client.request("POST", "/run-simulation", body)[1])["job_id"]
+        deadline = time.monotonic() + 30
+        while json.loads(client.request("GET", f"/status/{job_id}")[1])["status"] != "running":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the followed job did not start")
+            time.sleep(0.05)
+        client.close()
+        idle = _probe_health(server.port, seconds)
+        opened, stop, queue = ctx.Event(), ctx.Event(), ctx.Queue()
+        followers = ctx.Process(target=_followers, args=(server.port, job_id, FOLLOWERS, opened, stop, queue))
+        followers.start()
+        if not opened.wait(60):
+            stop.set()
+            raise RuntimeError(f"not all {FOLLOWERS} follow streams were admitted: {queue.get(timeout=30)}")
+        loaded = _probe_health(server.port, seconds)
+        stop.set()
+        streams = queue.get(timeout=60)
+        followers.join(30)
+    finally:
+        server.stop()
+    return {"idle": idle, "with_followers": loaded, "followers": streams}
 
 
 # ----- the run -------------------------------------------------------------------------------
@@ -507,7 +592,17 @@ def build_figures(raw, sizes):
     h = raw["health_under_load"]["during"]
     add("GET /health p50, 8 clients submitting", h["p50_ms"], "ms", "<=", 1.5,
         f"p95 {h['p95_ms']:.1f} ms; idle p50 {raw['health_idle']['p50_ms']:.2f} ms; '~1 ms' read as <= 1.5 ms")
+    figs.extend(streams_figures(raw))
     return figs
+
+
+def streams_figures(raw):
+    f = raw["health_beside_followers"]
+    loaded, idle = f["with_followers"], f["idle"]
+    return [{"figure": f"GET /health p99, {FOLLOWERS} clients following a log", "value": loaded["p99_ms"],
+             "unit": "ms", "op": "<=", "target": 10.0, "pass": check(loaded["p99_ms"], "<=", 10.0),
+             "note": f"p50 {loaded['p50_ms']:.2f} ms; idle p50 / p99 {idle['p50_ms']:.2f} / {idle['p99_ms']:.2f} ms; "
+                     f"{f['followers']['admitted']} streams admitted, {f['followers']['ended_early']} ended early"}]
 
 
 def fmt(value, unit):
@@ -565,10 +660,20 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"), help="JSON output path")
     parser.add_argument("--profile", action="store_true", help="record py-spy profiles of the server per phase")
     parser.add_argument("--keep", action="store_true", help="keep the temp shared roots")
+    parser.add_argument("--streams-only", action="store_true", help="only /health beside log followers (~30 s)")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     sizes = cfg["sizes"]
     workdir = tempfile.mkdtemp(prefix="opeva-bench-", dir="/tmp")
+    if args.streams_only:
+        try:
+            raw = {"health_beside_followers": health_beside_followers(workdir, cfg["follow_seconds"])}
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        figs = streams_figures(raw)
+        print(table(figs))
+        print(json.dumps(raw["health_beside_followers"]["followers"]))
+        return 0 if all(f["pass"] for f in figs) else 1
     profile_dir = None
     if args.profile:
         if shutil.which("py-spy") is None:
@@ -639,12 +744,15 @@ def main(argv=None):
             "presence": presence_check(workdir),
             "shared_host_unlocked": claim_race(workdir, cfg["claims"], ["bench-s", "bench-s", "bench-b", "bench-c"]),
         }
+        log(f"/health beside {FOLLOWERS} log followers")
+        raw["health_beside_followers"] = health_beside_followers(workdir, cfg["follow_seconds"])
     except BaseException:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         raise
     figs = build_figures(raw, sizes)
-    out = {"git": _git_state(), "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": time.perf_counter() - began,
+    out = {"git": _git_state(), "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(),
+           "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": time.perf_counter() - began,
            "quick": args.quick, "machine": machine_facts(tempfile.gettempdir()), "figures": figs, "raw": raw}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as handle:

@@ -46,7 +46,7 @@ def plan(n, now_ns=None):
     """[(job number, Location)] for n jobs: the MIX, interleaved so every state spans all times."""
     kinds = []
     for kind, detail, share in MIX:
-        kinds.extend([Location(kind, detail)] * int(round(n * share)))
+        kinds.extend([Location(kind, detail)] * round(n * share))
     kinds = (kinds + [Location("done", "finished")] * n)[:n]
     # Interleave deterministically: job i gets kinds[(i * 7919) % n] (7919 is prime, so a permutation
     # whenever n is not a multiple of it).

@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tempfile
 import threading
 import uuid
 
 import filelock
 
-from . import fsio, hosts
+from . import fsio, hosts, locks
 from .exceptions import Conflict, RuntimeFailure
 from .jobs import ANY_HOST, CONFIG_SNAPSHOT, DATA_SUBDIRS, JobFolder, JobSpec, utc_now
 from .runtimes.base import Execution, Launch, Lease, Runtime
@@ -31,29 +30,45 @@ POLL_SECONDS = 0.2  # how often a runner checks its execution and stop requests
 # The job's config as submitted: jobs/<id>/config.yaml, written at submission; the job runs from it,
 # so editing configs/<name> later changes no queued job.
 class HostPresence:
-    """One agent per host name on a machine, held for the agent's lifetime.
+    """One agent per shared root and host name on a machine, held for the agent's lifetime.
 
     The lock file lives on local disk: flock is not forwarded across NFS (or sshfs)
     hosts, so it only excludes processes of this machine; exclusion between hosts comes
     from the atomic rename in Spool.claim. Being alone on its host is what lets an agent
-    starting up treat everything in its running/ as its dead predecessor's.
+    starting up treat everything in its running/ as its dead predecessor's. The holder
+    writes who it is into the file, so a refused agent can name it.
     """
 
-    def __init__(self, lock_dir, host):
-        lock_dir = lock_dir or tempfile.gettempdir()
-        os.makedirs(lock_dir, exist_ok=True)
-        self.lock = filelock.FileLock(os.path.join(lock_dir, f"opeva-spool-{host}.agent.lock"), timeout=0)
+    def __init__(self, lock_dir: str, shared_root: str, host: str):
+        path = locks.local_lock_path(lock_dir, shared_root, host, "agent.lock")
+        self.lock = filelock.FileLock(path, timeout=0)
+        # filelock truncates its file when it opens it, so who holds the lock is noted beside it.
+        self.holder_path = path + ".holder"
+        self.root = os.path.realpath(shared_root)
         self.host = host
 
-    def acquire(self):
+    def acquire(self, agent_id: str = "") -> None:
+        os.makedirs(os.path.dirname(self.holder_path), exist_ok=True)
         try:
             self.lock.acquire()
         except filelock.Timeout:
-            raise Conflict(f"another agent for host {self.host!r} already runs on this machine "
-                           f"(lock {self.lock.lock_file})") from None
+            raise Conflict(f"another agent for host {self.host!r} on shared root {self.root} already runs on "
+                           f"this machine ({self._holder()}); stop it first, or use another shared root or host "
+                           f"name (lock file {self.lock.lock_file})", host=self.host, root=self.root) from None
+        fsio.atomic_write_json(self.holder_path, {"pid": os.getpid(), "root": self.root, "host": self.host,
+                                                  "agent_id": agent_id, "started_at": utc_now()}, durable=False)
 
-    def release(self):
-        self.lock.release()
+    def _holder(self) -> str:
+        # Race: the holder notes itself just after it locks; in between the note is missing or its predecessor's.
+        note = fsio.read_json_object(self.holder_path) or {}
+        if "pid" not in note:
+            return "its pid is not recorded yet"
+        return f"pid {note['pid']}, root {note.get('root')}"
+
+    def release(self) -> None:
+        if self.lock.is_locked:
+            fsio.unlink_quietly(self.holder_path)
+            self.lock.release()
 
 
 class GpuPool:
@@ -223,7 +238,7 @@ class Agent:
         self.agent_id = f"{self.host}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.capacity = settings.capacity
         self.gpu_pool = GpuPool(settings.gpu_ids)
-        self.presence = HostPresence(settings.lock_dir, self.host)
+        self.presence = HostPresence(settings.lock_dir, spool.root, self.host)
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.drain_signaled = False
@@ -237,7 +252,7 @@ class Agent:
     # ----- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> Agent:
-        self.presence.acquire()
+        self.presence.acquire(self.agent_id)
         self.spool.ensure_layout()
         fsio.makedirs(self.spool.running_dir(self.host))
         # Beat before starting the host guard: it takes the first heartbeat carrying this agent's

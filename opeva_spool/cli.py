@@ -1,20 +1,31 @@
 """The ``opeva-spool`` command: serve, agent, submit, status, drain, settings."""
 
 import argparse
+import http.client
 import json
 import logging
+import os
 import signal
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
+from dataclasses import asdict
+from urllib.parse import urlsplit, urlunsplit
 
-from .exceptions import SpoolError
-from .settings import load_settings, settings_markdown
-from .states import JobState
+from .exceptions import BadRequest, SpoolError
+from .jobs import EMBEDDED_HOST
+from .settings import Settings, load_settings, settings_markdown
 
 log = logging.getLogger("opeva_spool")
+
+DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
+CLIENT_TIMEOUT_SECONDS = 30
+MASK = "***"
+# Exit statuses besides 0.
+EXIT_ERROR_ANSWER = 1  # the server answered with an error
+EXIT_REFUSED = 2  # bad settings or arguments, or the command refused to act (argparse uses 2 as well)
+EXIT_UNREACHABLE = 3  # the server could not be reached
 
 
 def _settings(args, **extra):
@@ -25,39 +36,26 @@ def _settings(args, **extra):
     )
 
 
+def _stop_on_signals(stop):
+    """SIGTERM (systemctl stop) and SIGINT (Ctrl-C) call ``stop``, which must be signal-safe."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop())
+
+
 def cmd_serve(args):
+    from . import demo
     from .server import Server
 
     settings = _settings(args, bind=args.bind, port=args.port,
                          embedded_worker=False if args.no_worker else None)
-    server = Server(settings).start()
+    server = Server(settings)
+    server.listen()  # first: a port already taken starts nothing
+    _stop_on_signals(server.shutdown)
+    server.start()
     if args.demo:
-        job = server.submit_demo()
-        log.info("demo job %s queued; follow it at http://%s:%s/status/%s", job["job_id"], settings.bind,
-                 settings.port, job["job_id"])
-        threading.Thread(target=_narrate, args=(server, job["job_id"]), daemon=True).start()
-    signal.signal(signal.SIGTERM, lambda *_: server.close())
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        server.close()
+        demo.start(server, EMBEDDED_HOST)
+    server.serve_forever()  # returns once a signal asked it to, after a clean shutdown
     return 0
-
-
-def _narrate(server, job_id):
-    """Log the demo job's state and progress as they change, then its result."""
-    last = None
-    while not server.stopping.is_set():
-        status = server.jobs.status(job_id)["status"]
-        progress = server.jobs.progress(job_id)
-        shown = (status, int(progress.get("progress_pct", 0) // 10))
-        if shown != last:
-            log.info("demo job: %s, progress %s%%", status, progress.get("progress_pct", 0))
-            last = shown
-        if JobState(status).terminal:
-            log.info("demo job result: %s", json.dumps(server.jobs.result(job_id)))
-            return
-        time.sleep(0.2)
 
 
 def cmd_agent(args):
@@ -66,39 +64,57 @@ def cmd_agent(args):
     from .spool import Spool
 
     settings = _settings(args, host=args.host, runtime=args.runtime)
-    agent = Agent(settings, Spool(settings.shared_root), make_runtime(settings)).start()
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
+    _stop_on_signals(done.set)
+    agent = Agent(settings, Spool(settings.shared_root), make_runtime(settings)).start()
     signal.signal(signal.SIGUSR1, lambda *_: agent.drain())
     log.info("agent %s working for host %s with the %s runtime", agent.agent_id, agent.host, agent.runtime.name)
     done.wait()
+    log.info("agent %s shutting down", agent.agent_id)
     agent.shutdown(timeout=settings.stop_grace + 5)
     return 0
 
 
 def cmd_drain(args):
+    from . import names
     from .spool import Spool
 
     settings = _settings(args)
-    Spool(settings.shared_root).request_drain(args.host, undo=args.undo)
-    print(f"host {args.host}: drain {'lifted' if args.undo else 'requested'}")
+    spool = Spool(settings.shared_root)
+    host = names.host(args.host)
+    # Checked before anything is written: a wrong root or a mistyped host must not leave folders behind.
+    if not os.path.isdir(spool.queued_dir):
+        raise BadRequest(f"{spool.root} is not an initialised shared root (it has no spool/queued/); "
+                         f"give the root the server uses with --root or the shared_root setting")
+    known = set(settings.hosts) | set(spool.worker_hosts())
+    if host not in known and not (args.undo and os.path.exists(spool.drain_path(host))):
+        raise BadRequest(f"unknown host {host!r}: not in the hosts setting and no agent ever ran for it on "
+                         f"{spool.root} (known: {', '.join(sorted(known)) or 'none'})")
+    spool.request_drain(host, undo=args.undo)
+    print(f"host {host}: drain {'lifted' if args.undo else 'requested'}")
     return 0
 
 
 def _http(args, method, path, body=None):
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(args.server.rstrip("/") + path, data=data, method=method)
+    url = args.server.rstrip("/") + path
+    request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Content-Type", "application/json")
     if args.token:
         request.add_header("Authorization", f"Bearer {args.token}")
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT_SECONDS) as response:
             print(response.read().decode())
             return 0
     except urllib.error.HTTPError as err:
         print(err.read().decode(), file=sys.stderr)
-        return 1
+        return EXIT_ERROR_ANSWER
+    except urllib.error.URLError as err:
+        reason = err.reason
+    except (OSError, http.client.HTTPException, ValueError) as err:  # timeouts, resets, a malformed URL
+        reason = err
+    print(f"opeva-spool: cannot reach the server at {args.server}: {reason}", file=sys.stderr)
+    return EXIT_UNREACHABLE
 
 
 def cmd_submit(args):
@@ -114,69 +130,88 @@ def cmd_status(args):
     return _http(args, "GET", f"/status/{args.job_id}")
 
 
+def mask_uri_password(uri):
+    """``uri`` with the password of its user info replaced by ``***`` (the rest kept as it is)."""
+    parts = urlsplit(uri)
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not (at and colon and password):
+        return uri
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{hostinfo}"))
+
+
 def cmd_settings(args):
     if args.markdown:
         sys.stdout.write(settings_markdown())
         return 0
-    from dataclasses import asdict
-
     settings = _settings(args)
     shown = asdict(settings)
-    shown["api_token"] = "***" if settings.api_token else ""
+    shown["api_token"] = MASK if settings.api_token else ""
+    shown["mongo_uri"] = mask_uri_password(settings.mongo_uri)
     print(json.dumps(shown, indent=2, default=list))
     return 0
 
 
+def _from_setting(text, name):
+    """Help for an option that overrides a setting: its default is the setting's."""
+    default = getattr(Settings(), name)
+    default = ",".join(default) if isinstance(default, tuple) else default
+    return f"{text} (default: the {name} setting, $OPEVA_{name.upper()}, else {default})"
+
+
 def parser():
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="YAML settings file (also $OPEVA_CONFIG)")
-    common.add_argument("--log-level", default="INFO")
-    top = argparse.ArgumentParser(prog="opeva-spool", description="Filesystem-native job spooler for OPEVA.")
+    common.add_argument("--config", help="YAML settings file (default: $OPEVA_CONFIG, else none)")
+    common.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
+    top = argparse.ArgumentParser(
+        prog="opeva-spool", description="Filesystem-native job spooler for OPEVA.",
+        epilog=f"exit status: 0 done, {EXIT_ERROR_ANSWER} the server answered an error, {EXIT_REFUSED} bad "
+               f"arguments or settings or refused, {EXIT_UNREACHABLE} the server could not be reached")
     sub = top.add_subparsers(dest="command", required=True)
-    sub_parser = sub.add_parser
 
-    def add_parser(name, **kw):
-        return sub_parser(name, parents=[common], **kw)
+    def command(name, func, text):
+        command_parser = sub.add_parser(name, parents=[common], help=text, description=text)
+        command_parser.set_defaults(func=func)
+        return command_parser
 
-    sub.add_parser = add_parser
+    serve = command("serve", cmd_serve, "run the HTTP API (and the embedded worker for host 'local')")
+    serve.add_argument("--root", help=_from_setting("shared root", "shared_root"))
+    serve.add_argument("--bind", help=_from_setting("address to listen on", "bind"))
+    serve.add_argument("--port", type=int, help=_from_setting("port to listen on", "port"))
+    serve.add_argument("--demo", action="store_true", help="submit the demo training job at start-up (default: off)")
+    serve.add_argument("--no-worker", action="store_true",
+                       help="do not run the embedded 'local' worker (default: the embedded_worker setting, on)")
 
-    serve = sub.add_parser("serve", help="run the HTTP API (and the embedded worker for host 'local')")
-    serve.add_argument("--root", help="shared root (default /opt/opeva_shared_data)")
-    serve.add_argument("--bind")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--demo", action="store_true", help="submit the demo training job at start-up")
-    serve.add_argument("--no-worker", action="store_true", help="do not run the embedded 'local' worker")
-    serve.set_defaults(func=cmd_serve)
+    agent = command("agent", cmd_agent, "run the worker for one host")
+    agent.add_argument("--root", help=_from_setting("shared root", "shared_root"))
+    agent.add_argument("--host", help=_from_setting("the host name this agent works for", "host"))
+    agent.add_argument("--runtime", choices=("process", "docker"), help=_from_setting("how jobs run", "runtime"))
 
-    agent = sub.add_parser("agent", help="run the worker for one host")
-    agent.add_argument("--root")
-    agent.add_argument("--host", help="the host name this agent works for")
-    agent.add_argument("--runtime", choices=("process", "docker"))
-    agent.set_defaults(func=cmd_agent)
+    drain = command("drain", cmd_drain, "make a host's agent finish its jobs and take no new ones")
+    drain.add_argument("--root", help=_from_setting("shared root", "shared_root"))
+    drain.add_argument("--host", required=True, help="the host to drain (required; a configured host or one "
+                                                     "whose agent has run on this root)")
+    drain.add_argument("--undo", action="store_true", help="lift the drain instead (default: off)")
 
-    drain = sub.add_parser("drain", help="make a host's agent finish its jobs and take no new ones")
-    drain.add_argument("--root")
-    drain.add_argument("--host", required=True)
-    drain.add_argument("--undo", action="store_true", help="lift the drain")
-    drain.set_defaults(func=cmd_drain)
-
-    for name, func in (("submit", cmd_submit), ("status", cmd_status)):
-        client = sub.add_parser(name, help=f"{name} a job through the HTTP API")
-        client.add_argument("--server", default="http://127.0.0.1:8000")
-        client.add_argument("--token", default="")
-        client.set_defaults(func=func)
+    for name, func, text in (("submit", cmd_submit, "submit a job through the HTTP API"),
+                             ("status", cmd_status, "print a job's status from the HTTP API")):
+        client = command(name, func, text)
+        client.add_argument("--server", default=DEFAULT_SERVER_URL, help="the server's URL (default: %(default)s)")
+        client.add_argument("--token", default="", help="the API token, if the server has one (default: none)")
         if name == "submit":
-            client.add_argument("config_path")
-            client.add_argument("--target-host", default="local")
-            client.add_argument("--priority", type=int, default=0)
-            client.add_argument("--job-name")
-            client.add_argument("--command", dest="command_line")
+            client.add_argument("config_path", help="the experiment config, a file under configs/ on the share")
+            client.add_argument("--target-host", default=EMBEDDED_HOST,
+                                help="host to run on, or 'any' (default: %(default)s)")
+            client.add_argument("--priority", type=int, default=0,
+                                help="-100..100, higher runs first (default: %(default)s)")
+            client.add_argument("--job-name", help="the job's name (default: from the config's experiment name)")
+            client.add_argument("--command", dest="command_line",
+                                help="command to run instead of the image's default (default: the command template)")
         else:
-            client.add_argument("job_id")
+            client.add_argument("job_id", help="the job's id, as submit printed it")
 
-    settings = sub.add_parser("settings", help="print the effective settings")
-    settings.add_argument("--markdown", action="store_true", help="the settings table for docs")
-    settings.set_defaults(func=cmd_settings)
+    settings = command("settings", cmd_settings, "print the effective settings (secrets masked)")
+    settings.add_argument("--markdown", action="store_true", help="print the settings table for docs (default: off)")
     return top
 
 
@@ -187,7 +222,10 @@ def main(argv=None):
         return args.func(args)
     except SpoolError as exc:
         print(f"opeva-spool: {exc.detail}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
+    except OSError as exc:  # e.g. a settings file that is missing, a port already taken
+        print(f"opeva-spool: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""A simulated training run that writes what the real OPEVA image writes.
+"""The quick start's demo: a simulated training run that writes what the real OPEVA image writes.
+
+``opeva-spool serve --demo`` calls ``start``: it saves ``configs/demo.yaml``, submits the
+demo job to the embedded worker and logs the job's state, progress and result as they
+change. The job itself is this module run as a process:
 
     python -m opeva_spool.demo --config CONFIG --job_id ID [--base-dir DIR]
 
@@ -13,16 +17,65 @@ does, so the spooler is exercised against the same formats. The config's optiona
 import argparse
 import datetime
 import json
+import logging
 import math
 import os
 import random
 import sys
+import threading
 import time
 
 import yaml
 
+from .configs import WriteMode
 from .fsio import atomic_write_json
 from .names import job_id
+from .states import JobState
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "demo.yaml"
+CONFIG = """\
+experiment: {name: demo, run_name: quick-start, logging: {log_level: INFO, mlflow: false}}
+simulator: {dataset_path: /data/datasets/demo/schema.json, central_agent: false, reward_function: RewardFunction}
+algorithm: {seed: 22, hyperparameters: {checkpoint_interval: 20}}
+demo: {episodes: 3, steps: 40, step_seconds: 0.1}
+"""
+NARRATE_POLL_SECONDS = 0.2
+
+
+# ----- in the server: submit the demo job and narrate it ---------------------------------------
+
+def start(server, host):
+    """Save the demo config, submit the demo job to ``host`` and narrate it until it ends or the server closes."""
+    server.jobs.configs.write(CONFIG_FILE, CONFIG, WriteMode.SAME)
+    job = server.jobs.submit({"config_path": CONFIG_FILE, "target_host": host, "job_name": "demo-training",
+                              "submitted_by": "quick-start"})
+    settings = server.settings
+    log.info("demo job %s queued; follow it at http://%s:%s/status/%s", job["job_id"], settings.bind,
+             settings.port, job["job_id"])
+    threading.Thread(target=narrate, args=(server.jobs, job["job_id"], server.stopping), name="demo-narrator",
+                     daemon=True).start()
+    return job
+
+
+def narrate(jobs, job_id, stopping):
+    """Log the job's state and progress (every 10 %) as they change, then its result."""
+    last = None
+    while not stopping.is_set():
+        status = jobs.status(job_id)["status"]
+        progress = jobs.progress(job_id)
+        shown = (status, int(progress.get("progress_pct", 0) // 10))
+        if shown != last:
+            log.info("demo job: %s, progress %s%%", status, progress.get("progress_pct", 0))
+            last = shown
+        if JobState(status).terminal:
+            log.info("demo job result: %s", json.dumps(jobs.result(job_id)))
+            return
+        stopping.wait(NARRATE_POLL_SECONDS)
+
+
+# ----- in the job: the simulated training run ----------------------------------------------------
 
 
 def utc_iso():

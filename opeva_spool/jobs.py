@@ -17,7 +17,8 @@ MAX_ENV_VARS = 200
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 UNSAFE_IN_JOB_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 ANY_HOST = "any"
-DEFAULT_TARGET_HOST = "local"
+# The host name of the server's embedded worker, and where a job goes unless it says otherwise.
+EMBEDDED_HOST = "local"
 # Where a config names its run: the current training image's layout first, then the seed's.
 RUN_NAME_KEYS = (("metadata", "experiment_name", "run_name"), ("experiment", "name", "run_name"))
 # A Docker image reference, [registry[:port]/]path[:tag][@digest], path components lowercase.
@@ -173,7 +174,7 @@ class JobConfig(NamedTuple):
 def build_spec(body: dict, known_hosts, *, job_id: str, config: JobConfig | None = None,
                origin: str = "api", inbox_folder: str = "") -> JobSpec:
     """A validated JobSpec from a submission body and the job's config (None for a job without one)."""
-    target = body.get("target_host") or DEFAULT_TARGET_HOST
+    target = body.get("target_host") or EMBEDDED_HOST
     if target != ANY_HOST:
         names.host(target)
         if target not in known_hosts:

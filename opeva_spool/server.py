@@ -3,8 +3,10 @@
 import logging
 import os
 import threading
+import time
 
 import waitress
+from waitress import wasyncore
 
 from . import fsio
 from .agent import Agent
@@ -13,22 +15,27 @@ from .api import configs as configs_api
 from .api import jobs as jobs_api
 from .api import sites as sites_api
 from .api import system as system_api
-from .configs import WriteMode
 from .hosts import LivenessMonitor
 from .inbox import Inbox
 from .index import JobIndex
+from .jobs import EMBEDDED_HOST
 from .runtimes import make_runtime
 from .service import JobService
 from .sitedata.mongo import SiteData
 from .spool import QUEUED, TERMINAL_DIRS, Entry, Location, Spool
+from .streams import StreamGate, StreamingDispatcher
 from .watching import DirectoryWatcher
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_HOST = "local"
 # done/ can hold every job ever run; it is listed in full only every this many scans.
 FULL_SCAN_EVERY = 12
 WAITRESS_THREADS = 8
+# Connections beyond the open streams (waitress's own default limit).
+ORDINARY_CONNECTIONS = 100
+# At shutdown, in-flight requests get this long to finish before their connections are closed.
+DRAIN_SECONDS = 5.0
+DRAIN_POLL_SECONDS = 0.05
 
 
 def dependency_checks(settings, sitedata):
@@ -66,7 +73,9 @@ class Server:
         self.stopping = threading.Event()
         self.nudge = threading.Event()
         self._maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
+        self._shutdown = threading.Event()
         self._httpd = None
+        self.streams = None  # the StreamGate, once listening
 
     # ----- events and maintenance ---------------------------------------------------------
 
@@ -160,46 +169,79 @@ class Server:
     # ----- lifecycle ----------------------------------------------------------------------
 
     def start(self):
-        """Start watching, maintenance and the embedded worker (not the HTTP listener)."""
+        """Start the embedded worker, watching and maintenance (not the HTTP listener)."""
+        if self.agent:
+            self.agent.start()  # first: a refusal (another agent for this root and host) starts nothing else
         self._watch_entry_dirs()
         self.watcher.watch(self.spool.spool_dir, self._on_spool_dir_event)
         self.watcher.watch(self.spool.inbox_dir, self._on_spool_dir_event)
         self.watcher.start()
         self._maintenance.start()
-        if self.agent:
-            self.agent.start()
         self.inbox.scan()
         return self
 
+    def listen(self, port=None):
+        """Bind the HTTP listener (``port`` 0: any free one) and return the port it got."""
+        settings = self.settings
+        dispatcher = StreamingDispatcher(WAITRESS_THREADS)
+        app = StreamGate(self.app, settings.max_streams, settings.max_streams_per_client, closing=self.stopping)
+        self._httpd = waitress.create_server(
+            app, host=settings.bind, port=settings.port if port is None else port, threads=WAITRESS_THREADS,
+            _dispatcher=dispatcher,
+            # Lookahead 1: waitress keeps reading a busy connection, so it sees a follower hang up.
+            channel_request_lookahead=1,
+            connection_limit=settings.max_streams + ORDINARY_CONNECTIONS,
+            asyncore_use_poll=True,  # select() cannot watch descriptors above 1023
+        )
+        self.streams = app
+        return self._httpd.effective_port
+
     def serve_forever(self):
-        self._httpd = waitress.create_server(self.app, host=self.settings.bind, port=self.settings.port,
-                                             threads=WAITRESS_THREADS)
-        log.info("serving on http://%s:%s, shared root %s", self.settings.bind, self._httpd.effective_port,
-                 self.spool.root)
+        """Serve HTTP until ``shutdown`` is called (from a signal handler or another thread), then close."""
+        if self._httpd is None:
+            self.listen()
+        httpd = self._httpd
+        log.info("serving on http://%s:%s, shared root %s", self.settings.bind, httpd.effective_port, self.spool.root)
         try:
-            self._httpd.run()
+            while not self._shutdown.is_set():
+                self._loop_once(httpd, httpd.adj.asyncore_loop_timeout)
         finally:
+            self._close_http(httpd)
             self.close()
 
+    def shutdown(self):
+        """Make ``serve_forever`` return. Safe in a signal handler: it sets a flag and writes to a pipe."""
+        self._shutdown.set()
+        # The loop may sit in poll(); the trigger's pipe wakes it (a bare os.write, no lock taken).
+        # Once stopping is set the loop has returned, and the trigger may be closed already.
+        if self._httpd is not None and not self.stopping.is_set():
+            self._httpd.pull_trigger()
+
+    def _close_http(self, httpd):
+        """Stop accepting, let in-flight requests finish (at most DRAIN_SECONDS), then close every connection.
+
+        This runs in the thread that ran the loop: closing sockets from a signal handler
+        while that loop waits on them is what made waitress die with EBADF.
+        """
+        deadline = time.monotonic() + DRAIN_SECONDS
+        # Not httpd.close(): that closes the trigger too, which finishing requests still pull.
+        wasyncore.dispatcher.close(httpd)
+        self.stopping.set()  # streams see it within a poll and end their responses
+        while time.monotonic() < deadline and any(
+                channel.requests or channel.total_outbufs_len for channel in list(httpd.active_channels.values())):
+            self._loop_once(httpd, DRAIN_POLL_SECONDS)
+        httpd.task_dispatcher.shutdown(timeout=max(0.0, deadline - time.monotonic()))
+        wasyncore.close_all(httpd._map)
+
+    @staticmethod
+    def _loop_once(httpd, timeout):
+        """One round of waitress's socket loop (what its run() repeats), so that a flag can end it between rounds."""
+        wasyncore.loop(timeout=timeout, map=httpd._map, use_poll=httpd.adj.asyncore_use_poll, count=1)
+
     def close(self):
+        """Stop maintenance, watching and the embedded worker (its jobs end as at an agent's shutdown)."""
         self.stopping.set()
         self.nudge.set()
-        if self._httpd is not None:
-            self._httpd.close()
         self.watcher.stop()
         if self.agent:
             self.agent.shutdown(timeout=self.settings.stop_grace + 5)
-
-    def submit_demo(self):
-        """The quick start's demo job: a simulated training run on the embedded worker."""
-        self.jobs.configs.write("demo.yaml", DEMO_CONFIG, WriteMode.SAME)
-        return self.jobs.submit({"config_path": "demo.yaml", "target_host": EMBEDDED_HOST,
-                                 "job_name": "demo-training", "submitted_by": "quick-start"})
-
-
-DEMO_CONFIG = """\
-experiment: {name: demo, run_name: quick-start, logging: {log_level: INFO, mlflow: false}}
-simulator: {dataset_path: /data/datasets/demo/schema.json, central_agent: false, reward_function: RewardFunction}
-algorithm: {seed: 22, hyperparameters: {checkpoint_interval: 20}}
-demo: {episodes: 3, steps: 40, step_seconds: 0.1}
-"""

@@ -284,10 +284,11 @@ class JobService:
             handle.close()
         return job, folder.log
 
-    def log_stream(self, job_id, tail=None, follow=False):
-        """Chunks of the job's log: all of it or its last ``tail`` lines, then (follow) new ones until it ends."""
+    def log_stream(self, job_id, tail=None, follow=False, gone=None):
+        """Chunks of the job's log: all of it or its last ``tail`` lines, then (follow) new ones until
+        the job ends or ``gone()`` says the reader left (checked at every poll for new lines)."""
         job, path = self.log_path(job_id)
-        return _stream_log(path, tail, follow, lambda: self._ended(job.entry.job_id))
+        return _stream_log(path, tail, follow, lambda: self._ended(job.entry.job_id), gone or _never)
 
     def _ended(self, job_id):
         job = self.index.get(job_id)
@@ -341,7 +342,11 @@ def _open_or_none(path):
         return None
 
 
-def _stream_log(path, tail, follow, ended):
+def _never():
+    return False
+
+
+def _stream_log(path, tail, follow, ended, gone):
     handle = _open_or_none(path)
     if handle is None and not follow:
         return
@@ -349,7 +354,7 @@ def _stream_log(path, tail, follow, ended):
         if handle is not None and tail is not None:
             handle.seek(tail_offset(handle, tail))
         finishing = False
-        while True:
+        while not gone():  # a follower that left, or a closing server, ends the stream within a poll
             if handle is None:
                 handle = _open_or_none(path)
             chunk = handle.read(LOG_CHUNK) if handle else b""

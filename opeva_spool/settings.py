@@ -15,11 +15,12 @@ from dataclasses import dataclass, field, fields
 import yaml
 
 from .exceptions import SettingsError
+from .jobs import EMBEDDED_HOST
 
 DEFAULT_SHARED_ROOT = "/opt/opeva_shared_data"
 DEFAULT_BIND = "127.0.0.1"
 DEFAULT_PORT = 8000
-DEFAULT_HOSTS = ("local",)
+DEFAULT_HOSTS = (EMBEDDED_HOST,)
 DEFAULT_IMAGE = "opeva-simulator:latest"  # set default_image to your training image
 # Formatted with job_id, config_path (the job's config snapshot, absolute as the runtime sees it) and config_file.
 DEFAULT_DOCKER_COMMAND = "--config {config_path} --job_id {job_id}"
@@ -31,6 +32,8 @@ DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_OFFLINE_AFTER = 30.0
 DEFAULT_MONGO_TIMEOUT_MS = 2000
 JOB_USER = re.compile(r"^\d+:\d+$")  # numeric: the ids must mean the same on the share as in the container
+DEFAULT_MAX_STREAMS = 256
+DEFAULT_MAX_STREAMS_PER_CLIENT = 32
 
 
 @dataclass
@@ -46,9 +49,11 @@ class Settings:
     scan_interval: float = DEFAULT_SCAN_INTERVAL
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     api_token: str = ""
+    max_streams: int = DEFAULT_MAX_STREAMS
+    max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT
     embedded_worker: bool = True
     # --- agent (one worker host) ---
-    host: str = "local"
+    host: str = EMBEDDED_HOST
     runtime: str = "process"
     capacity: int = 2
     gpu_ids: tuple = ()
@@ -81,6 +86,8 @@ DESCRIPTIONS = {
     "scan_interval": "Seconds between full scans of the spool (events are only hints).",
     "max_body_bytes": "Largest accepted request body; larger gets 413.",
     "api_token": "When set, mutating endpoints need `Authorization: Bearer <token>`.",
+    "max_streams": "Most long-lived responses (`/logs/{id}?follow=1`) open at once; beyond it 503.",
+    "max_streams_per_client": "Most of them one client address holds (behind a proxy: all clients); beyond it 429.",
     "embedded_worker": "`serve` also runs the worker for host `local`.",
     "host": "Name of the host an agent works for.",
     "runtime": "`process` (subprocess) or `docker`.",

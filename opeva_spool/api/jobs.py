@@ -2,6 +2,7 @@
 
 import bottle
 
+from ..streams import STREAM_GONE
 from .app import json_body, query_flag, query_int
 
 MAX_PAGE = 1000
@@ -60,7 +61,8 @@ def install(app, ctx):
     def logs(job_id):
         tail = query_int("tail", None, 0, MAX_TAIL_LINES)
         follow = query_flag("follow")
-        chunks = service.log_stream(job_id, tail=tail, follow=follow)
+        # Served as a stream (streams.py) when following: it ends once the client left or the server closes.
+        chunks = service.log_stream(job_id, tail=tail, follow=follow, gone=bottle.request.environ.get(STREAM_GONE))
         bottle.response.content_type = "text/plain; charset=utf-8"
         bottle.response.set_header("Cache-Control", "no-cache")
         return chunks

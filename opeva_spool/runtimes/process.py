@@ -13,8 +13,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 
+from .. import locks
 from ..exceptions import RuntimeFailure
 from ..settings import Settings
 from ..states import EndReason
@@ -54,14 +54,15 @@ class ProcessRuntime(Runtime):
     def __init__(self, settings: Settings):
         self.job_root = settings.shared_root
         self.command_template = settings.process_command
-        self.lock_dir = settings.lock_dir or tempfile.gettempdir()
+        self.lock_dir = settings.lock_dir
 
     def template_fields(self, job_id: str, config_path: str, config_file: str) -> dict[str, str]:
         return {**super().template_fields(job_id, config_path, config_file), "python": sys.executable}
 
     def guard_dir(self, host: str) -> str:
-        """Local-disk dir of the attempt locks that guards hold (see guard.reap)."""
-        return os.path.join(self.lock_dir, f"opeva-spool-{host}.attempts")
+        """Local-disk dir of the attempt locks that guards hold (see guard.reap); per root, so that
+        a restarting agent of another deployment on this machine never reaps this one's jobs."""
+        return locks.local_lock_path(self.lock_dir, self.job_root, host, "attempts")
 
     def start(self, launch: Launch) -> ProcessExecution:
         env = dict(os.environ)
