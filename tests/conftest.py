@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from opeva_spool import fsio
 from opeva_spool.server import Server
 from opeva_spool.settings import Settings
 
@@ -88,6 +89,17 @@ def wait_for_status(client, job_id, wanted, timeout=15.0):
         return status if status in wanted else None
 
     return wait_for(check, timeout, message=f"job {job_id} to reach {sorted(wanted)}")
+
+
+def rejected(server):
+    """The reason.json of everything set aside into spool/rejected/, each beside what was moved there."""
+    reasons = []
+    for name in fsio.listdir(server.spool.rejected_dir):
+        reason = fsio.read_json_object(os.path.join(server.spool.rejected_dir, name, "reason.json"))
+        if reason is not None:  # else still being set aside
+            assert os.path.lexists(os.path.join(server.spool.rejected_dir, name, reason["name"]))
+            reasons.append(reason)
+    return reasons
 
 
 def demo_config(episodes=2, steps=5, step_seconds=0.01, **extra):

@@ -8,7 +8,7 @@ from opeva_spool import fsio
 from opeva_spool.server import Server
 
 from .clients import WsgiClient
-from .conftest import make_settings, wait_for, wait_for_status
+from .conftest import make_settings, rejected, wait_for, wait_for_status
 
 
 def drop(server, folder, job=None, files=None, age=None):
@@ -31,12 +31,7 @@ def drop(server, folder, job=None, files=None, age=None):
 
 def rejections(server):
     """{folder: reason} of everything the inbox set aside."""
-    reasons = {}
-    for name in fsio.listdir(server.spool.rejected_dir):
-        reason = fsio.read_json_object(os.path.join(server.spool.rejected_dir, name, "reason.json"))
-        if reason is not None:  # else still being set aside
-            reasons[reason["folder"]] = reason["reason"]
-    return reasons
+    return {reason["folder"]: reason["reason"] for reason in rejected(server)}
 
 
 def test_dropped_folder_becomes_a_job_named_after_it_and_runs(client, server):

@@ -4,10 +4,9 @@ import json
 import os
 import time
 
-from opeva_spool import fsio
 from opeva_spool.spool import Entry
 
-from .conftest import wait_for, wait_for_status
+from .conftest import rejected, wait_for, wait_for_status
 
 
 def plant(server, job_id, target, content=None, age=60):
@@ -25,14 +24,9 @@ def plant(server, job_id, target, content=None, age=60):
 
 def set_aside(server):
     """{job id: reason} of the entries set aside into rejected/, each there beside its reason.json."""
-    reasons = {}
-    for name in fsio.listdir(server.spool.rejected_dir):
-        reason = fsio.read_json_object(os.path.join(server.spool.rejected_dir, name, "reason.json"))
-        if reason is not None:  # else still being set aside
-            assert reason["source"] == "queued"
-            assert os.path.lexists(os.path.join(server.spool.rejected_dir, name, reason["name"]))
-            reasons[reason["job_id"]] = reason["reason"]
-    return reasons
+    reasons = rejected(server)
+    assert all(reason["source"] == "queued" for reason in reasons)
+    return {reason["job_id"]: reason["reason"] for reason in reasons}
 
 
 def test_unreadable_entries_in_the_queue_are_set_aside_reported_and_never_block_the_worker(client, server):
