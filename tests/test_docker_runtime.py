@@ -344,3 +344,24 @@ def test_release_of_a_stale_running_container_kills_and_removes_it(
     stale.release()
     assert time.monotonic() - began < 5
     assert docker_engine[1].containers.list(all=True, filters={"label": f"opeva.job_id={launch.job_id}"}) == []
+
+
+def test_a_second_deployment_on_the_same_engine_never_adopts_or_removes_this_one_s_containers(
+    make_settings, make_launch, tmp_path
+):
+    ours = DockerRuntime(make_settings())
+    launch = make_launch(["sh", "-c", "sleep 30"])
+    execution = ours.start(launch)
+    try:
+        other_root = tmp_path / "other-share"
+        (other_root / "jobs").mkdir(parents=True)
+        other = DockerRuntime(make_settings(shared_root=str(other_root)))
+        # Same host name, another root: nothing of ours is its own, and "superseded" removals spare ours.
+        assert other.adopt(launch.host, current=set()) == {}
+        assert execution.poll() is None
+        adopted = ours.adopt(launch.host)
+        assert list(adopted) == [(launch.job_id, 1)]
+        adopted[(launch.job_id, 1)].detach()
+    finally:
+        execution.kill()
+        execution.release()

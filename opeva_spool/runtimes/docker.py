@@ -33,6 +33,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, LogConfig
 
+from .. import locks
 from ..exceptions import RuntimeFailure
 from ..settings import Settings
 from ..states import EndReason
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 LABEL_JOB = "opeva.job_id"
 LABEL_ATTEMPT = "opeva.attempt"
 LABEL_HOST = "opeva.host"
+# A digest of the shared root: two deployments on one engine (each with a host "local") never
+# adopt, remove or kill each other's containers.
+LABEL_ROOT = "opeva.root"
 LABEL_LOG_PATH = "opeva.log_path"
 LABEL_LOG_OFFSET = "opeva.log_offset"
 
@@ -260,6 +264,7 @@ class DockerRuntime(Runtime):
             LABEL_JOB: launch.job_id,
             LABEL_ATTEMPT: str(launch.attempt),
             LABEL_HOST: launch.host,
+            LABEL_ROOT: locks.root_digest(self.settings.shared_root),
             LABEL_LOG_PATH: launch.log_path,
             LABEL_LOG_OFFSET: str(log_offset),
         }
@@ -335,16 +340,21 @@ class DockerRuntime(Runtime):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_parent, env.get("PYTHONPATH"))))
         argv = [sys.executable, "-m", "opeva_spool.runtimes.guard", "containers",
                 "--heartbeat", lease.heartbeat_path, "--lease", str(lease.seconds), "--grace", str(lease.grace),
-                "--host", host, "--agent-id", lease.agent_id, "--agent-pid", str(os.getpid()),
+                *(arg for label in self.owner_labels(host) for arg in ("--label", label)),
+                "--agent-id", lease.agent_id, "--agent-pid", str(os.getpid()),
                 "--docker-host", self.settings.docker_host or os.environ.get("DOCKER_HOST", "")]
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+
+    def owner_labels(self, host: str) -> list[str]:
+        """The label filters (all must match) of the containers this deployment runs for ``host``."""
+        return [f"{LABEL_HOST}={host}", f"{LABEL_ROOT}={locks.root_digest(self.settings.shared_root)}"]
 
     def adopt(self, host: str, current: set[tuple[str, int]] | None = None) -> dict[tuple[str, int], DockerExecution]:
         found = {}
         try:
             # ignore_removed: a container removed between the listing and its inspection is skipped.
             containers = self._engine().containers.list(
-                all=True, filters={"label": f"{LABEL_HOST}={host}"}, ignore_removed=True
+                all=True, filters={"label": self.owner_labels(host)}, ignore_removed=True
             )
         except ENGINE_ERRORS as exc:
             # Not {}: that would make the agent fail jobs whose containers may well be running.

@@ -18,9 +18,9 @@ Two forms:
     can tell whether any process of the attempt is still alive (``reap``).
 
 ``python -m opeva_spool.runtimes.guard containers --heartbeat F --lease S --grace G``
-``    --host H --agent-id A --agent-pid P [--docker-host URL]``
-    One per Docker agent, in its own session. Kills every container labelled
-    ``opeva.host=H`` when the lease lapses. It exits when a successor agent's
+``    --label opeva.host=H --label opeva.root=D --agent-id A --agent-pid P [--docker-host URL]``
+    One per Docker agent, in its own session. Kills every container carrying all the
+    labels (this deployment's containers for host H) when the lease lapses. It exits when a successor agent's
     heartbeat appears (that agent runs its own guard), or when its agent is dead and
     nothing of this host runs any more.
 """
@@ -224,14 +224,14 @@ def _alive(pid):
 def run_containers(args):
     import docker
 
-    from .docker import ENGINE_ERRORS, LABEL_HOST
+    from .docker import ENGINE_ERRORS
 
     if args.docker_host:
         client = docker.DockerClient(base_url=args.docker_host, timeout=10)
     else:
         client = docker.from_env(timeout=10)
     clock = HeartbeatClock(args.heartbeat)
-    label = {"label": f"{LABEL_HOST}={args.host}"}
+    label = {"label": args.label}
     lapsed_at = None
     seen_own = False
     reached_at = lease_clock()
@@ -249,7 +249,7 @@ def run_containers(args):
         try:
             running = client.containers.list(filters={**label, "status": "running"}, ignore_removed=True)
             for container in running:
-                say(f"lease of {args.host} lapsed ({clock.age():.1f}s): {signum} to {container.name}")
+                say(f"lease of {args.agent_id} lapsed ({clock.age():.1f}s): {signum} to {container.name}")
                 try:
                     container.kill(signal=signum)
                 except ENGINE_ERRORS:
@@ -278,7 +278,8 @@ def parser():
     process.add_argument("--lock", required=True, help="lock file on local disk, held while the attempt lives")
     process.add_argument("argv", nargs=argparse.REMAINDER)
     containers = sub.choices["containers"]
-    containers.add_argument("--host", required=True)
+    containers.add_argument("--label", action="append", required=True,
+                            help="a label filter of the containers to guard (all must match); repeated")
     containers.add_argument("--agent-id", required=True)
     containers.add_argument("--agent-pid", type=int, required=True)
     containers.add_argument("--docker-host", default="")
