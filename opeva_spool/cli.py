@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict
@@ -22,6 +22,7 @@ log = logging.getLogger("opeva_spool")
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 CLIENT_TIMEOUT_SECONDS = 30
 MASK = "***"
+SIGNAL_POLL_SECONDS = 0.2  # how soon the agent command notices a stop signal
 # Exit statuses besides 0.
 EXIT_ERROR_ANSWER = 1  # the server answered with an error
 EXIT_REFUSED = 2  # bad settings or arguments, or the command refused to act (argparse uses 2 as well)
@@ -37,7 +38,8 @@ def _settings(args, **extra):
 
 
 def _stop_on_signals(stop):
-    """SIGTERM (systemctl stop) and SIGINT (Ctrl-C) call ``stop``, which must be signal-safe."""
+    """SIGTERM (systemctl stop) and SIGINT (Ctrl-C) call ``stop``, which must be signal-safe: it
+    must take no lock, since the next signal can interrupt it and run it again in the same thread."""
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop())
 
@@ -64,12 +66,13 @@ def cmd_agent(args):
     from .spool import Spool
 
     settings = _settings(args, host=args.host, runtime=args.runtime)
-    done = threading.Event()
-    _stop_on_signals(done.set)
+    stop_requested = []  # appended to by the handler: no lock taken (see _stop_on_signals)
+    _stop_on_signals(lambda: stop_requested.append(True))
     agent = Agent(settings, Spool(settings.shared_root), make_runtime(settings)).start()
     signal.signal(signal.SIGUSR1, lambda *_: agent.drain())
     log.info("agent %s working for host %s with the %s runtime", agent.agent_id, agent.host, agent.runtime.name)
-    done.wait()
+    while not stop_requested:
+        time.sleep(SIGNAL_POLL_SECONDS)
     log.info("agent %s shutting down", agent.agent_id)
     agent.shutdown(timeout=settings.stop_grace + 5)
     return 0

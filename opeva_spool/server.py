@@ -73,7 +73,9 @@ class Server:
         self.stopping = threading.Event()
         self.nudge = threading.Event()
         self._maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
-        self._shutdown = threading.Event()
+        # A plain flag, not an Event: shutdown() runs in signal handlers, and Event.set takes a lock
+        # that the handler of an earlier signal, interrupted inside Event.set, may be holding.
+        self._shutdown_requested = False
         self._httpd = None
         self.streams = None  # the StreamGate, once listening
 
@@ -203,15 +205,16 @@ class Server:
         httpd = self._httpd
         log.info("serving on http://%s:%s, shared root %s", self.settings.bind, httpd.effective_port, self.spool.root)
         try:
-            while not self._shutdown.is_set():
+            while not self._shutdown_requested:
                 self._loop_once(httpd, httpd.adj.asyncore_loop_timeout)
         finally:
             self._close_http(httpd)
             self.close()
 
     def shutdown(self):
-        """Make ``serve_forever`` return. Safe in a signal handler: it sets a flag and writes to a pipe."""
-        self._shutdown.set()
+        """Make ``serve_forever`` return. Safe in a signal handler, also one interrupting another:
+        it takes no lock, only sets a flag and writes to a pipe."""
+        self._shutdown_requested = True
         # The loop may sit in poll(); the trigger's pipe wakes it (a bare os.write, no lock taken).
         # Once stopping is set the loop has returned, and the trigger may be closed already.
         if self._httpd is not None and not self.stopping.is_set():

@@ -221,6 +221,9 @@ def test_restarted_docker_agent_removes_the_container_of_a_superseded_attempt(se
     command = ["sh", "-c", 'echo "attempt $OPEVA_ATTEMPT"; sleep $(( OPEVA_ATTEMPT == 1 ? 60 : 1 ))']
     job_id = submit(server, host, command, max_retries=1)
     wait_status(server, job_id, "running", host=host)
+    logs = share / "root" / "jobs" / job_id / "logs"
+    # Killed once its copier has the first line: what attempt 1 printed by then is its log.
+    wait_for(lambda: (logs / f"{job_id}.log").read_text() == "attempt 1\n", message="attempt 1's output copied")
     agent.kill()
     agent.wait()
     # Nobody else serves this host: the server requeues the job as attempt 2 and it waits.
@@ -231,6 +234,5 @@ def test_restarted_docker_agent_removes_the_container_of_a_superseded_attempt(se
     wait_status(server, job_id, "finished", timeout=10, attempt=2)
     names = [c.name for c in docker_engine[1].containers.list(all=True, filters={"label": f"opeva.host={host}"})]
     assert container_name(job_id, 1) not in names
-    logs = share / "root" / "jobs" / job_id / "logs"
     assert (logs / f"{job_id}.attempt-1.log").read_text() == "attempt 1\n"
     assert (logs / f"{job_id}.log").read_text() == "attempt 2\n"

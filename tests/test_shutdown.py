@@ -121,3 +121,22 @@ def test_two_serve_on_different_roots_run_side_by_side(tmp_path):
     finally:
         stop(first)
     assert first.returncode == 0 and second.returncode == 0
+
+
+@pytest.mark.parametrize("command", ["serve", "agent"])
+def test_a_burst_of_signals_still_stops_with_exit_0(command, tmp_path):
+    """Ctrl-C pressed twice, systemd's SIGTERM beside a wrapper's: a handler interrupted by the next signal
+    must not deadlock (a lock taken in a handler is held by the handler it interrupted)."""
+    root = tmp_path / "share"
+    server, _ = start_server(root, tmp_path, hosts="gpu-a")
+    proc = server if command == "serve" else start_agent(root, tmp_path, "gpu-a")
+    # Up, with its handlers installed: its heartbeat is on the share.
+    wait_for(lambda: os.path.exists(Spool(str(root)).heartbeat_path("gpu-a" if command == "agent" else "local")),
+             message=f"{command} up")
+    try:
+        for _ in range(200):
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        stop(proc, signal.SIGKILL)
+        stop(server)
