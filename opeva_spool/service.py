@@ -5,16 +5,21 @@ below, and every change goes through the spool protocol, then into the index so 
 caller reads its own write.
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterator
 
 from . import fsio, jobs, names
 from .configs import ConfigStore, WriteMode
 from .exceptions import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from .index import JobIndex
 from .jobs import JobConfig
-from .spool import DONE, QUEUED, Location
+from .settings import Settings
+from .spool import DONE, QUEUED, Entry, JobStatus, Location, Spool
 from .states import JobState, check_transition
 
 LOG_CHUNK = 64 * 1024
@@ -27,7 +32,8 @@ IMAGE_ENDINGS = {"completed": JobState.FINISHED, "failed": JobState.FAILED}
 MAX_DELETE_TRIES = 20
 
 class JobService:
-    def __init__(self, settings, spool, index, on_publish=None):
+    def __init__(self, settings: Settings, spool: Spool, index: JobIndex,
+                 on_publish: Callable[[Entry], None] | None = None) -> None:
         self.settings = settings
         self.spool = spool
         self.index = index
@@ -35,7 +41,7 @@ class JobService:
         self.on_publish = on_publish or (lambda entry: None)
         self._hosts, self._hosts_at = (), None
 
-    def known_hosts(self, target=None):
+    def known_hosts(self, target: str | None = None) -> tuple[str, ...]:
         """Configured hosts and those with a running/ on the share, listed at most every second
         (and at once when ``target`` is not among them: a new agent is known immediately)."""
         now = time.monotonic()
@@ -100,14 +106,14 @@ class JobService:
 
     # ----- look-ups -----------------------------------------------------------------------
 
-    def lookup(self, job_id):
+    def lookup(self, job_id: str) -> JobStatus:
         """The job's JobStatus (entry, location, state, host); 404 if there is no such job."""
         job = self.index.get(names.job_id(job_id))
         if job is None:
             raise _no_such_job(job_id)
         return self.index.status_of(job)
 
-    def status(self, job_id):
+    def status(self, job_id: str) -> dict:
         job = self.lookup(job_id)
         return {
             "job_id": job.entry.job_id,
@@ -118,7 +124,7 @@ class JobService:
             "priority": job.entry.priority,
         }
 
-    def job_info(self, job_id):
+    def job_info(self, job_id: str) -> dict:
         """job_info.json (which the training image merges into) plus what the owner recorded."""
         job = self.lookup(job_id)
         folder = self.spool.folder(job.entry.job_id)
@@ -136,7 +142,7 @@ class JobService:
                     started_at=attempt.get("started_at"), ended_at=attempt.get("ended_at"))
         return info
 
-    def result(self, job_id):
+    def result(self, job_id: str) -> dict:
         job = self.lookup(job_id)
         folder = self.spool.folder(job.entry.job_id)
         result = self._job_json(folder, folder.result)
@@ -144,7 +150,7 @@ class JobService:
             return self._as_ended(job, result, folder.result)
         return result if result is not None else {"status": "pending", "message": "Result not ready yet."}
 
-    def progress(self, job_id):
+    def progress(self, job_id: str) -> dict:
         job = self.lookup(job_id)
         folder = self.spool.folder(job.entry.job_id)
         progress = self._job_json(folder, folder.progress)
@@ -190,7 +196,8 @@ class JobService:
             reason = exc.strerror or str(exc)
             raise Unavailable(f"cannot read {shown}: {reason}", path=shown, reason=reason) from None
 
-    def list_jobs(self, status=None, host=None, limit=100, cursor=None, offset=0):
+    def list_jobs(self, status: str | None = None, host: str | None = None, limit: int = 100,
+                  cursor: str | None = None, offset: int = 0) -> tuple[list[dict], str | None, int | None]:
         state = None
         if status:
             try:
@@ -220,7 +227,7 @@ class JobService:
 
     # ----- changes ------------------------------------------------------------------------
 
-    def stop(self, job_id, by=""):
+    def stop(self, job_id: str, by: str = "") -> dict:
         """Cancel a queued job at once; ask the owner of a running one to stop it."""
         job = self.lookup(job_id)
         if job.state == JobState.QUEUED:
@@ -236,7 +243,7 @@ class JobService:
                 "status": job.state.value,
                 "stop_requested": True}
 
-    def delete(self, job_id, force=False):
+    def delete(self, job_id: str, force: bool = False) -> dict:
         """Remove a job's entry and folder; a running job only with ``force``.
 
         The entry's rename into the trash decides: of concurrent deletes exactly one's
@@ -273,7 +280,7 @@ class JobService:
 
     # ----- logs ---------------------------------------------------------------------------
 
-    def log_path(self, job_id):
+    def log_path(self, job_id: str) -> tuple[JobStatus, str]:
         """The job and its log's path, once a log that cannot be served got its 403/503: a
         stream cannot answer with an error after it has begun."""
         job = self.lookup(job_id)
@@ -284,7 +291,8 @@ class JobService:
             handle.close()
         return job, folder.log
 
-    def log_stream(self, job_id, tail=None, follow=False, gone=None):
+    def log_stream(self, job_id: str, tail: int | None = None, follow: bool = False,
+                   gone: Callable[[], bool] | None = None) -> Iterator[bytes]:
         """Chunks of the job's log: all of it or its last ``tail`` lines, then (follow) new ones until
         the job ends or ``gone()`` says the reader left (checked at every poll for new lines)."""
         job, path = self.log_path(job_id)
