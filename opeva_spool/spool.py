@@ -247,9 +247,6 @@ class Spool:
             return (self.read_attempt(entry) or {}).get("host") or entry.target
         return entry.target
 
-    def status_at(self, location: Location, entry: Entry, ran_on: str | None = None) -> JobStatus:
-        return JobStatus(entry, location, self.state_at(location, entry), self.host_at(location, entry, ran_on))
-
     # ----- publish ------------------------------------------------------------------------
 
     def publish(self, spec: JobSpec, config: bytes | None = None) -> Entry:

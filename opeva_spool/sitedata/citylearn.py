@@ -33,7 +33,6 @@ BUILDING_DEFAULTS = {
     "heating_demand": 0.0,
     "solar_generation": 0.0,
 }
-CALENDAR_COLUMNS = ("month", "hour", "minutes", "day_type", "daylight_savings_status")
 
 # Site-wide files: measured columns, their defaults when the site has none, and file names.
 SHARED_FILES = {
