@@ -26,6 +26,10 @@ LOG_CHUNK = 64 * 1024
 FOLLOW_POLL_SECONDS = 0.25
 # Listing spool/ for host names on every submission costs more than the submission's fsync.
 KNOWN_HOSTS_TTL = 1.0
+# Followers of one job share one look at whether it ended (a stat and its attempt record) per
+# this long, instead of one each per poll: 200 followers would otherwise cost 800 looks a second.
+ENDED_CHECK_TTL = 0.5
+ENDED_CACHE_LIMIT = 1024
 # The image's words for an ended run in the "status" of result.json and progress.json.
 IMAGE_ENDINGS = {"completed": JobState.FINISHED, "failed": JobState.FAILED}
 # A delete retries after its entry moved (claim, end, requeue): a job makes few moves, so this is plenty.
@@ -40,6 +44,7 @@ class JobService:
         self.configs = ConfigStore(spool.configs_dir)
         self.on_publish = on_publish or (lambda entry: None)
         self._hosts, self._hosts_at = (), None
+        self._ended_seen = {}  # job id -> (monotonic time, ended); see ENDED_CHECK_TTL
 
     def known_hosts(self, target: str | None = None) -> tuple[str, ...]:
         """Configured hosts and those with a running/ on the share, listed at most every second
@@ -299,8 +304,18 @@ class JobService:
         return _stream_log(path, tail, follow, lambda: self._ended(job.entry.job_id), gone or _never)
 
     def _ended(self, job_id):
+        now = time.monotonic()
+        seen = self._ended_seen.get(job_id)
+        if seen is not None and now - seen[0] < ENDED_CHECK_TTL:
+            return seen[1]
         job = self.index.get(job_id)
-        return job is None or self.index.state_of(job).terminal
+        ended = job is None or self.index.state_of(job).terminal
+        # Race: two followers may both look and both store; the answers agree, and dict
+        # operations are atomic, so no lock is needed. The cache only ever holds recent looks.
+        if len(self._ended_seen) >= ENDED_CACHE_LIMIT:
+            self._ended_seen.clear()
+        self._ended_seen[job_id] = (now, ended)
+        return ended
 
 
 def _no_such_job(job_id):
