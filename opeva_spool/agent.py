@@ -27,8 +27,8 @@ from .watching import DirectoryWatcher
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2  # how often a runner checks its execution and stop requests
-# The job's config as submitted: jobs/<id>/config.yaml, written at submission; the job runs from it,
-# so editing configs/<name> later changes no queued job.
+
+
 class HostPresence:
     """One agent per shared root and host name on a machine, held for the agent's lifetime.
 

@@ -78,14 +78,14 @@ class ConfigStore:
             raise _too_deep(source) from None
         if not isinstance(config, dict):
             raise BadRequest(f"{source} must be a YAML mapping")
-        if _depth(config) > MAX_CONFIG_DEPTH:
+        if nesting_depth(config) > MAX_CONFIG_DEPTH:
             raise _too_deep(source)
         return config
 
     @staticmethod
     def serialise(config: dict, source: str = "config") -> str:
         """YAML text for a config given as a JSON object; 400 if it nests too deeply to write."""
-        if _depth(config) > MAX_CONFIG_DEPTH:
+        if nesting_depth(config) > MAX_CONFIG_DEPTH:
             raise _too_deep(source)
         return yaml.safe_dump(config, sort_keys=False)
 
@@ -275,7 +275,7 @@ def _too_deep(source):
     return BadRequest(f"{source} nests deeper than {MAX_CONFIG_DEPTH} levels")
 
 
-def _depth(value):
+def nesting_depth(value: object) -> float:
     """How deep lists and mappings nest in ``value``; a cycle (a YAML alias can make one) is infinite.
 
     Iterative, so measuring cannot exhaust the stack itself, and each container is measured

@@ -148,20 +148,21 @@ class JobService:
         return info
 
     def result(self, job_id: str) -> dict:
-        job = self.lookup(job_id)
-        folder = self.spool.folder(job.entry.job_id)
-        result = self._job_json(folder, folder.result)
-        if job.state.terminal:
-            return self._as_ended(job, result, folder.result)
-        return result if result is not None else {"status": "pending", "message": "Result not ready yet."}
+        return self._output(job_id, "result", {"status": "pending", "message": "Result not ready yet."})
 
     def progress(self, job_id: str) -> dict:
+        return self._output(job_id, "progress", {"progress": "No updates yet."})
+
+    def _output(self, job_id, name, not_yet):
+        """The job's result.json or progress.json (``name``: its JobFolder attribute): as written while
+        the job runs (``not_yet`` until there is one), as ended once it has (``_as_ended``)."""
         job = self.lookup(job_id)
         folder = self.spool.folder(job.entry.job_id)
-        progress = self._job_json(folder, folder.progress)
+        path = getattr(folder, name)
+        doc = self._job_json(folder, path)
         if job.state.terminal:
-            return self._as_ended(job, progress, folder.progress)
-        return progress if progress is not None else {"progress": "No updates yet."}
+            return self._as_ended(job, doc, path)
+        return doc if doc is not None else not_yet
 
     def _as_ended(self, job, doc, path):
         """An ended job's result or progress: the file as written if its ``status`` tells this

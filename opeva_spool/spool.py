@@ -508,9 +508,9 @@ class Spool:
 
     def rejected_summary(self, limit: int = 5) -> dict:
         """How many things were set aside into rejected/, and the newest few names (for /health)."""
-        names = fsio.listdir(self.rejected_dir)
-        names.sort(key=lambda name: fsio.age(os.path.join(self.rejected_dir, name)))
-        return {"count": len(names), "newest": names[:limit]}
+        rejected = fsio.listdir(self.rejected_dir)
+        rejected.sort(key=lambda name: fsio.age(os.path.join(self.rejected_dir, name)))
+        return {"count": len(rejected), "newest": rejected[:limit]}
 
     def reject_unreadable_queued(self, min_age: float = UNREADABLE_ENTRY_SETTLE_SECONDS) -> list[Entry]:
         """Set aside the entries in queued/ that cannot be read as their job's spec; returns them.
@@ -581,7 +581,7 @@ class Spool:
                     handle.write(b"ok")
             finally:  # also when the write failed (a full disk): leave no probe behind
                 if os.path.lexists(probe):
-                    os.unlink(probe)
+                    os.unlink(probe)  # not unlink_quietly: a probe that cannot be removed is a failure too
         except OSError as exc:
             return f"the shared root is not writable: {exc}"
         return None

@@ -15,6 +15,7 @@ from types import ModuleType
 
 import bottle
 
+from ..configs import nesting_depth
 from ..exceptions import BadRequest, PayloadTooLarge, SpoolError, Unauthorized
 from ..hosts import LivenessMonitor
 from ..index import JobIndex
@@ -85,23 +86,9 @@ def json_body() -> dict:
         raise BadRequest(TOO_DEEP) from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
-    if _deeper_than(body, MAX_BODY_DEPTH):
+    if nesting_depth(body) > MAX_BODY_DEPTH:  # measured without recursion
         raise BadRequest(TOO_DEEP)
     return body
-
-
-def _deeper_than(value: object, limit: int) -> bool:
-    """Whether containers nest more than ``limit`` levels in ``value`` (a loop: no recursion to overflow)."""
-    pending = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        pending.extend((child, depth + 1) for child in children)
-    return False
 
 
 def query_int(name: str, default: int | None, minimum: int, maximum: int) -> int | None:
