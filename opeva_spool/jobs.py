@@ -213,6 +213,12 @@ class JobFolder:
         self.job_id = job_id
         self.path = os.path.join(jobs_dir, job_id)
 
+    @classmethod
+    def of_log(cls, log_path):
+        """The folder whose ``log`` is ``log_path`` (runtimes and streams get the log's path alone)."""
+        folder = os.path.dirname(os.path.dirname(log_path))
+        return cls(os.path.dirname(folder), os.path.basename(folder))
+
     @property
     def job_info(self):
         return os.path.join(self.path, "job_info.json")

@@ -17,7 +17,7 @@ from . import fsio, jobs, names
 from .configs import ConfigStore, WriteMode
 from .exceptions import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from .index import JobIndex
-from .jobs import JobConfig
+from .jobs import JobConfig, JobFolder
 from .settings import Settings
 from .spool import DONE, QUEUED, Entry, JobStatus, Location, Spool
 from .states import JobState, check_transition
@@ -361,7 +361,7 @@ def _open_or_none(path):
     answered 403 for it before the stream began, and one planted later is never served
     (raising here would only cut the stream short with a traceback)."""
     try:
-        return fsio.open_inside(path, os.path.dirname(os.path.dirname(path)))
+        return fsio.open_inside(path, JobFolder.of_log(path).path)
     except fsio.Refused:
         return None
 

@@ -10,7 +10,6 @@ also owns what a job runs when its spec names no command (``default_command``).
 from __future__ import annotations
 
 import abc
-import os
 import shlex
 import subprocess
 import time
@@ -18,13 +17,14 @@ from dataclasses import dataclass
 
 from .. import fsio
 from ..exceptions import RuntimeFailure
+from ..jobs import JobFolder
 from ..states import EndReason
 
 
 def open_log(log_path: str):
     """The job's log (``jobs/<id>/logs/<id>.log``) opened for appending, never through a link
     the job planted there (an OSError instead): runtimes write it as the agent's user."""
-    return fsio.append_inside(log_path, os.path.dirname(os.path.dirname(log_path)))
+    return fsio.append_inside(log_path, JobFolder.of_log(log_path).path)
 
 @dataclass
 class Lease:

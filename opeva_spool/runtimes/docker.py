@@ -263,8 +263,7 @@ class DockerRuntime(Runtime):
         labels = {
             LABEL_JOB: launch.job_id,
             LABEL_ATTEMPT: str(launch.attempt),
-            LABEL_HOST: launch.host,
-            LABEL_ROOT: locks.root_digest(self.settings.shared_root),
+            **self.owner_labels(launch.host),
             LABEL_LOG_PATH: launch.log_path,
             LABEL_LOG_OFFSET: str(log_offset),
         }
@@ -340,21 +339,25 @@ class DockerRuntime(Runtime):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_parent, env.get("PYTHONPATH"))))
         argv = [sys.executable, "-m", "opeva_spool.runtimes.guard", "containers",
                 "--heartbeat", lease.heartbeat_path, "--lease", str(lease.seconds), "--grace", str(lease.grace),
-                *(arg for label in self.owner_labels(host) for arg in ("--label", label)),
+                *(arg for label in self.owner_filters(host) for arg in ("--label", label)),
                 "--agent-id", lease.agent_id, "--agent-pid", str(os.getpid()),
                 "--docker-host", self.settings.docker_host or os.environ.get("DOCKER_HOST", "")]
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
-    def owner_labels(self, host: str) -> list[str]:
-        """The label filters (all must match) of the containers this deployment runs for ``host``."""
-        return [f"{LABEL_HOST}={host}", f"{LABEL_ROOT}={locks.root_digest(self.settings.shared_root)}"]
+    def owner_labels(self, host: str) -> dict[str, str]:
+        """The labels that mark the containers this deployment runs for ``host``."""
+        return {LABEL_HOST: host, LABEL_ROOT: locks.root_digest(self.settings.shared_root)}
+
+    def owner_filters(self, host: str) -> list[str]:
+        """``owner_labels`` as engine label filters (all must match)."""
+        return [f"{name}={value}" for name, value in self.owner_labels(host).items()]
 
     def adopt(self, host: str, current: set[tuple[str, int]] | None = None) -> dict[tuple[str, int], DockerExecution]:
         found = {}
         try:
             # ignore_removed: a container removed between the listing and its inspection is skipped.
             containers = self._engine().containers.list(
-                all=True, filters={"label": self.owner_labels(host)}, ignore_removed=True
+                all=True, filters={"label": self.owner_filters(host)}, ignore_removed=True
             )
         except ENGINE_ERRORS as exc:
             # Not {}: that would make the agent fail jobs whose containers may well be running.

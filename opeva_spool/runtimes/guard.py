@@ -20,9 +20,9 @@ Two forms:
 ``python -m opeva_spool.runtimes.guard containers --heartbeat F --lease S --grace G``
 ``    --label opeva.host=H --label opeva.root=D --agent-id A --agent-pid P [--docker-host URL]``
     One per Docker agent, in its own session. Kills every container carrying all the
-    labels (this deployment's containers for host H) when the lease lapses. It exits when a successor agent's
-    heartbeat appears (that agent runs its own guard), or when its agent is dead and
-    nothing of this host runs any more.
+    labels (this deployment's containers for host H) when the lease lapses. It exits when
+    a successor agent's heartbeat appears (that agent runs its own guard), or when its
+    agent is dead and nothing of this host runs any more.
 """
 
 import argparse
