@@ -1,32 +1,59 @@
-"""The ``opeva-spool`` command: serve, agent, submit, status, drain, settings."""
+"""The ``opeva-spool`` command: the server and agent (serve, agent, drain, settings), and client commands
+for every verb of the HTTP API (submit, jobs, show, logs, progress, result, stop, delete, resubmit, hosts,
+configs, datasets, status). See docs/cli.md."""
 
 import argparse
-import http.client
+import datetime as dt
+import getpass
 import json
 import logging
 import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import yaml
+from rich import box
+from rich.console import Console
+from rich.json import JSON
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from .client import (
+    EXIT_ERROR_ANSWER,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    Client,
+    ClientError,
+    ServerRefused,
+    default_config_path,
+    resolve,
+    write_config_file,
+)
 from .exceptions import BadRequest, SpoolError
 from .jobs import EMBEDDED_HOST
 from .settings import Settings, load_settings, settings_markdown
 
 log = logging.getLogger("opeva_spool")
 
-DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
-CLIENT_TIMEOUT_SECONDS = 30
 MASK = "***"
 SIGNAL_POLL_SECONDS = 0.2  # how soon the agent command notices a stop signal
-# Exit statuses besides 0.
-EXIT_ERROR_ANSWER = 1  # the server answered with an error
-EXIT_REFUSED = 2  # bad settings or arguments, or the command refused to act (argparse uses 2 as well)
-EXIT_UNREACHABLE = 3  # the server could not be reached
+EXIT_BROKEN_PIPE = 141  # the reader of our output left (| head), as a shell reports SIGPIPE
+WATCH_SECONDS = 2.0  # jobs --watch refresh
+POLL_SECONDS = 0.5  # progress and datasets build --wait
+PIPE_WIDTH = 250  # rich's width when stdout is no terminal: tables keep their natural width, unwrapped
+TERMINAL_STATES = ("finished", "failed", "stopped", "canceled")
+STATUS_STYLES = {"queued": "cyan", "dispatched": "blue", "running": "bold yellow", "finished": "green",
+                 "failed": "bold red", "stopped": "magenta", "canceled": "dim"}
+HOST_STYLES = {"online": "green", "suspect": "yellow", "offline": "red"}
+DATASET_STYLES = {"building": "yellow", "ready": "green", "failed": "bold red"}
 
 
 def _settings(args, **extra):
@@ -98,41 +125,6 @@ def cmd_drain(args):
     return 0
 
 
-def _http(args, method, path, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    url = args.server.rstrip("/") + path
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    if args.token:
-        request.add_header("Authorization", f"Bearer {args.token}")
-    try:
-        with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT_SECONDS) as response:
-            print(response.read().decode())
-            return 0
-    except urllib.error.HTTPError as err:
-        print(err.read().decode(), file=sys.stderr)
-        return EXIT_ERROR_ANSWER
-    except urllib.error.URLError as err:
-        reason = err.reason
-    except (OSError, http.client.HTTPException, ValueError) as err:  # timeouts, resets, a malformed URL
-        reason = err
-    print(f"opeva-spool: cannot reach the server at {args.server}: {reason}", file=sys.stderr)
-    return EXIT_UNREACHABLE
-
-
-def cmd_submit(args):
-    body = {"config_path": args.config_path, "target_host": args.target_host, "priority": args.priority}
-    if args.command_line:
-        body["command"] = args.command_line
-    if args.job_name:
-        body["job_name"] = args.job_name
-    return _http(args, "POST", "/run-simulation", body)
-
-
-def cmd_status(args):
-    return _http(args, "GET", f"/status/{args.job_id}")
-
-
 def mask_uri_password(uri):
     """``uri`` with the password of its user info replaced by ``***`` (the rest kept as it is)."""
     parts = urlsplit(uri)
@@ -162,19 +154,546 @@ def _from_setting(text, name):
     return f"{text} (default: the {name} setting, $OPEVA_{name.upper()}, else {default})"
 
 
-def parser():
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="YAML settings file (default: $OPEVA_CONFIG, else none)")
-    common.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
-    top = argparse.ArgumentParser(
-        prog="opeva-spool", description="Filesystem-native job spooler for OPEVA.",
-        epilog=f"exit status: 0 done, {EXIT_ERROR_ANSWER} the server answered an error, {EXIT_REFUSED} bad "
-               f"arguments or settings or refused, {EXIT_UNREACHABLE} the server could not be reached")
-    sub = top.add_subparsers(dest="command", required=True)
 
-    def command(name, func, text):
-        command_parser = sub.add_parser(name, parents=[common], help=text, description=text)
+# ----- client commands: output --------------------------------------------------------------------
+
+def console() -> Console:
+    """stdout through rich: no escape codes unless it is a terminal (rich checks), no wrapping when piped,
+    and text shown as given (no markup or highlighting read into job names and logs)."""
+    return Console(markup=False, highlight=False, emoji=False,
+                   width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH)
+
+
+def print_json(doc) -> None:
+    print(json.dumps(doc, indent=2))
+
+
+def styled(value, styles) -> Text:
+    return Text(str(value or "-"), style=styles.get(value, ""))
+
+
+def parse_time(text) -> dt.datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:  # Python 3.10 reads no "Z"
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def span(seconds: float | None) -> str:
+    """A duration the way a table shows it: 45s, 12m05s, 3h07m, 2d04h."""
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}{seconds % size // sub_size:02d}{sub}"
+    return f"{seconds}s"
+
+
+def since(start, end=None) -> float | None:
+    start, end = parse_time(start), parse_time(end) or dt.datetime.now(dt.timezone.utc)
+    return (end - start).total_seconds() if start else None
+
+
+def percent(value) -> str:
+    return f"{value:.0f}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    grid = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
+    for name in columns:
+        grid.add_column(name, no_wrap=name in ("id", "job", "name"), overflow="fold")
+    return grid
+
+
+def job_field(item: dict, key: str):
+    """A /jobs item's field; an older server has it only inside ``job_info``."""
+    value = item.get(key)
+    return value if value is not None else (item.get("job_info") or {}).get(key)
+
+
+def jobs_table(items: list, total: str | None = None) -> Table:
+    title = f"{len(items)} job(s)" + (f" of {total}" if total and total != str(len(items)) else "")
+    grid = table("id", "name", "status", "host", "submitter", "progress", "age", "duration", title=title)
+    for item in items:
+        started, ended = job_field(item, "started_at"), job_field(item, "ended_at")
+        grid.add_row(item["job_id"], job_field(item, "job_name") or "-", styled(item.get("status"), STATUS_STYLES),
+                     item.get("host") or "-", job_field(item, "submitted_by") or "-",
+                     percent(item.get("progress_pct")), span(since(job_field(item, "submitted_at"))),
+                     span(since(started, ended)) if started else "-")
+    return grid
+
+
+def key_values(rows, title=None) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.title = title
+    grid.add_column(style="bold")
+    grid.add_column()
+    for key, value in rows:
+        if value is not None and value != "":
+            grid.add_row(key, value if isinstance(value, Text) else str(value))
+    return grid
+
+
+def job_path(route: str, job_id: str) -> str:
+    return f"/{route}/{quote(job_id, safe='')}"
+
+
+# ----- client commands ------------------------------------------------------------------------------
+
+def client_of(args) -> Client:
+    return Client(resolve(args.server, args.token, args.client_config))
+
+
+def read_yaml_file(path: str) -> dict:
+    """A local YAML mapping (a config to submit inline); refused locally (exit 2) when it is not one."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise BadRequest(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"{path} must hold a YAML mapping (an experiment config)")
+    return data
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """``config`` with each ``key.path=value`` set; the value is read as YAML (3 is a number, true a bool)."""
+    for override in overrides:
+        path, equals, raw = override.partition("=")
+        keys = path.split(".")
+        if not equals or not all(keys):
+            raise BadRequest(f"-s wants key.path=value, not {override!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw  # not YAML (e.g. "a: b: c"): the text as it is
+        node = config
+        for depth, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise BadRequest(f"-s {override}: {'.'.join(keys[:depth + 1])} is not a mapping")
+            node = child
+        node[keys[-1]] = value
+    return config
+
+
+def gpus(value: str):
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', not {value!r}") from None
+
+
+def env_pair(value: str) -> tuple[str, str]:
+    name, equals, text = value.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {value!r}")
+    return name, text
+
+
+def cmd_submit(args):
+    client = client_of(args)
+    body = {"target_host": args.target_host, "priority": args.priority, "submitted_by": args.submitted_by}
+    for key, value in (("command", args.command_line), ("job_name", args.job_name), ("image", args.image),
+                       ("gpus", args.gpus), ("max_retries", args.max_retries)):
+        if value is not None:
+            body[key] = value
+    if args.env:
+        body["env"] = dict(args.env)
+    if args.config_path and os.path.isfile(args.config_path):  # a local file: sent inline
+        body["config"] = apply_overrides(read_yaml_file(args.config_path), args.set)
+    elif args.config_path and args.set:  # a config on the share, changed here: sent inline
+        name = args.config_path.removeprefix("configs/")
+        body["config"] = apply_overrides(client.get(job_path("experiment-configs", name))["config"], args.set)
+    elif args.config_path:
+        body["config_path"] = args.config_path
+    elif args.set:
+        raise BadRequest("-s changes a config: give the config to submit")
+    answer = client.post("/run-simulation", body)
+    if args.json:
+        print_json(answer)
+    elif args.quiet:
+        print(answer["job_id"])
+    else:
+        console().print(f"job {answer['job_id']} {answer.get('status', 'queued')} for {answer.get('host')}"
+                        f" (name {answer.get('job_name') or '-'}, config {answer.get('config_path') or '-'})")
+    if not args.follow:
+        return EXIT_OK
+    sys.stdout.flush()
+    return follow_to_end(client, answer["job_id"], sys.stderr if args.json or args.quiet else sys.stdout)
+
+
+def follow_to_end(client: Client, job_id: str, notes) -> int:
+    """Stream the job's log until the job ends; 0 when it finished, 1 otherwise."""
+    write_chunks(client.stream(job_path("logs", job_id), follow=True))
+    status = client.get(job_path("status", job_id))["status"]
+    if status not in TERMINAL_STATES:
+        raise ClientError(f"the log stream ended before job {job_id} did (it is {status}); "
+                          f"'opeva-spool logs -f {job_id}' follows it again")
+    print(f"job {job_id} {status}", file=notes)
+    return EXIT_OK if status == "finished" else EXIT_ERROR_ANSWER
+
+
+def write_chunks(chunks) -> None:
+    """Bytes to stdout as they come: each chunk flushed, so a follower sees a line as soon as it is served."""
+    out = sys.stdout.buffer
+    for chunk in chunks:
+        out.write(chunk)
+        out.flush()
+
+
+def cmd_status(args):
+    print_json(client_of(args).get(job_path("status", args.job_id)))
+    return EXIT_OK
+
+
+def jobs_query(args) -> dict:
+    return {"status": args.status, "host": args.host, "submitter": args.submitter, "q": args.search,
+            "limit": args.limit}
+
+
+def cmd_jobs(args):
+    client = client_of(args)
+
+    def fetch():
+        answer = client.call("GET", "/jobs", jobs_query(args))
+        return answer.json(), answer.headers.get("x-total-count")
+
+    if args.json:
+        print_json(fetch()[0])
+        return EXIT_OK
+    out = console()
+    if not args.watch:
+        out.print(jobs_table(*fetch()))
+        return EXIT_OK
+    with Live(jobs_table(*fetch()), console=out, auto_refresh=False) as live:
+        while True:  # until Ctrl-C
+            time.sleep(args.interval)
+            live.update(jobs_table(*fetch()), refresh=True)
+
+
+def cmd_show(args):
+    client = client_of(args)
+    info = client.get(job_path("job-info", args.job_id))
+    if args.json:
+        print_json(info)
+        return EXIT_OK
+    progress = client.get(job_path("progress", args.job_id))
+    command = info.get("command")
+    out = console()
+    out.print(key_values([
+        ("job", info.get("job_id")), ("name", info.get("job_name")),
+        ("status", styled(info.get("status"), STATUS_STYLES)), ("host", info.get("host")),
+        ("target", info.get("target_host")), ("priority", info.get("priority")), ("attempt", info.get("attempt")),
+        ("progress", percent(progress.get("progress_pct"))), ("submitter", info.get("submitted_by")),
+        ("submitted", info.get("submitted_at")), ("started", info.get("started_at")),
+        ("ended", info.get("ended_at")), ("exit code", info.get("exit_code")), ("reason", info.get("reason")),
+        ("config", info.get("config_path")), ("image", info.get("image")),
+        ("command", " ".join(command) if isinstance(command, list) else command),
+        ("gpus", info.get("gpus") or None), ("container", info.get("container_name")),
+    ]))
+    attempts = info.get("attempts") or []
+    if attempts:
+        grid = table("attempt", "host", "state", "started", "ended", "exit code", "reason", title="attempts")
+        for attempt in attempts:
+            grid.add_row(*(str(attempt.get(key) if attempt.get(key) is not None else "-")
+                           for key in ("attempt", "host", "state", "started_at", "ended_at", "exit_code", "reason")))
+        out.print(grid)
+    return EXIT_OK
+
+
+def cmd_logs(args):
+    write_chunks(client_of(args).stream(job_path("logs", args.job_id), follow=args.follow, tail=args.tail,
+                                        attempt=args.attempt))
+    return EXIT_OK
+
+
+def progress_line(status: str, progress: dict) -> str:
+    """What the job says about where it is: its status and episode/step counters when it writes them."""
+    parts = [status]
+    for key in ("episode", "step"):
+        if progress.get(key) is not None and progress.get(f"{key}_total") is not None:
+            parts.append(f"{key} {progress[key]}/{progress[f'{key}_total']}")
+    return " ".join(parts)
+
+
+def cmd_progress(args):
+    client = client_of(args)
+    if args.json:
+        print_json(client.get(job_path("progress", args.job_id)))
+        return EXIT_OK
+
+    def look():
+        status = client.get(job_path("status", args.job_id))["status"]
+        progress = client.get(job_path("progress", args.job_id))
+        pct = progress.get("progress_pct")
+        return status, progress, pct if isinstance(pct, (int, float)) and not isinstance(pct, bool) else None
+
+    status = watch_progress(look, f"job {args.job_id}", lambda status: status in TERMINAL_STATES)
+    return EXIT_OK if status == "finished" else EXIT_ERROR_ANSWER
+
+
+def watch_progress(look, name: str, ended) -> str:
+    """Poll ``look()`` -> (state, document, percent or None) until ``ended(state)``; show it as a rich bar
+    on a terminal, else as one line per change. The last state."""
+    out = console()
+    state, doc, pct = look()
+    if not out.is_terminal:
+        shown = None
+        while True:
+            line = f"{name}: {percent(pct)} {progress_line(state, doc)}"
+            if line != shown:
+                print(line, flush=True)
+                shown = line
+            if ended(state):
+                return state
+            time.sleep(POLL_SECONDS)
+            state, doc, pct = look()
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=out) as bar:
+        task = bar.add_task(name, total=100)
+        while True:
+            bar.update(task, completed=pct or 0, description=f"{name} {progress_line(state, doc)}")
+            if ended(state):
+                return state
+            time.sleep(POLL_SECONDS)
+            state, doc, pct = look()
+
+
+def cmd_result(args):
+    result = client_of(args).get(job_path("result", args.job_id))
+    if args.json:
+        print_json(result)
+    else:
+        console().print(JSON.from_data(result))
+    return EXIT_OK
+
+
+def print_message(args, answer: dict, text: str | None = None) -> int:
+    if args.json:
+        print_json(answer)
+    else:
+        console().print(text or answer.get("message") or json.dumps(answer))
+    return EXIT_OK
+
+
+def cmd_stop(args):
+    return print_message(args, client_of(args).post(job_path("stop", args.job_id)))
+
+
+def cmd_delete(args):
+    return print_message(args, client_of(args).delete(job_path("job", args.job_id), force=args.force))
+
+
+def cmd_resubmit(args):
+    body = {key: value for key, value in (("target_host", args.target_host), ("priority", args.priority))
+            if value is not None}
+    answer = client_of(args).post(job_path("resubmit", args.job_id), body or None)
+    if args.quiet and not args.json:
+        print(answer["job_id"])
+        return EXIT_OK
+    return print_message(args, answer, f"job {answer.get('job_id')} {answer.get('status', 'queued')} for "
+                                       f"{answer.get('host')} (resubmitted from {args.job_id})")
+
+
+def cmd_hosts(args):
+    client = client_of(args)
+    if args.host:  # hosts drain HOST [--undo]
+        route = job_path("hosts", args.host) + "/drain"
+        answer = client.delete(route) if args.undo else client.post(route)
+        return print_message(args, answer, f"host {answer.get('host', args.host)}: "
+                                           f"{'draining' if answer.get('draining') else 'not draining'}")
+    answer = client.get("/hosts")
+    if args.json:
+        print_json(answer)
+        return EXIT_OK
+    grid = table("host", "state", "seen", "capacity", "gpus used", "gpus free", "running", "draining")
+    for host in answer.get("hosts", []):
+        all_gpus, free = host.get("gpu_ids") or [], host.get("free_gpus") or []
+        seen = host.get("seconds_since_seen")
+        grid.add_row(host["host"], styled(host.get("state"), HOST_STYLES), f"{span(seen)} ago" if seen is not None
+                     else "never", str(host.get("capacity") if host.get("capacity") is not None else "-"),
+                     str(len(all_gpus) - len(free)) if all_gpus else "-", str(len(free)) if all_gpus else "-",
+                     str(len(host.get("running") or [])), Text("yes", style="yellow") if host.get("draining") else "no")
+    console().print(grid)
+    return EXIT_OK
+
+
+def cmd_configs(args):
+    client = client_of(args)
+    action = args.action
+    if action == "ls":
+        names = client.get("/experiment-configs")
+        if args.json:
+            print_json(names)
+        else:
+            for name in names:
+                print(name)
+        return EXIT_OK
+    route = job_path("experiment-configs", args.name.removeprefix("configs/")) if args.name else ""
+    if action == "show":
+        if args.json:
+            print_json(client.get(route))
+            return EXIT_OK
+        text = client.call("GET", route, {"format": "yaml"}).body.decode("utf-8", "replace")
+        out = console()
+        if out.is_terminal:
+            out.print(Syntax(text, "yaml"))
+        else:
+            sys.stdout.write(text)
+        return EXIT_OK
+    if action == "push":
+        try:
+            with open(args.file, encoding="utf-8") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"cannot read {args.file}: {exc}") from None
+        body = {"file_name": args.name or os.path.basename(args.file), "config": text,
+                "overwrite": not args.no_overwrite}
+        return print_message(args, client.post("/experiment-configs/create", body))
+    return print_message(args, client.delete(route))  # rm
+
+
+def cmd_datasets(args):
+    client = client_of(args)
+    action = args.action
+    if action == "ls":
+        items = client.get("/datasets")
+        if args.json:
+            print_json(items)
+            return EXIT_OK
+        grid = table("name", "site", "period", "from", "until", "size", "created")
+        for item in items:
+            size = item.get("size")
+            grid.add_row(item.get("name"), item.get("site") or "-", f"{item['period']} min" if item.get("period")
+                         else "-", item.get("from_ts") or "-", item.get("until_ts") or "-",
+                         f"{size / 1e6:.1f} MB" if isinstance(size, (int, float)) else "-",
+                         item.get("created_at") or "-")
+        console().print(grid)
+        return EXIT_OK
+    route = job_path("dataset", args.name)
+    if action == "status":
+        return show_dataset_status(args, client.get(job_path("dataset/status", args.name)))
+    if action == "rm":
+        return print_message(args, client.delete(route))
+    if action == "download":
+        return download_dataset(client, args.name, args.output)
+    body = {"name": args.name, "site_id": args.site, "from_ts": args.from_ts, "until_ts": args.until_ts,
+            "period": args.period, "description": args.description}
+    if args.set:
+        body["citylearn_configs"] = apply_overrides({}, args.set)
+    answer = client.post("/dataset", {key: value for key, value in body.items() if value is not None})
+    if not args.wait:
+        return print_message(args, answer, f"dataset {answer.get('name')} {answer.get('status', 'building')}")
+
+    def look():
+        status = client.get(job_path("dataset/status", args.name))
+        return status.get("state"), status, status.get("progress_pct")
+
+    state = watch_progress(look, f"dataset {args.name}", lambda state: state != "building")
+    final = client.get(job_path("dataset/status", args.name))
+    show_dataset_status(args, final)
+    return EXIT_OK if state == "ready" else EXIT_ERROR_ANSWER
+
+
+def show_dataset_status(args, status: dict) -> int:
+    if args.json:
+        print_json(status)
+        return EXIT_OK
+    warnings = status.get("warnings") or []
+    console().print(key_values([
+        ("dataset", status.get("name")), ("state", styled(status.get("state"), DATASET_STYLES)),
+        ("progress", percent(status.get("progress_pct"))), ("stage", status.get("stage")),
+        ("site", status.get("site")), ("error", status.get("error")),
+        ("gaps", len(status.get("gaps") or []) + (status.get("gaps_left_off") or 0) or None),
+        ("warnings", "\n".join(warnings) or None), ("updated", status.get("updated_at")),
+    ]))
+    return EXIT_OK
+
+
+def download_dataset(client: Client, name: str, output: str | None) -> int:
+    """Into ``output`` (default ``<name>.zip`` here), written to a temp file first: no half file is left behind."""
+    target = output or f"{name}.zip"
+    temp = f"{target}.part"
+    try:
+        with open(temp, "wb") as out:
+            client.download(job_path("dataset/download", name), out)
+        os.replace(temp, target)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    print(f"dataset {name} saved to {target} ({os.path.getsize(target)} bytes)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_client_config(args):
+    if args.server is not None or args.token is not None:
+        write_config_file(args.client_config or default_config_path(), args.server, args.token)
+    target = resolve(None, None, args.client_config)
+    console().print(key_values([
+        ("config file", target.config_path),
+        ("server", f"{target.url}  (from {target.sources['server']})"),
+        ("token", f"{MASK if target.token else 'none'}  (from {target.sources['token']})"),
+    ]))
+    return EXIT_OK
+
+
+def _from_setting(text, name):
+    """Help for an option that overrides a setting: its default is the setting's."""
+    default = getattr(Settings(), name)
+    default = ",".join(default) if isinstance(default, tuple) else default
+    return f"{text} (default: the {name} setting, $OPEVA_{name.upper()}, else {default})"
+
+
+def _who():
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a bare container)
+        return ""
+
+
+EXIT_HELP = (f"exit status: {EXIT_OK} done, {EXIT_ERROR_ANSWER} the server answered an error (or the job or build "
+             f"did not finish), {EXIT_REFUSED} bad arguments or settings or refused, {EXIT_UNREACHABLE} the server "
+             f"could not be reached, {EXIT_INTERRUPTED} interrupted (Ctrl-C)")
+
+
+def parser():
+    logging_options = argparse.ArgumentParser(add_help=False)
+    logging_options.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
+    common = argparse.ArgumentParser(add_help=False, parents=[logging_options])
+    common.add_argument("--config", help="YAML settings file (default: $OPEVA_CONFIG, else none)")
+    remote = argparse.ArgumentParser(add_help=False, parents=[logging_options])
+    remote.add_argument("--server", help="the server's URL (default: $OPEVA_SERVER, else the client config file's "
+                                         "'server', else http://127.0.0.1:8000)")
+    remote.add_argument("--token", help="the API token (default: $OPEVA_TOKEN, else the client config file's "
+                                        "'token', else none)")
+    remote.add_argument("--client-config", help="the client config file (default: $OPEVA_CLIENT_CONFIG, else "
+                                                "$XDG_CONFIG_HOME/opeva-spool/client.yaml, ~/.config if unset)")
+    json_option = argparse.ArgumentParser(add_help=False)
+    json_option.add_argument("--json", action="store_true", help="print the server's JSON answer (default: a "
+                                                                 "human view)")
+    top = argparse.ArgumentParser(prog="opeva-spool", description="Filesystem-native job spooler for OPEVA.",
+                                  epilog=EXIT_HELP)
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, func, text, parents=(common,), under=sub):
+        command_parser = under.add_parser(name, parents=list(parents), help=text, description=text, epilog=EXIT_HELP)
         command_parser.set_defaults(func=func)
+        return command_parser
+
+    def client_command(name, func, text, reads=True, under=sub):
+        return command(name, func, text, (remote, json_option) if reads else (remote,), under)
+
+    def job_id(command_parser):
+        command_parser.add_argument("job_id", help="the job's id, as submit printed it")
         return command_parser
 
     serve = command("serve", cmd_serve, "run the HTTP API (and the embedded worker for host 'local')")
@@ -190,45 +709,151 @@ def parser():
     agent.add_argument("--host", help=_from_setting("the host name this agent works for", "host"))
     agent.add_argument("--runtime", choices=("process", "docker"), help=_from_setting("how jobs run", "runtime"))
 
-    drain = command("drain", cmd_drain, "make a host's agent finish its jobs and take no new ones")
+    drain = command("drain", cmd_drain, "make a host's agent finish its jobs and take no new ones (written on the "
+                                        "share directly; 'hosts drain HOST' asks the server instead)")
     drain.add_argument("--root", help=_from_setting("shared root", "shared_root"))
     drain.add_argument("--host", required=True, help="the host to drain (required; a configured host or one "
                                                      "whose agent has run on this root)")
     drain.add_argument("--undo", action="store_true", help="lift the drain instead (default: off)")
 
-    for name, func, text in (("submit", cmd_submit, "submit a job through the HTTP API"),
-                             ("status", cmd_status, "print a job's status from the HTTP API")):
-        client = command(name, func, text)
-        client.add_argument("--server", default=DEFAULT_SERVER_URL, help="the server's URL (default: %(default)s)")
-        client.add_argument("--token", default="", help="the API token, if the server has one (default: none)")
-        if name == "submit":
-            client.add_argument("config_path", help="the experiment config, a file under configs/ on the share")
-            client.add_argument("--target-host", default=EMBEDDED_HOST,
-                                help="host to run on, or 'any' (default: %(default)s)")
-            client.add_argument("--priority", type=int, default=0,
-                                help="-100..100, higher runs first (default: %(default)s)")
-            client.add_argument("--job-name", help="the job's name (default: from the config's experiment name)")
-            client.add_argument("--command", dest="command_line",
-                                help="command to run instead of the image's default (default: the command template)")
-        else:
-            client.add_argument("job_id", help="the job's id, as submit printed it")
+    submit = client_command("submit", cmd_submit, "submit a job (and follow its log with --follow)")
+    submit.add_argument("config_path", nargs="?", metavar="CONFIG",
+                        help="a config name under configs/ on the share, or a local YAML file (sent inline)")
+    submit.add_argument("-s", "--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="change the config (repeatable; VALUE is read as YAML: 3, 0.5, true; default: none)")
+    submit.add_argument("--target-host", default=EMBEDDED_HOST, help="host to run on, or 'any' (default: %(default)s)")
+    submit.add_argument("--priority", type=int, default=0, help="-100..100, higher runs first (default: %(default)s)")
+    submit.add_argument("--gpus", type=gpus, help="GPUs: a number or 'all' (default: the server's, 0)")
+    submit.add_argument("--image", help="Docker image (default: the host's image setting)")
+    submit.add_argument("--command", dest="command_line",
+                        help="command to run instead of the image's default (default: the command template)")
+    submit.add_argument("--job-name", help="the job's name (default: from the config's experiment name)")
+    submit.add_argument("-e", "--env", action="append", type=env_pair, metavar="NAME=VALUE",
+                        help="environment variable for the job (repeatable; default: none)")
+    submit.add_argument("--max-retries", type=int, help="requeues after a lost host (default: the server's, 0)")
+    submit.add_argument("--submitted-by", default=_who(), help="who submits (default: your user name, %(default)s)")
+    submit.add_argument("-f", "--follow", action="store_true",
+                        help="print the job's log until it ends; exit 0 if it finished, 1 if not (default: off)")
+    submit.add_argument("-q", "--quiet", action="store_true", help="print only the job's id (default: off)")
+
+    job_id(client_command("status", cmd_status, "print a job's status (JSON)"))
+
+    jobs = client_command("jobs", cmd_jobs, "list jobs, newest first")
+    jobs.add_argument("--status", help="only jobs in this state (default: all)")
+    jobs.add_argument("--host", help="only jobs of this host (default: all)")
+    jobs.add_argument("--submitter", help="only jobs submitted by this user (default: all)")
+    jobs.add_argument("--search", help="only jobs whose id, name or config contains this text (default: all)")
+    jobs.add_argument("--limit", type=int, default=50, help="at most this many, 1-1000 (default: %(default)s)")
+    jobs.add_argument("-w", "--watch", action="store_true", help="refresh the table until Ctrl-C (default: off)")
+    jobs.add_argument("--interval", type=float, default=WATCH_SECONDS,
+                      help="seconds between refreshes with --watch (default: %(default)s)")
+
+    job_id(client_command("show", cmd_show, "a job's status, details and attempts"))
+
+    logs = job_id(client_command("logs", cmd_logs, "print a job's log", reads=False))
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends (default: off)")
+    logs.add_argument("--tail", type=int, help="start with the last N lines (default: the whole log)")
+    logs.add_argument("--attempt", type=int, help="the log of that attempt (default: the current one)")
+
+    job_id(client_command("progress", cmd_progress, "a progress bar until the job ends; exit 0 if it finished"))
+    job_id(client_command("result", cmd_result, "a job's result"))
+    job_id(client_command("stop", cmd_stop, "stop a job (a queued one is canceled)"))
+    delete = job_id(client_command("delete", cmd_delete, "delete a job and its folder"))
+    delete.add_argument("--force", action="store_true", help="stop a running job first (default: off)")
+    resubmit = job_id(client_command("resubmit", cmd_resubmit, "submit a job again, same config and settings"))
+    resubmit.add_argument("--target-host", help="host to run on (default: the job's)")
+    resubmit.add_argument("--priority", type=int, help="-100..100 (default: the job's)")
+    resubmit.add_argument("-q", "--quiet", action="store_true", help="print only the new job's id (default: off)")
+
+    hosts = client_command("hosts", cmd_hosts, "list hosts; 'hosts drain HOST [--undo]' drains one")
+    hosts_sub = hosts.add_subparsers(dest="action", metavar="ACTION", help="what to do (default: list the hosts)")
+    hosts.set_defaults(host=None)
+    hosts_drain = client_command("drain", cmd_hosts, "make the host's agent take no new jobs", under=hosts_sub)
+    hosts_drain.add_argument("host", help="the host")
+    hosts_drain.add_argument("--undo", action="store_true", help="lift the drain instead (default: off)")
+
+    # The groups take no options of their own: a sub-command's defaults would overwrite them.
+    configs = command("configs", None, "experiment configs on the share", (logging_options,))
+    configs_sub = configs.add_subparsers(dest="action", required=True, metavar="ACTION", help="what to do")
+    client_command("ls", cmd_configs, "list the configs", under=configs_sub).set_defaults(name=None)
+    client_command("show", cmd_configs, "print a config (YAML)", under=configs_sub).add_argument(
+        "name", help="the config's name, e.g. demo.yaml")
+    push = client_command("push", cmd_configs, "save a local YAML file as a config", under=configs_sub)
+    push.add_argument("file", help="the local YAML file")
+    push.add_argument("--name", help="the config's name (default: the file's name)")
+    push.add_argument("--no-overwrite", action="store_true", help="refuse to replace a config of that name "
+                                                                  "(default: replace it, keeping the old one)")
+    client_command("rm", cmd_configs, "delete a config (its content is kept in the history)",
+                   under=configs_sub).add_argument("name", help="the config's name")
+
+    datasets = command("datasets", None, "CityLearn datasets built from site data", (logging_options,))
+    datasets_sub = datasets.add_subparsers(dest="action", required=True, metavar="ACTION", help="what to do")
+    client_command("ls", cmd_datasets, "list the datasets", under=datasets_sub)
+    build = client_command("build", cmd_datasets, "build a dataset from a site's data (docs/datasets.md)",
+                           under=datasets_sub)
+    build.add_argument("name", help="the dataset's name")
+    build.add_argument("--site", required=True, help="the site (required)")
+    build.add_argument("--from", dest="from_ts", required=True,
+                       help="start, ISO 8601; no offset: the site's time zone (required)")
+    build.add_argument("--until", dest="until_ts", required=True, help="end (excluded), ISO 8601 (required)")
+    build.add_argument("--period", type=int, help="minutes per time step, dividing a day (default: the server's, 60)")
+    build.add_argument("--description", help="free text (default: none)")
+    build.add_argument("-s", "--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="citylearn_configs: schema.json overrides (repeatable; default: none)")
+    build.add_argument("--wait", action="store_true", help="show the build's progress until it ends; exit 0 if "
+                                                           "ready, 1 if failed (default: off)")
+    client_command("status", cmd_datasets, "a dataset build's state", under=datasets_sub).add_argument(
+        "name", help="the dataset's name")
+    download = client_command("download", cmd_datasets, "download a dataset (a zip of its folder)",
+                              under=datasets_sub, reads=False)
+    download.add_argument("name", help="the dataset's name")
+    download.add_argument("-o", "--output", help="the file to write (default: NAME.zip here)")
+    client_command("rm", cmd_datasets, "delete a dataset", under=datasets_sub).add_argument(
+        "name", help="the dataset's name")
+
+    client_config = command("client-config", cmd_client_config,
+                            "show where the client commands go; with --server/--token, save them in the client "
+                            "config file (mode 0600)", (logging_options,))
+    client_config.add_argument("--server", help="the server's URL to save (default: keep the file's)")
+    client_config.add_argument("--token", help="the API token to save, '' to remove it (default: keep the file's)")
+    client_config.add_argument("--client-config", help="the client config file (default: $OPEVA_CLIENT_CONFIG, "
+                                                       "else $XDG_CONFIG_HOME/opeva-spool/client.yaml)")
 
     settings = command("settings", cmd_settings, "print the effective settings (secrets masked)")
     settings.add_argument("--markdown", action="store_true", help="print the settings table for docs (default: off)")
     return top
 
 
+def one_line(exc: ClientError) -> str:
+    """The error's one line: the server's detail, with where in the YAML when the server says so."""
+    extra = exc.extra if isinstance(exc, ServerRefused) else {}
+    if "line" in extra and "line" not in exc.detail:
+        return f"{exc.detail} (line {extra['line']}" + (f", column {extra['column']})" if "column" in extra else ")")
+    return exc.detail
+
+
 def main(argv=None):
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        args = parser().parse_args(argv)
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return args.func(args)
+    except ClientError as exc:
+        print(f"opeva-spool: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
     except SpoolError as exc:
         print(f"opeva-spool: {exc.detail}", file=sys.stderr)
         return EXIT_REFUSED
     except OSError as exc:  # e.g. a settings file that is missing, a port already taken
+        if isinstance(exc, BrokenPipeError):
+            # The reader left (| head): nothing to say. stdout now goes nowhere, so that the
+            # interpreter's last flush of it does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         print(f"opeva-spool: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # the ^C the terminal echoed ends its line
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
