@@ -826,10 +826,11 @@ def parser():
 
 def one_line(exc: ClientError) -> str:
     """The error's one line: the server's detail, with where in the YAML when the server says so."""
+    detail = " ".join(exc.detail.split())  # a YAML parser's message spans lines, with a caret under the spot
     extra = exc.extra if isinstance(exc, ServerRefused) else {}
-    if "line" in extra and "line" not in exc.detail:
-        return f"{exc.detail} (line {extra['line']}" + (f", column {extra['column']})" if "column" in extra else ")")
-    return exc.detail
+    if "line" in extra and f"line {extra['line']}" not in detail:
+        return f"{detail} (line {extra['line']}" + (f", column {extra['column']})" if "column" in extra else ")")
+    return detail
 
 
 def main(argv=None):
