@@ -8,6 +8,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -53,6 +54,8 @@ TERMINAL_STATES = ("finished", "failed", "stopped", "canceled")
 STATUS_STYLES = {"queued": "cyan", "dispatched": "blue", "running": "bold yellow", "finished": "green",
                  "failed": "bold red", "stopped": "magenta", "canceled": "dim"}
 HOST_STYLES = {"online": "green", "suspect": "yellow", "offline": "red"}
+# A number in exponent form without a dot, which YAML 1.1 leaves a string (1.2 reads it as a number).
+EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 DATASET_STYLES = {"building": "yellow", "ready": "green", "failed": "bold red"}
 
 
@@ -271,6 +274,8 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw  # not YAML (e.g. "a: b: c"): the text as it is
+        if isinstance(value, str) and EXPONENT_NUMBER.fullmatch(value.strip()):
+            value = float(value)  # PyYAML reads YAML 1.1, where 1e-3 is a string; a learning rate is meant
         node = config
         for depth, key in enumerate(keys[:-1]):
             child = node.get(key)
@@ -371,8 +376,12 @@ def cmd_jobs(args):
         print_json(fetch()[0])
         return EXIT_OK
     out = console()
-    if not args.watch:
+    if not args.watch or not out.is_terminal:  # piped, --watch prints one table per refresh
         out.print(jobs_table(*fetch()))
+        while args.watch:  # until Ctrl-C
+            time.sleep(args.interval)
+            out.print(jobs_table(*fetch()))
+            out.file.flush()
         return EXIT_OK
     with Live(jobs_table(*fetch()), console=out, auto_refresh=False) as live:
         while True:  # until Ctrl-C

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from opeva_spool.cli import mask_uri_password, parser
+from opeva_spool.cli import apply_overrides, mask_uri_password, parser
+from opeva_spool.client import Target, resolve, write_config_file
+from opeva_spool.exceptions import BadRequest
 from opeva_spool.spool import Spool
 
 from .clients import free_port
@@ -90,10 +92,17 @@ def test_mask_keeps_a_uri_without_password_as_it_is():
     assert mask_uri_password("mongodb://u:p%40ss@db/x") == "mongodb://u:***@db/x"
 
 
+def subcommands(command_parser, prefix=""):
+    """(name, parser) of every command and sub-command, e.g. ("configs push", ...)."""
+    for action in command_parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield f"{prefix}{name}", child
+                yield from subcommands(child, f"{prefix}{name} ")
+
+
 def test_every_option_has_help_that_names_its_default(tmp_path):
-    top = parser()
-    commands = next(action for action in top._actions if isinstance(action, argparse._SubParsersAction))
-    for name, command in commands.choices.items():
+    for name, command in subcommands(parser()):
         for action in command._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
@@ -101,3 +110,34 @@ def test_every_option_has_help_that_names_its_default(tmp_path):
             if action.option_strings:
                 assert "default" in action.help or action.required, f"{name} {action.dest}: {action.help!r}"
     assert "(default: INFO)" in run_cli("serve", "--help", env=spool_env(tmp_path, tmp_path)).stdout
+
+
+def test_overrides_set_nested_keys_with_yaml_values():
+    config = {"demo": {"episodes": 2}, "name": "x"}
+    assert apply_overrides(config, ["demo.episodes=5", "demo.lr=1e-3", "demo.deep.flag=true", "name=",
+                                    "tags=[a, b]", "note=a: b: c"]) == {
+        "demo": {"episodes": 5, "lr": 1e-3, "deep": {"flag": True}}, "name": "", "tags": ["a", "b"],
+        "note": "a: b: c"}
+    for bad in ("demo", "=1", "demo..x=1", "name.x=1"):
+        with pytest.raises(BadRequest):
+            apply_overrides({"name": "x"}, [bad])
+
+
+def test_server_and_token_come_from_flag_then_environment_then_file_then_default(tmp_path):
+    path = str(tmp_path / "client.yaml")
+    assert resolve(config_path=path, environ={}) == Target("http://127.0.0.1:8000", "", path,
+                                                          {"server": "default", "token": "default"})
+    write_config_file(path, "http://file:1/", "file-token")
+    assert resolve(config_path=path, environ={}).url == "http://file:1"
+    environ = {"OPEVA_SERVER": "http://env:2", "OPEVA_TOKEN": "env-token"}
+    target = resolve(config_path=path, environ=environ)
+    assert (target.url, target.token, target.sources["server"]) == ("http://env:2", "env-token", "$OPEVA_SERVER")
+    target = resolve("https://flag:3/prefix", "flag-token", path, environ)
+    assert (target.url, target.token, target.sources["token"]) == ("https://flag:3/prefix", "flag-token", "--token")
+    # The default file: $XDG_CONFIG_HOME, else ~/.config.
+    assert resolve(environ={"XDG_CONFIG_HOME": str(tmp_path / "xdg")}).config_path == str(
+        tmp_path / "xdg" / "opeva-spool" / "client.yaml")
+    # Saving one key keeps the other; "" removes one.
+    write_config_file(path, None, "")
+    assert resolve(config_path=path, environ={}) == Target("http://file:1", "", path,
+                                                          {"server": path, "token": "default"})

@@ -4,12 +4,14 @@
 import http.server
 import json
 import os
+import pty
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import zipfile
 
 import pytest
@@ -424,3 +426,45 @@ def test_a_short_cli_tour_is_saved_for_the_readme(api, tmp_path):
     with open(os.path.join(log_dir, "cli-tour.txt"), "w", encoding="utf-8") as handle:
         handle.write(tour)
     assert first in tour and second in tour
+
+
+def test_jobs_watch_refreshes_until_ctrl_c(api, tmp_path):
+    _, _, cli = api
+    job_id = cli.ok("submit", config_file(tmp_path), "-q").strip()
+    watcher = cli.popen("jobs", "--watch", "--interval", "0.2")
+    try:
+        time.sleep(1.5)
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(10) == 130
+        out = watcher.stdout.read().decode()
+        assert "Traceback" not in watcher.stderr.read().decode()
+        assert out.count(job_id) >= 3 and "\x1b[" not in out
+    finally:
+        watcher.kill()
+
+
+def test_in_a_terminal_the_table_is_coloured(api, tmp_path):
+    _, http, cli = api
+    job_id = cli.ok("submit", config_file(tmp_path), "-q").strip()
+    wait_for_status(http, job_id, "finished")
+    main, child = pty.openpty()
+    try:
+        proc = subprocess.Popen(cli.argv("jobs"), env={**cli.env, "COLUMNS": "200", "TERM": "xterm-256color"},
+                                cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=child, stderr=subprocess.PIPE)
+        os.close(child)
+        child = None
+        out = b""
+        while True:
+            try:
+                data = os.read(main, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            out += data
+        assert proc.wait(30) == 0
+    finally:
+        os.close(main)
+        if child is not None:
+            os.close(child)
+    assert job_id.encode() in out and b"\x1b[32mfinished" in out  # green
