@@ -206,7 +206,7 @@ def percent(value) -> str:
 
 
 def table(*columns: str, title: str | None = None) -> Table:
-    grid = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
+    grid = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", show_edge=False, pad_edge=False)
     for name in columns:
         grid.add_column(name, no_wrap=name in ("id", "job", "name"), overflow="fold")
     return grid
@@ -490,7 +490,7 @@ def print_message(args, answer: dict, text: str | None = None) -> int:
     if args.json:
         print_json(answer)
     else:
-        console().print(text or answer.get("message") or json.dumps(answer))
+        console().print(answer.get("message") or text or json.dumps(answer))
     return EXIT_OK
 
 

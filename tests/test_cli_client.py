@@ -260,9 +260,15 @@ def test_hosts_table_and_json(api):
 
 def test_hosts_drain_through_the_api(api):
     _, _, cli = api
-    assert "draining" in cli.ok("hosts", "drain", "local")
-    wait_for(lambda: json.loads(cli.ok("hosts", "--json"))["hosts"][0]["draining"], message="local draining")
-    assert "not draining" in cli.ok("hosts", "drain", "local", "--undo")
+    def local():
+        return next(host for host in json.loads(cli.ok("hosts", "--json"))["hosts"] if host["host"] == "local")
+
+    assert "drain requested" in cli.ok("hosts", "drain", "local")
+    wait_for(lambda: local()["draining"], message="local draining")
+    assert "yes" in next(line for line in cli.ok("hosts").splitlines() if line.startswith("local"))
+    assert json.loads(cli.ok("hosts", "drain", "local", "--undo", "--json"))["draining"] is False
+    wait_for(lambda: not local()["draining"], message="the drain of local lifted")
+    assert "unknown host 'nohost'" in one_line_error(cli("hosts", "drain", "nohost"), 1)
 
 
 def test_configs_push_show_rm_round_trip(api, tmp_path):
