@@ -34,6 +34,7 @@ from .client import (
     Client,
     ClientError,
     ServerRefused,
+    Unreachable,
     default_config_path,
     resolve,
     write_config_file,
@@ -338,13 +339,20 @@ def cmd_submit(args):
 
 def follow_to_end(client: Client, job_id: str, notes) -> int:
     """Stream the job's log until the job ends; 0 when it finished, 1 otherwise."""
-    write_chunks(client.stream(job_path("logs", job_id), follow=True))
-    status = client.get(job_path("status", job_id))["status"]
-    if status not in TERMINAL_STATES:
-        raise ClientError(f"the log stream ended before job {job_id} did (it is {status}); "
-                          f"'opeva-spool logs -f {job_id}' follows it again")
+    status = follow_log(client, job_id)
     print(f"job {job_id} {status}", file=notes)
     return EXIT_OK if status == "finished" else EXIT_ERROR_ANSWER
+
+
+def follow_log(client: Client, job_id: str, **query) -> str:
+    """Print the job's log as it grows until the job ends; its final status. A stream the server ends
+    before the job did (the server is restarting) is an error, not a quiet success."""
+    write_chunks(client.stream(job_path("logs", job_id), follow=True, **query))
+    status = client.get(job_path("status", job_id))["status"]
+    if status not in TERMINAL_STATES:
+        raise Unreachable(f"the server ended the log stream before job {job_id} ended (it is {status}); "
+                          f"'opeva-spool logs -f {job_id}' follows it again")
+    return status
 
 
 def write_chunks(chunks) -> None:
@@ -391,6 +399,9 @@ def cmd_jobs(args):
 
 def cmd_show(args):
     client = client_of(args)
+    if args.config:
+        write_chunks([client.call("GET", job_path("job-config", args.job_id)).body])
+        return EXIT_OK
     info = client.get(job_path("job-info", args.job_id))
     if args.json:
         print_json(info)
@@ -420,18 +431,22 @@ def cmd_show(args):
 
 
 def cmd_logs(args):
-    write_chunks(client_of(args).stream(job_path("logs", args.job_id), follow=args.follow, tail=args.tail,
-                                        attempt=args.attempt))
+    client = client_of(args)
+    if args.follow:
+        follow_log(client, args.job_id, tail=args.tail, attempt=args.attempt)
+    else:
+        write_chunks(client.stream(job_path("logs", args.job_id), tail=args.tail, attempt=args.attempt))
     return EXIT_OK
 
 
 def progress_line(status: str, progress: dict) -> str:
     """What the job says about where it is: its status and episode/step counters when it writes them."""
-    parts = [status]
+    # A dataset build names its stage while it builds ("done" and "failed" once ended say nothing more).
+    parts = [status, progress.get("stage") if status == "building" else ""]
     for key in ("episode", "step"):
         if progress.get(key) is not None and progress.get(f"{key}_total") is not None:
             parts.append(f"{key} {progress[key]}/{progress[f'{key}_total']}")
-    return " ".join(parts)
+    return " ".join(part for part in parts if part)
 
 
 def cmd_progress(args):
@@ -757,7 +772,9 @@ def parser():
     jobs.add_argument("--interval", type=float, default=WATCH_SECONDS,
                       help="seconds between refreshes with --watch (default: %(default)s)")
 
-    job_id(client_command("show", cmd_show, "a job's status, details and attempts"))
+    show = job_id(client_command("show", cmd_show, "a job's status, details and attempts"))
+    show.add_argument("--config", action="store_true", help="print the config snapshot the job runs with, as YAML "
+                                                            "(default: off)")
 
     logs = job_id(client_command("logs", cmd_logs, "print a job's log", reads=False))
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends (default: off)")

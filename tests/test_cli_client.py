@@ -475,3 +475,23 @@ def test_in_a_terminal_the_table_is_coloured(api, tmp_path):
         if child is not None:
             os.close(child)
     assert job_id.encode() in out and b"\x1b[32mfinished" in out  # green
+
+
+def test_show_config_prints_the_snapshot_the_job_runs_with(api, tmp_path):
+    _, _, cli = api
+    job_id = cli.ok("submit", config_file(tmp_path), "-s", "demo.steps=3", "-q", "--follow").splitlines()[0]
+    assert yaml.safe_load(cli.ok("show", job_id, "--config"))["demo"]["steps"] == 3
+
+
+def test_a_follow_the_server_ends_before_the_job_ended_is_an_error(serving):
+    server, http, cli = serving()
+    job_id = submit_command(http, "import time\nprint('up', flush=True)\ntime.sleep(60)")
+    follower = cli.popen("logs", job_id, "-f")
+    try:
+        assert follower.stdout.readline() == b"up\n"
+        server.shutdown()  # ends every stream, then stops answering
+        assert follower.wait(30) == 3
+        error = follower.stderr.read().decode()
+        assert "Traceback" not in error and len(error.strip().splitlines()) == 1
+    finally:
+        follower.kill()
