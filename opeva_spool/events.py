@@ -117,18 +117,22 @@ class EventJournal:
     def append(self, event: dict) -> None:
         """Write one event (it carries its ``id``): one line, rotating to a new segment when full."""
         line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
-        if self._handle is None or self._size >= self.segment_bytes:
-            self._rotate(event["id"])
+        if self._handle is not None and self._size >= self.segment_bytes:
+            self._close_segment()
+        if self._handle is None:
+            self._open(event["id"])
         self._handle.write(line)
         self._handle.flush()
         self._size += len(line)
         self._dirty = True
         self.last_id = event["id"]
 
-    def _rotate(self, first_id: int) -> None:
-        if self._handle is not None:
-            self._close_segment()
-        path = os.path.join(self.directory, f"{first_id:0{SEGMENT_ID_DIGITS}d}{SEGMENT_SUFFIX}")
+    def _open(self, first_id: int) -> None:
+        """Open the segment to append to: the last one while it has room (a restart goes on in it), else a new one."""
+        segments = self.segments()
+        path = segments[-1][1] if segments else None
+        if path is None or _size(path) >= self.segment_bytes:
+            path = os.path.join(self.directory, f"{first_id:0{SEGMENT_ID_DIGITS}d}{SEGMENT_SUFFIX}")
         self._handle = open(path, "ab")  # noqa: SIM115 - held open across appends, closed at rotation and close()
         self._size = self._handle.tell()
         for _, old in self.segments()[: -self.keep_segments]:
@@ -175,6 +179,13 @@ class EventJournal:
     def oldest(self) -> dict | None:
         """The oldest kept event, or None."""
         return next(self.read(), None)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _parse_line(line: bytes) -> dict | None:
