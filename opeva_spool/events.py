@@ -363,6 +363,10 @@ class TransitionTracker:
                 del self._jobs[job_id]
                 event = self.bus.publish(JOB, job_id=job_id, **{"from": before[0], "to": DELETED},
                                          host=None, attempt=before[1])
+            elif job_id not in self.index:
+                # Race: a delete forgot the job between its placement and this call; the delete's own
+                # call (made under the index's lock) reports it, and it must not come back here.
+                return
             else:
                 now = self._state(job)
                 # Races: a listing made before a move can place a job back where it was a moment ago
