@@ -250,6 +250,11 @@ class EventBus:
             if self.journal.last_id <= after and not self._closed:
                 self._cond.wait(timeout)
 
+    def wake(self) -> None:
+        """Wake every waiting stream now (the server is closing: they look at STREAM_GONE and end)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -266,9 +271,12 @@ class EventBus:
                 after = self.last_id
             events, lost = self.since(after)
             if lost:
-                oldest = events[0]["id"] if events else self.last_id + 1
-                yield _wire(RESET, {"type": RESET, "oldest_id": oldest, "last_id": self.last_id,
-                                    "detail": f"events after {after} are no longer kept; what is kept follows"})
+                last = self.last_id
+                detail = (f"event {after} is newer than the newest kept ({last}): the journal lost it"
+                          if after > last else f"events after {after} are no longer kept; what is kept follows")
+                oldest = events[0]["id"] if events else last + 1
+                yield _wire(RESET, {"type": RESET, "oldest_id": oldest, "last_id": last, "detail": detail})
+                after = min(after, last)
             idle = 0.0
             while True:
                 for event in events:

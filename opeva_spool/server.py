@@ -246,6 +246,7 @@ class Server:
         # Not httpd.close(): that closes the trigger too, which finishing requests still pull.
         wasyncore.dispatcher.close(httpd)
         self.stopping.set()  # streams see it within a poll and end their responses
+        self.events.wake()  # event streams wait for events, not on a poll: tell them now
         while time.monotonic() < deadline and any(
                 channel.requests or channel.total_outbufs_len for channel in list(httpd.active_channels.values())):
             self._loop_once(httpd, DRAIN_POLL_SECONDS)
