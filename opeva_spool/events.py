@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from . import fsio
@@ -277,21 +278,20 @@ class EventBus:
                 oldest = events[0]["id"] if events else last + 1
                 yield _wire(RESET, {"type": RESET, "oldest_id": oldest, "last_id": last, "detail": detail})
                 after = min(after, last)
-            idle = 0.0
+            sent = time.monotonic()
             while True:
                 for event in events:
                     if job_id is None or event.get("job_id") == job_id:
                         yield _wire(event["type"], event, event["id"])
-                        idle = 0.0
+                        sent = time.monotonic()
                     after = event["id"]
                 if gone() or self._closed:
                     return
-                if idle >= KEEPALIVE_SECONDS:
+                if time.monotonic() - sent >= KEEPALIVE_SECONDS:
                     yield b": keepalive\n\n"
-                    idle = 0.0
+                    sent = time.monotonic()
                 self.wait(after, GONE_CHECK_SECONDS)
-                idle += GONE_CHECK_SECONDS  # an upper bound: an event wakes it early, and resets idle above
-                events, _ = self.since(after)  # nothing is lost here: a live stream is never far behind
+                events, _ = self.since(after)  # from disk if this stream fell behind memory; nothing is lost
         finally:
             with self._cond:
                 self.streams -= 1

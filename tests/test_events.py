@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from opeva_spool import events as events_module
 from opeva_spool import fsio
 from opeva_spool.events import EventBus, EventJournal
 from opeva_spool.server import WAITRESS_THREADS
@@ -278,3 +279,15 @@ def test_a_job_submitted_while_the_server_was_down_appears_from_null_at_start(se
         stream.close()
     assert (data["job_id"], data["from"], data["to"], event_id) == ("dropped-job", None, "queued", last_id + 1)
     assert client2.get(f"/status/{first}").json()["status"] == "queued"
+
+
+def test_an_idle_stream_sends_keepalive_comments_and_ends_when_its_client_is_gone(tmp_path, monkeypatch):
+    monkeypatch.setattr(events_module, "KEEPALIVE_SECONDS", 0.1)
+    monkeypatch.setattr(events_module, "GONE_CHECK_SECONDS", 0.05)
+    bus = EventBus(EventJournal(str(tmp_path / "events")))
+    leaves_at = time.monotonic() + 0.5
+    chunks = list(bus.stream(None, gone=lambda: time.monotonic() > leaves_at))
+    bus.close()
+    assert chunks[0] == b"retry: 2000\n\n"
+    assert 2 <= chunks.count(b": keepalive\n\n") <= 6
+    assert bus.streams == 0
