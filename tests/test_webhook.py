@@ -2,6 +2,7 @@
 
 import http.server
 import json
+import os
 import threading
 import time
 
@@ -104,3 +105,24 @@ def test_webhook_sender_gives_up_after_its_attempts(tmp_path):
 def test_a_webhook_url_that_is_no_http_url_stops_the_server_from_starting(tmp_path):
     with pytest.raises(SettingsError, match="webhook_url"):
         Server(make_settings(tmp_path, webhook_url="ftp://example.org/hook"))
+
+
+def test_a_job_that_ended_while_the_server_was_down_is_notified_when_it_starts(serving, receiver):
+    hook = receiver()
+    server, _, client = serving(embedded_worker=False, webhook_url=hook.url)
+    job_id = client.post("/run-simulation", json={"command": "true", "target_host": "gpu-a"}).json()["job_id"]
+    server.shutdown()
+    wait_for(lambda: server.stopping.is_set(), timeout=10, message="the server to stop")
+    # gpu-a's agent claims and finishes the job while no server runs, through the spool protocol.
+    spool = Spool(server.settings.shared_root)
+    entry = next(entry for _, entry in spool.scan() if entry.job_id == job_id)
+    os.makedirs(spool.running_dir("gpu-a"))  # as the agent makes it when it starts
+    assert spool.claim(entry, "gpu-a", "gpu-a:agent")
+    spool.write_attempt(entry, "gpu-a", "gpu-a:agent", "running", started_at="2026-12-07T12:00:00Z")
+    assert spool.finish(entry, "gpu-a", "gpu-a:agent", "finished", exit_code=0)
+    assert not hook.delivered
+    serving(embedded_worker=False, webhook_url=hook.url)
+    wait_for(lambda: hook.delivered, timeout=10, message="the webhook of the job that ended meanwhile")
+    payload = hook.delivered[0][1]
+    assert (payload["job_id"], payload["status"], payload["host"], payload["exit_code"]) == (
+        job_id, "finished", "gpu-a", 0)
