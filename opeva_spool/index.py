@@ -32,8 +32,8 @@ STATUS_BUCKET = {
     JobState.DISPATCHED: ACTIVE,
     JobState.RUNNING: ACTIVE,
 }
-# How long a deleted entry's tombstone is kept: far longer than any event delay (watchdog holds a
-# move up to 0.5 s to pair it) or a listing of the spool takes.
+# How long a deleted entry's tombstone is kept: far longer than any event delay (the polling observer's
+# poll, a second) or a listing of the spool takes.
 TOMBSTONE_SECONDS = 300.0
 
 
@@ -133,7 +133,7 @@ class JobIndex:
     def deleted(self, entry: Entry) -> None:
         """The job of ``entry`` was deleted: forget it, and ignore any later placement of its entry.
 
-        Race: an event (inotify delivers a move up to 0.5 s late) or a listing made before the
+        Race: an event (delivered by another thread, or a poll later) or a listing made before the
         delete can arrive after it, and would place the job back. A deleted entry never comes
         back (a new job under the same id has a new submit time), so its tombstone is exact;
         tombstones only expire to bound memory.

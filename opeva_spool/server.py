@@ -97,8 +97,8 @@ class Server:
     # ----- events and maintenance ---------------------------------------------------------
 
     def _wake_embedded_worker(self, entry):
-        # The server published it, so it can tell its own worker at once: watchdog holds
-        # inotify events for up to 0.5 s behind any rename out of queued/ (move pairing).
+        # The server published it, so it can tell its own worker at once, before the worker's
+        # watcher reports the entry (a thread hop with inotify, up to a poll with polling).
         if self.agent is not None and self.agent.wants(entry.name):
             self.agent.wake.set()
 
