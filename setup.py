@@ -15,6 +15,7 @@ setup(
         "pymongo>=4.6",
         "pyyaml>=6.0",
         "pandas>=2.0",
+        "prometheus_client>=0.17",
         "rich>=13.0",
     ],
     extras_require={"test": ["pytest>=8", "nx-27017", "ruff==0.17.6"]},
