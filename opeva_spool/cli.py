@@ -4,6 +4,7 @@ configs, datasets, status). See docs/cli.md."""
 
 import argparse
 import datetime as dt
+import email.message
 import getpass
 import json
 import logging
@@ -644,12 +645,16 @@ def show_dataset_status(args, status: dict) -> int:
 
 
 def download_dataset(client: Client, name: str, output: str | None) -> int:
-    """Into ``output`` (default ``<name>.zip`` here), written to a temp file first: no half file is left behind."""
-    target = output or f"{name}.zip"
-    temp = f"{target}.part"
+    """Into ``output``, else the file name the server gives (``<name>.zip`` for a folder) here; written
+    to a temp file first, so that no half file is left behind."""
+    temp = f"{output or name}.part"
     try:
         with open(temp, "wb") as out:
-            client.download(job_path("dataset/download", name), out)
+            headers = client.download(job_path("dataset/download", name), out)
+        disposition = email.message.Message()
+        disposition["Content-Disposition"] = headers.get("content-disposition", "")
+        # Only the name: a server's file name never chooses the directory.
+        target = output or os.path.basename(disposition.get_filename() or "") or f"{name}.zip"
         os.replace(temp, target)
     finally:
         if os.path.exists(temp):
@@ -833,7 +838,8 @@ def parser():
     download = client_command("download", cmd_datasets, "download a dataset (a zip of its folder)",
                               under=datasets_sub, reads=False)
     download.add_argument("name", help="the dataset's name")
-    download.add_argument("-o", "--output", help="the file to write (default: NAME.zip here)")
+    download.add_argument("-o", "--output", help="the file to write (default: the server's file name, NAME.zip for "
+                                                 "a folder, here)")
     client_command("rm", cmd_datasets, "delete a dataset", under=datasets_sub).add_argument(
         "name", help="the dataset's name")
 

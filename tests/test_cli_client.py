@@ -306,6 +306,10 @@ def test_datasets_build_wait_download_and_rm(serving, tmp_path, mongo_uri, lab_s
     assert "lab-day" in cli.ok("datasets", "ls")
     target = tmp_path / "lab.zip"
     cli.ok("datasets", "download", "lab-day", "-o", str(target))
+    here = tmp_path / "here"
+    here.mkdir()
+    subprocess.run(cli.argv("datasets", "download", "lab-day"), env=cli.env, cwd=here, check=True, timeout=60)
+    assert os.listdir(here) == ["lab-day.zip"]
     with zipfile.ZipFile(target) as archive:
         schema = json.loads(archive.read("lab-day/schema.json"))
     assert schema["central_agent"] is True
