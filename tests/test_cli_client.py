@@ -182,6 +182,8 @@ def test_logs_follow_prints_each_line_as_the_job_writes_it_and_ends_with_the_job
         follower.kill()
     assert cli.ok("logs", job_id, "--tail", "1") == "second line\n"
     assert cli.ok("logs", job_id) == "first line\nsecond line\n"
+    assert cli.ok("logs", job_id, "--attempt", "1") == "first line\nsecond line\n"
+    assert "no attempt 2" in one_line_error(cli("logs", job_id, "--attempt", "2"), 1)
 
 
 def test_ctrl_c_ends_a_log_follow_with_130_and_no_traceback(api):
