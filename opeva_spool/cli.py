@@ -159,7 +159,6 @@ def _from_setting(text, name):
     return f"{text} (default: the {name} setting, $OPEVA_{name.upper()}, else {default})"
 
 
-
 # ----- client commands: output --------------------------------------------------------------------
 
 def console() -> Console:
@@ -203,14 +202,19 @@ def since(start, end=None) -> float | None:
     return (end - start).total_seconds() if start else None
 
 
+def number(value) -> float | None:
+    """``value`` if it is a number (a job writes what it likes into progress.json), else None."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def percent(value) -> str:
-    return f"{value:.0f}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+    return "-" if number(value) is None else f"{value:.0f}%"
 
 
 def table(*columns: str, title: str | None = None) -> Table:
     grid = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", show_edge=False, pad_edge=False)
     for name in columns:
-        grid.add_column(name, no_wrap=name in ("id", "job", "name"), overflow="fold")
+        grid.add_column(name, no_wrap=name in ("id", "name"), overflow="fold")  # ids are copied whole
     return grid
 
 
@@ -232,9 +236,8 @@ def jobs_table(items: list, total: str | None = None) -> Table:
     return grid
 
 
-def key_values(rows, title=None) -> Table:
+def key_values(rows) -> Table:
     grid = Table.grid(padding=(0, 2))
-    grid.title = title
     grid.add_column(style="bold")
     grid.add_column()
     for key, value in rows:
@@ -243,8 +246,9 @@ def key_values(rows, title=None) -> Table:
     return grid
 
 
-def job_path(route: str, job_id: str) -> str:
-    return f"/{route}/{quote(job_id, safe='')}"
+def api_path(route: str, name: str) -> str:
+    """``/route/<name>`` with the name quoted: a job id, config, host or dataset name is one path segment."""
+    return f"/{route}/{quote(name, safe='')}"
 
 
 # ----- client commands ------------------------------------------------------------------------------
@@ -319,7 +323,7 @@ def cmd_submit(args):
         body["config"] = apply_overrides(read_yaml_file(args.config_path), args.set)
     elif args.config_path and args.set:  # a config on the share, changed here: sent inline
         name = args.config_path.removeprefix("configs/")
-        body["config"] = apply_overrides(client.get(job_path("experiment-configs", name))["config"], args.set)
+        body["config"] = apply_overrides(client.get(api_path("experiment-configs", name))["config"], args.set)
     elif args.config_path:
         body["config_path"] = args.config_path
     elif args.set:
@@ -348,8 +352,8 @@ def follow_to_end(client: Client, job_id: str, notes) -> int:
 def follow_log(client: Client, job_id: str, **query) -> str:
     """Print the job's log as it grows until the job ends; its final status. A stream the server ends
     before the job did (the server is restarting) is an error, not a quiet success."""
-    write_chunks(client.stream(job_path("logs", job_id), follow=True, **query))
-    status = client.get(job_path("status", job_id))["status"]
+    write_chunks(client.stream(api_path("logs", job_id), follow=True, **query))
+    status = client.get(api_path("status", job_id))["status"]
     if status not in TERMINAL_STATES:
         raise Unreachable(f"the server ended the log stream before job {job_id} ended (it is {status}); "
                           f"'opeva-spool logs -f {job_id}' follows it again")
@@ -365,20 +369,16 @@ def write_chunks(chunks) -> None:
 
 
 def cmd_status(args):
-    print_json(client_of(args).get(job_path("status", args.job_id)))
+    print_json(client_of(args).get(api_path("status", args.job_id)))
     return EXIT_OK
-
-
-def jobs_query(args) -> dict:
-    return {"status": args.status, "host": args.host, "submitter": args.submitter, "q": args.search,
-            "limit": args.limit}
 
 
 def cmd_jobs(args):
     client = client_of(args)
 
     def fetch():
-        answer = client.call("GET", "/jobs", jobs_query(args))
+        answer = client.call("GET", "/jobs", {"status": args.status, "host": args.host, "submitter": args.submitter,
+                                              "q": args.search, "limit": args.limit})
         return answer.json(), answer.headers.get("x-total-count")
 
     if args.json:
@@ -401,13 +401,13 @@ def cmd_jobs(args):
 def cmd_show(args):
     client = client_of(args)
     if args.config:
-        write_chunks([client.call("GET", job_path("job-config", args.job_id)).body])
+        write_chunks([client.call("GET", api_path("job-config", args.job_id)).body])
         return EXIT_OK
-    info = client.get(job_path("job-info", args.job_id))
+    info = client.get(api_path("job-info", args.job_id))
     if args.json:
         print_json(info)
         return EXIT_OK
-    progress = client.get(job_path("progress", args.job_id))
+    progress = client.get(api_path("progress", args.job_id))
     command = info.get("command")
     out = console()
     out.print(key_values([
@@ -436,7 +436,7 @@ def cmd_logs(args):
     if args.follow:
         follow_log(client, args.job_id, tail=args.tail, attempt=args.attempt)
     else:
-        write_chunks(client.stream(job_path("logs", args.job_id), tail=args.tail, attempt=args.attempt))
+        write_chunks(client.stream(api_path("logs", args.job_id), tail=args.tail, attempt=args.attempt))
     return EXIT_OK
 
 
@@ -453,14 +453,13 @@ def progress_line(status: str, progress: dict) -> str:
 def cmd_progress(args):
     client = client_of(args)
     if args.json:
-        print_json(client.get(job_path("progress", args.job_id)))
+        print_json(client.get(api_path("progress", args.job_id)))
         return EXIT_OK
 
     def look():
-        status = client.get(job_path("status", args.job_id))["status"]
-        progress = client.get(job_path("progress", args.job_id))
-        pct = progress.get("progress_pct")
-        return status, progress, pct if isinstance(pct, (int, float)) and not isinstance(pct, bool) else None
+        status = client.get(api_path("status", args.job_id))["status"]
+        progress = client.get(api_path("progress", args.job_id))
+        return status, progress, number(progress.get("progress_pct"))
 
     status = watch_progress(look, f"job {args.job_id}", lambda status: status in TERMINAL_STATES)
     return EXIT_OK if status == "finished" else EXIT_ERROR_ANSWER
@@ -470,31 +469,34 @@ def watch_progress(look, name: str, ended) -> str:
     """Poll ``look()`` -> (state, document, percent or None) until ``ended(state)``; show it as a rich bar
     on a terminal, else as one line per change. The last state."""
     out = console()
-    state, doc, pct = look()
-    if not out.is_terminal:
-        shown = None
-        while True:
-            line = f"{name}: {percent(pct)} {progress_line(state, doc)}"
-            if line != shown:
-                print(line, flush=True)
-                shown = line
-            if ended(state):
-                return state
-            time.sleep(POLL_SECONDS)
-            state, doc, pct = look()
-    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=out) as bar:
-        task = bar.add_task(name, total=100)
-        while True:
-            bar.update(task, completed=pct or 0, description=f"{name} {progress_line(state, doc)}")
-            if ended(state):
-                return state
-            time.sleep(POLL_SECONDS)
-            state, doc, pct = look()
+    if out.is_terminal:
+        columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=out) as bar:
+            task = bar.add_task(name, total=100)
+            return poll_until(look, ended, lambda state, doc, pct: bar.update(
+                task, completed=pct or 0, description=f"{name} {progress_line(state, doc)}"))
+    shown = [None]
+
+    def print_change(state, doc, pct):
+        line = f"{name}: {percent(pct)} {progress_line(state, doc)}"
+        if line != shown[0]:
+            print(line, flush=True)
+            shown[0] = line
+
+    return poll_until(look, ended, print_change)
+
+
+def poll_until(look, ended, show) -> str:
+    while True:
+        state, doc, pct = look()
+        show(state, doc, pct)
+        if ended(state):
+            return state
+        time.sleep(POLL_SECONDS)
 
 
 def cmd_result(args):
-    result = client_of(args).get(job_path("result", args.job_id))
+    result = client_of(args).get(api_path("result", args.job_id))
     if args.json:
         print_json(result)
     else:
@@ -511,17 +513,17 @@ def print_message(args, answer: dict, text: str | None = None) -> int:
 
 
 def cmd_stop(args):
-    return print_message(args, client_of(args).post(job_path("stop", args.job_id)))
+    return print_message(args, client_of(args).post(api_path("stop", args.job_id)))
 
 
 def cmd_delete(args):
-    return print_message(args, client_of(args).delete(job_path("job", args.job_id), force=args.force))
+    return print_message(args, client_of(args).delete(api_path("job", args.job_id), force=args.force))
 
 
 def cmd_resubmit(args):
     body = {key: value for key, value in (("target_host", args.target_host), ("priority", args.priority))
             if value is not None}
-    answer = client_of(args).post(job_path("resubmit", args.job_id), body or None)
+    answer = client_of(args).post(api_path("resubmit", args.job_id), body or None)
     if args.quiet and not args.json:
         print(answer["job_id"])
         return EXIT_OK
@@ -532,7 +534,7 @@ def cmd_resubmit(args):
 def cmd_hosts(args):
     client = client_of(args)
     if args.host:  # hosts drain HOST [--undo]
-        route = job_path("hosts", args.host) + "/drain"
+        route = api_path("hosts", args.host) + "/drain"
         answer = client.delete(route) if args.undo else client.post(route)
         return print_message(args, answer, f"host {answer.get('host', args.host)}: "
                                            f"{'draining' if answer.get('draining') else 'not draining'}")
@@ -563,7 +565,7 @@ def cmd_configs(args):
             for name in names:
                 print(name)
         return EXIT_OK
-    route = job_path("experiment-configs", args.name.removeprefix("configs/")) if args.name else ""
+    route = api_path("experiment-configs", args.name.removeprefix("configs/")) if args.name else ""
     if action == "show":
         if args.json:
             print_json(client.get(route))
@@ -604,9 +606,9 @@ def cmd_datasets(args):
                          item.get("created_at") or "-")
         console().print(grid)
         return EXIT_OK
-    route = job_path("dataset", args.name)
+    route = api_path("dataset", args.name)
     if action == "status":
-        return show_dataset_status(args, client.get(job_path("dataset/status", args.name)))
+        return show_dataset_status(args, client.get(api_path("dataset/status", args.name)))
     if action == "rm":
         return print_message(args, client.delete(route))
     if action == "download":
@@ -620,11 +622,11 @@ def cmd_datasets(args):
         return print_message(args, answer, f"dataset {answer.get('name')} {answer.get('status', 'building')}")
 
     def look():
-        status = client.get(job_path("dataset/status", args.name))
-        return status.get("state"), status, status.get("progress_pct")
+        status = client.get(api_path("dataset/status", args.name))
+        return status.get("state"), status, number(status.get("progress_pct"))
 
     state = watch_progress(look, f"dataset {args.name}", lambda state: state != "building")
-    final = client.get(job_path("dataset/status", args.name))
+    final = client.get(api_path("dataset/status", args.name))
     show_dataset_status(args, final)
     return EXIT_OK if state == "ready" else EXIT_ERROR_ANSWER
 
@@ -650,7 +652,7 @@ def download_dataset(client: Client, name: str, output: str | None) -> int:
     temp = f"{output or name}.part"
     try:
         with open(temp, "wb") as out:
-            headers = client.download(job_path("dataset/download", name), out)
+            headers = client.download(api_path("dataset/download", name), out)
         disposition = email.message.Message()
         disposition["Content-Disposition"] = headers.get("content-disposition", "")
         # Only the name: a server's file name never chooses the directory.
