@@ -499,8 +499,16 @@ def cmd_result(args):
     result = client_of(args).get(api_path("result", args.job_id))
     if args.json:
         print_json(result)
-    else:
-        console().print(JSON.from_data(result))
+        return EXIT_OK
+    out = console()
+    kpis = result.get("kpis")
+    if isinstance(kpis, dict) and kpis:  # what researchers compare runs by: a table first, the rest below
+        grid = table("kpi", "value")
+        for name, value in kpis.items():
+            grid.add_row(str(name), json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+        out.print(grid)
+        result = {key: value for key, value in result.items() if key != "kpis"}
+    out.print(JSON.from_data(result))
     return EXIT_OK
 
 

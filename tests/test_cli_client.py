@@ -157,7 +157,10 @@ def test_show_result_and_status_of_a_finished_job(api, tmp_path):
     assert job_id in shown and "finished" in shown and "100%" in shown
     assert json.loads(cli.ok("show", job_id, "--json"))["status"] == "finished"
     assert json.loads(cli.ok("result", job_id, "--json"))["status"] == "completed"
-    assert "average_reward" in cli.ok("result", job_id)
+    result = cli.ok("result", job_id)
+    kpi_row = next(line for line in result.splitlines() if line.startswith("average_reward")).split()
+    assert float(kpi_row[1]) == json.loads(cli.ok("result", job_id, "--json"))["kpis"]["average_reward"]
+    assert '"final_reward"' in result
     assert json.loads(cli.ok("status", job_id))["status"] == "finished"
     assert "no job 'nope'" in one_line_error(cli("show", "nope"), 1)
 
