@@ -23,7 +23,9 @@ from .spool import DONE, QUEUED, Entry, JobStatus, Location, Spool
 from .states import JobState, check_transition
 
 LOG_CHUNK = 64 * 1024
-FOLLOW_POLL_SECONDS = 0.25
+# A follower sees a new line within this (bench/cli_follow.py: line written -> printed, p95 94 ms at 0.1 s,
+# 240 ms at 0.25 s); a poll is one read() that returns nothing, ~200 followers cost 2,000 reads a second.
+FOLLOW_POLL_SECONDS = 0.1
 # Listing spool/ for host names on every submission costs more than the submission's fsync.
 KNOWN_HOSTS_TTL = 1.0
 # Followers of one job share one look at whether it ended (a stat and its attempt record) per

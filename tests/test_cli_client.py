@@ -23,6 +23,9 @@ from .clients import HttpClient, free_port
 from .conftest import PYTHON, demo_config, make_settings, wait_for, wait_for_status
 from .processes import PROJECT_ROOT
 
+# Each command is a process of its own (~0.3 s): with the real-process tests, not in the core suite.
+pytestmark = pytest.mark.slow
+
 CLIENT_ENV_NAMES = ("OPEVA_SERVER", "OPEVA_TOKEN", "OPEVA_CLIENT_CONFIG", "COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE")
 
 
