@@ -15,6 +15,7 @@ from .api import configs as configs_api
 from .api import jobs as jobs_api
 from .api import sites as sites_api
 from .api import system as system_api
+from .api import ui as ui_api
 from .hosts import LivenessMonitor
 from .inbox import Inbox
 from .index import JobIndex
@@ -65,7 +66,7 @@ class Server:
         sitedata = SiteData(settings)
         ctx = api_app.Context(settings, spool=self.spool, index=self.index, jobs=self.jobs, monitor=self.monitor,
                               sitedata=sitedata, dependency_checks=dependency_checks(settings, sitedata))
-        self.app = api_app.make_app(ctx, [jobs_api, configs_api, system_api, sites_api])
+        self.app = api_app.make_app(ctx, [jobs_api, configs_api, system_api, sites_api, ui_api])
         self.agent = None
         if settings.embedded_worker:
             self.agent = Agent(settings, self.spool, make_runtime(settings), host=EMBEDDED_HOST)

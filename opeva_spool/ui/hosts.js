@@ -1,0 +1,64 @@
+// Hosts: liveness, capacity, GPU slots, running jobs, and drain on/off.
+import {$, api, badge, el, liveUpdates, renderShell, showError, showMessage, throttle} from "./common.js";
+
+// Heartbeat ages move on their own: the table is refreshed this often even without events.
+const REFRESH_MS = 5000;
+
+renderShell("hosts");
+
+function gpuSlots(host) {
+  const total = (host.gpu_ids || []).length;
+  if (!total) return "—";
+  const free = (host.free_gpus || []).length;
+  return `${total - free} used / ${free} free`;
+}
+
+function drainButton(host) {
+  const button = el("button", {type: "button", class: host.draining ? "primary" : null, dataset: {host: host.host}},
+    host.draining ? "draining — resume" : "drain");
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      const answer = await api(`hosts/${encodeURIComponent(host.host)}/drain`, {method: host.draining ? "DELETE" : "POST"});
+      showMessage(`${host.host}: ${answer.draining ? "draining (takes no new jobs)" : "takes jobs again"}`, "info");
+      await load();
+    } catch (err) {
+      showError(err);
+      button.disabled = false;
+    }
+  });
+  return button;
+}
+
+function row(host) {
+  const running = host.running || [];
+  return el("tr", {dataset: {host: host.host, state: host.state}},
+    el("td", {}, el("strong", {}, host.host), host.configured ? "" : el("span", {class: "muted"}, " (not configured)")),
+    el("td", {}, badge(host.state), host.draining ? [" ", badge("draining")] : ""),
+    el("td", {}, host.seconds_since_seen === null || host.seconds_since_seen === undefined ? "never"
+      : `${host.seconds_since_seen} s ago`),
+    el("td", {}, host.capacity ?? "—"),
+    el("td", {}, gpuSlots(host)),
+    el("td", {class: "wrap"}, running.length ? running.map((job, i) => {
+      const id = typeof job === "string" ? job : job.job_id;
+      return [i ? ", " : "", el("a", {href: `job?id=${encodeURIComponent(id)}`, class: "mono"}, id.slice(0, 8))];
+    }) : el("span", {class: "muted"}, "none")),
+    el("td", {class: "hide-narrow"}, host.runtime || "—"),
+    el("td", {}, drainButton(host)));
+}
+
+async function load() {
+  try {
+    const {hosts} = await api("hosts");
+    $("#hosts tbody").replaceChildren(...(hosts.length ? hosts.map(row)
+      : [el("tr", {}, el("td", {colspan: 8, class: "muted"}, "no hosts"))]));
+    const online = hosts.filter((host) => host.state === "online").length;
+    $("#summary").textContent = `(${online} of ${hosts.length} online)`;
+  } catch (err) {
+    showError(err);
+  }
+}
+
+load();
+setInterval(load, REFRESH_MS);
+liveUpdates(throttle(load, 1000), {types: ["host", "job"], pollMs: REFRESH_MS});
