@@ -18,6 +18,7 @@ import filelock
 from . import fsio, hosts, locks
 from .exceptions import Conflict, RuntimeFailure
 from .jobs import ANY_HOST, CONFIG_SNAPSHOT, DATA_SUBDIRS, JobFolder, JobSpec, utc_now
+from .progress import ProgressRecorder
 from .runtimes.base import Execution, Launch, Lease, Runtime
 from .settings import Settings
 from .spool import QUEUED, RUNNING, Entry, Location, Spool
@@ -119,6 +120,7 @@ class Runner(threading.Thread):
         self.execution = execution  # given when re-attached after an agent restart
         self.stop_event = threading.Event()
         self.lease_epoch = agent.heartbeat.lapses  # a lapse after this may have killed the job (guard)
+        self.progress = ProgressRecorder(agent.spool.folder(entry.job_id))
 
     def run(self):
         agent, entry = self.agent, self.entry
@@ -153,7 +155,7 @@ class Runner(threading.Thread):
                 return None
             if entry.attempt > 1 and os.path.exists(folder.log):
                 # Keep every attempt's log: the previous attempt's output moves aside.
-                os.replace(folder.log, folder.log[: -len(".log")] + f".attempt-{entry.attempt - 1}.log")
+                os.replace(folder.log, folder.attempt_log(entry.attempt - 1))
             try:
                 self.execution = agent.runtime.start(agent.launch_for(entry, self.spec, folder.log, self.gpus))
             except RuntimeFailure as failure:
@@ -169,6 +171,7 @@ class Runner(threading.Thread):
         agent, execution = self.agent, self.execution
         while True:
             code = execution.poll()
+            self._record_progress()  # after the poll: an attempt that just ended has its last version kept
             if code is not None:
                 execution.release()
                 if code == 0:
@@ -193,6 +196,12 @@ class Runner(threading.Thread):
                                               f"exit code {code}")
                 return self._after_stop(reason, code)
             self.stop_event.wait(POLL_SECONDS)
+
+    def _record_progress(self):
+        try:
+            self.progress.sample()
+        except OSError as exc:  # a lost point must never end an attempt
+            log.warning("job %s: progress history not updated: %s", self.entry.job_id, exc)
 
     def _note_if_current(self, folder, message):
         """Note in the log only while this attempt still owns the job.

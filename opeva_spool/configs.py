@@ -73,7 +73,10 @@ class ConfigStore:
         try:
             config = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise BadRequest(f"{source} is not valid YAML: {exc}") from None
+            # Where the parser gave up, 1-based, so that an editor can point at the line.
+            mark = getattr(exc, "problem_mark", None)
+            where = {"line": mark.line + 1, "column": mark.column + 1} if mark is not None else {}
+            raise BadRequest(f"{source} is not valid YAML: {exc}", **where) from None
         except RecursionError:  # the loader recurses per nesting level
             raise _too_deep(source) from None
         if not isinstance(config, dict):

@@ -15,7 +15,6 @@ does, so the spooler is exercised against the same formats. The config's optiona
 """
 
 import argparse
-import datetime
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ import yaml
 from .configs import WriteMode
 from .fsio import atomic_write_json
 from .names import job_id
+from .progress import now_iso
 from .states import JobState
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,6 @@ def narrate(jobs, job_id, stopping):
 # ----- in the job: the simulated training run ----------------------------------------------------
 
 
-def utc_iso():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def load_demo_section(config_path):
@@ -102,44 +100,51 @@ def run(job_dir, job_name, episodes, steps, step_seconds, fail_at_step=None, see
     base = {"episode_total": episodes, "step_total": steps, "global_step_total": total}
     atomic_write_json(progress_path, dict(base, episode=0, episode_current=0, step=0, step_current=0,
                                           global_step=0, progress_pct=0.0, status="initializing",
-                                          timestamp=utc_iso()), durable=False)
+                                          timestamp=now_iso()), durable=False)
     rng = random.Random(seed)
     rewards = []
-    print(f"[demo] job {job_name}: {episodes} episodes x {steps} steps", flush=True)
-    global_step = 0
-    for episode in range(1, episodes + 1):
-        episode_reward = 0.0
-        for step in range(1, steps + 1):
-            global_step += 1
-            if fail_at_step and global_step >= fail_at_step:
-                error = f"simulated failure at global step {global_step}"
-                atomic_write_json(progress_path, dict(base, episode=episode, step=step, global_step=global_step,
+    # Like the image's logs/metrics.jsonl: one JSON object per step, appended and flushed.
+    with open(os.path.join(job_dir, "logs", "metrics.jsonl"), "a", encoding="utf-8") as metrics:
+        print(f"[demo] job {job_name}: {episodes} episodes x {steps} steps", flush=True)
+        global_step = 0
+        for episode in range(1, episodes + 1):
+            episode_reward = 0.0
+            for step in range(1, steps + 1):
+                global_step += 1
+                if fail_at_step and global_step >= fail_at_step:
+                    error = f"simulated failure at global step {global_step}"
+                    atomic_write_json(progress_path, dict(base, episode=episode, step=step, global_step=global_step,
+                                                          progress_pct=round(100 * global_step / total, 2),
+                                                          status="failed", error_type="RuntimeError", error=error,
+                                                          timestamp=now_iso()), durable=False)
+                    with open(result_path, "w", encoding="utf-8") as handle:
+                        json.dump({"status": "failed", "error_type": "RuntimeError", "error": error,
+                                   "timestamp": now_iso(), "traceback": "RuntimeError: " + error}, handle)
+                    print(f"[demo] ERROR {error}", file=sys.stderr, flush=True)
+                    return 1
+                step_reward = -1.0 + math.tanh(global_step / total * 3) + rng.uniform(-0.1, 0.1)
+                episode_reward += step_reward
+                time.sleep(step_seconds)
+                loss = math.exp(-3 * global_step / total) + rng.uniform(0, 0.05)
+                metrics.write(json.dumps({"global_step": global_step, "episode": episode, "timestamp": now_iso(),
+                                          "reward": round(step_reward, 4), "loss": round(loss, 4)}) + "\n")
+                metrics.flush()
+                atomic_write_json(progress_path, dict(base, episode=episode, episode_current=episode, step=step,
+                                                      step_current=step, global_step=global_step,
                                                       progress_pct=round(100 * global_step / total, 2),
-                                                      status="failed", error_type="RuntimeError", error=error,
-                                                      timestamp=utc_iso()), durable=False)
-                with open(result_path, "w", encoding="utf-8") as handle:
-                    json.dump({"status": "failed", "error_type": "RuntimeError", "error": error,
-                               "timestamp": utc_iso(), "traceback": "RuntimeError: " + error}, handle)
-                print(f"[demo] ERROR {error}", file=sys.stderr, flush=True)
-                return 1
-            episode_reward += -1.0 + math.tanh(global_step / total * 3) + rng.uniform(-0.1, 0.1)
-            time.sleep(step_seconds)
-            atomic_write_json(progress_path, dict(base, episode=episode, episode_current=episode, step=step,
-                                                  step_current=step, global_step=global_step,
-                                                  progress_pct=round(100 * global_step / total, 2),
-                                                  status="running", rewards={"episode": round(episode_reward, 4)},
-                                                  timestamp=utc_iso()), durable=False)
-        rewards.append(round(episode_reward, 4))
-        print(f"[demo] episode {episode}/{episodes} reward {episode_reward:.4f}", flush=True)
+                                                      status="running", rewards={"episode": round(episode_reward, 4)},
+                                                      timestamp=now_iso()), durable=False)
+            rewards.append(round(episode_reward, 4))
+            print(f"[demo] episode {episode}/{episodes} reward {episode_reward:.4f}", flush=True)
     atomic_write_json(progress_path, dict(base, episode=episodes, episode_current=episodes, step=steps,
                                           step_current=steps, global_step=total, progress_pct=100,
                                           status="completed", rewards={"episodes": rewards},
-                                          timestamp=utc_iso()), durable=False)
+                                          timestamp=now_iso()), durable=False)
     with open(result_path, "w", encoding="utf-8") as handle:
         json.dump({"status": "completed", "job_id": job_name, "episodes": episodes, "steps_per_episode": steps,
                    "episode_rewards": rewards, "final_reward": rewards[-1] if rewards else None,
                    "kpis": {"average_reward": round(sum(rewards) / len(rewards), 4) if rewards else None},
-                   "timestamp": utc_iso()}, handle)
+                   "timestamp": now_iso()}, handle)
     print(f"[demo] done: final reward {rewards[-1] if rewards else None}", flush=True)
     return 0
 

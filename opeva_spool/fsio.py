@@ -9,6 +9,7 @@
   in its folder, and the server must never serve what they point at.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -216,17 +217,50 @@ def append_inside(path, folder):
     parts = os.path.relpath(path, folder).split(os.sep)
     if parts[0] == os.pardir:
         raise ValueError(f"{path} is not below {folder}")
-    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    directory = _open_dir_nofollow(folder, parts[:-1])
     try:
-        for part in parts[:-1]:
-            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
-            os.close(directory)
-            directory = inner
         fd = os.open(parts[-1], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                      dir_fd=directory)
     finally:
         os.close(directory)
     return open(fd, "ab")
+
+
+def replace_inside(path, folder, data):
+    """Replace ``path`` with ``data`` atomically (temp + rename, no fsync: progress data), every
+    component below ``folder`` opened without following links, as ``append_inside`` does."""
+    parts = os.path.relpath(path, folder).split(os.sep)
+    if parts[0] == os.pardir:
+        raise ValueError(f"{path} is not below {folder}")
+    directory = _open_dir_nofollow(folder, parts[:-1])
+    tmp = os.path.basename(temp_name("", parts[-1]))
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                     dir_fd=directory)
+        with open(fd, "wb") as handle:
+            handle.write(data)
+        # The rename replaces a link planted under the name itself; it never writes through it.
+        os.rename(tmp, parts[-1], src_dir_fd=directory, dst_dir_fd=directory)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=directory)
+        raise
+    finally:
+        os.close(directory)
+
+
+def _open_dir_nofollow(folder, parts):
+    """The directory ``folder``/``parts``... opened, no component (``folder`` included) followed if a link."""
+    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for part in parts:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+            os.close(directory)
+            directory = inner
+    except BaseException:
+        os.close(directory)
+        raise
+    return directory
 
 
 def make_leaf_dir(path):

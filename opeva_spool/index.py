@@ -20,6 +20,7 @@ import bisect
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from .spool import DONE, QUEUED, RUNNING, Entry, JobStatus, Location
 from .states import JobState
@@ -37,10 +38,11 @@ TOMBSTONE_SECONDS = 300.0
 
 
 class IndexedJob:
-    __slots__ = ("entry", "generation", "location", "ran_on")
+    __slots__ = ("entry", "generation", "location", "meta", "ran_on")
 
     def __init__(self, entry, location, ran_on, generation):
         self.entry = entry
+        self.meta = None  # what list filters match on, read once from the entry (see JobService.meta)
         self.location = location
         self.ran_on = ran_on  # the host it ran on, when the index saw it on one
         self.generation = generation
@@ -213,30 +215,38 @@ class JobIndex:
             return set(self._jobs)
 
     def page(self, status: JobState | None = None, host: str | None = None, limit: int = 100,
-             after: tuple[int, str] | None = None, offset: int = 0
+             after: tuple[int, str] | None = None, offset: int = 0,
+             match: Callable[[IndexedJob], bool] | None = None,
              ) -> tuple[list[IndexedJob], tuple[int, str] | None, int | None]:
         """Indexed jobs newest first, filtered; ``after`` is the order key of the last one seen.
 
         Returns (jobs, next_after, total); total is None when counting would mean
-        looking at every job (host filters, states read from attempt records).
+        looking at every job (host filters, ``match``, states read from attempt records).
+        The filters run outside the lock on a copy of the keys: they may read files (attempt
+        records, entries for ``match``), and the index must keep taking events meanwhile.
         """
         with self._lock:
             keys = self._order if status is None else self._buckets.get(STATUS_BUCKET.get(status, status.value), [])
             start = bisect.bisect_right(keys, after) if after is not None else 0
             start += offset
-            exact = host is None and status not in (JobState.DISPATCHED, JobState.RUNNING)
+            exact = host is None and match is None and status not in (JobState.DISPATCHED, JobState.RUNNING)
             total = len(keys) if exact else None
-            jobs = []
-            position = start
-            while position < len(keys) and len(jobs) < limit:
-                job = self._jobs[keys[position][1]]
-                position += 1
-                if host is not None and self.host_of(job) != host:
-                    continue
-                if status in (JobState.DISPATCHED, JobState.RUNNING) and self.state_of(job) != status:
-                    continue
-                jobs.append(job)
-            next_after = keys[position - 1] if position < len(keys) and jobs else None
+            keys = keys[start:] if not exact else keys[start:start + limit + 1]
+        jobs = []
+        position = 0
+        while position < len(keys) and len(jobs) < limit:
+            job = self._jobs.get(keys[position][1])
+            position += 1
+            if job is None:
+                continue  # deleted since the copy
+            if host is not None and self.host_of(job) != host:
+                continue
+            if status in (JobState.DISPATCHED, JobState.RUNNING) and self.state_of(job) != status:
+                continue
+            if match is not None and not match(job):
+                continue
+            jobs.append(job)
+        next_after = keys[position - 1] if position < len(keys) and jobs else None
         return jobs, next_after, total
 
     def counts(self) -> dict[str, int]:

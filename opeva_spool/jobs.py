@@ -232,6 +232,10 @@ class JobFolder:
     def log(self):
         return os.path.join(self.path, "logs", f"{self.job_id}.log")
 
+    def attempt_log(self, attempt):
+        """Where an earlier attempt's log is kept once the next attempt starts (the current one is ``log``)."""
+        return os.path.join(self.path, "logs", f"{self.job_id}.attempt-{attempt}.log")
+
     @property
     def progress(self):
         return os.path.join(self.path, "progress", "progress.json")

@@ -13,10 +13,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from . import fsio, jobs, names
+from . import fsio, jobs, names, progress
 from .configs import ConfigStore, WriteMode
 from .exceptions import BadRequest, Conflict, Forbidden, NotFound, Unavailable
-from .index import JobIndex
+from .index import IndexedJob, JobIndex
 from .jobs import JobConfig, JobFolder
 from .settings import Settings
 from .spool import DONE, QUEUED, Entry, JobStatus, Location, Spool
@@ -34,6 +34,13 @@ ENDED_CACHE_LIMIT = 1024
 IMAGE_ENDINGS = {"completed": JobState.FINISHED, "failed": JobState.FAILED}
 # A delete retries after its entry moved (claim, end, requeue): a job makes few moves, so this is plenty.
 MAX_DELETE_TRIES = 20
+# What a resubmission copies from the old job's spec, and what its request may change.
+RESUBMITTED_FIELDS = {"job_name", "target_host", "command", "image", "env", "priority", "max_retries", "gpus",
+                      "submitted_by"}
+RESUBMIT_OVERRIDES = {"target_host", "priority"}
+# The fields of an attempt record that /job-info lists per attempt.
+ATTEMPT_FIELDS = ("host", "state", "claimed_at", "started_at", "ended_at", "exit_code", "reason")
+MAX_CONFIG_SNAPSHOT_BYTES = 16 * 1024 * 1024
 
 class JobService:
     def __init__(self, settings: Settings, spool: Spool, index: JobIndex,
@@ -58,14 +65,15 @@ class JobService:
     # ----- submit -------------------------------------------------------------------------
 
     def submit(self, body: dict, origin: str = "api", job_id: str | None = None,
-               inbox_folder: str = "") -> dict:
+               inbox_folder: str = "", config: JobConfig | None = None) -> dict:
         """Validate and publish a job; returns the original API's response fields and more.
 
         The job's config is snapshotted into its folder (jobs/<id>/config.yaml) as it is now:
-        editing configs/ afterwards does not change what a queued job runs.
+        editing configs/ afterwards does not change what a queued job runs. A given ``config``
+        (a resubmission's snapshot) is used as it is, instead of the body's.
         """
         job_id = names.job_id(job_id) if job_id else str(uuid.uuid4())
-        config, inline = self._config_for(body, job_id)
+        config, inline = (config, False) if config is not None else self._config_for(body, job_id)
         if config is None and body.get("command") is None:
             raise BadRequest("give 'config_path', an inline 'config', or a 'command'")
         target = body.get("target_host")
@@ -109,6 +117,25 @@ class JobService:
             return JobConfig(file_name, self.configs.parse(text, f"configs/{file_name}"), text), False
         return None, False
 
+    def resubmit(self, job_id: str, overrides: dict) -> dict:
+        """Submit a new job like ``job_id`` (its spec and its config snapshot, not configs/ as it is
+        now); ``overrides`` may change target_host and priority."""
+        job = self.lookup(job_id)
+        spec = self.spool.read_spec(job.location, job.entry)
+        if spec is None:
+            raise Conflict(f"job {job_id} moved while being read; try again", job_id=job_id)
+        unknown = set(overrides) - RESUBMIT_OVERRIDES
+        if unknown:
+            raise BadRequest(f"a resubmission can change only {sorted(RESUBMIT_OVERRIDES)}, not {sorted(unknown)}")
+        config = None
+        if spec.config_file:
+            text = self.job_config(job_id).decode("utf-8", "replace")
+            config = JobConfig(spec.config_file, self.configs.parse(text, f"job {job_id}'s config snapshot"), text)
+        body = {key: value for key, value in spec.to_dict().items() if key in RESUBMITTED_FIELDS}
+        body.update(overrides)
+        answer = self.submit(body, origin=spec.origin if spec.origin != "inbox" else "api", config=config)
+        return {**answer, "resubmitted_from": spec.job_id}
+
     # ----- look-ups -----------------------------------------------------------------------
 
     def lookup(self, job_id: str) -> JobStatus:
@@ -144,8 +171,44 @@ class JobService:
         info.update(status=job.state.value, host=job.host,
                     attempt=job.entry.attempt,
                     exit_code=attempt.get("exit_code"), reason=attempt.get("reason"),
-                    started_at=attempt.get("started_at"), ended_at=attempt.get("ended_at"))
+                    started_at=attempt.get("started_at"), ended_at=attempt.get("ended_at"),
+                    attempts=self.attempts(job))
         return info
+
+    def attempts(self, job: JobStatus) -> list[dict]:
+        """Every attempt's record, oldest first, in the fields a person reads (missing ones are None:
+        an attempt requeued before its runner wrote anything has only its number)."""
+        records = []
+        for number in range(1, job.entry.attempt + 1):
+            record = self.spool.read_attempt(job.entry._replace(attempt=number)) or {}
+            records.append({"attempt": number, **{key: record.get(key) for key in ATTEMPT_FIELDS}})
+        return records
+
+    def job_config(self, job_id: str) -> bytes:
+        """The config snapshot the job runs with (jobs/<id>/config.yaml)."""
+        job = self.lookup(job_id)
+        folder = self.spool.folder(job.entry.job_id)
+        with self._serving(folder.config):
+            handle = fsio.open_inside(folder.config, folder.path)
+        if handle is None:
+            raise NotFound(f"job {job_id} has no config snapshot (it was submitted without a config)",
+                           job_id=job_id)
+        with handle:
+            return handle.read(MAX_CONFIG_SNAPSHOT_BYTES)
+
+    def progress_history(self, job_id: str, since: str | None = None) -> dict:
+        job = self.lookup(job_id)
+        folder = self.spool.folder(job.entry.job_id)
+        moment = progress.parse_since(since) if since else None
+        with self._serving(progress.history_path(folder)):
+            return {"job_id": job.entry.job_id, "history": progress.read_history(folder, moment)}
+
+    def job_metrics(self, job_id: str, offset: int = 0) -> dict:
+        job = self.lookup(job_id)
+        folder = self.spool.folder(job.entry.job_id)
+        with self._serving(progress.metrics_path(folder)):
+            metrics, next_offset = progress.read_metrics(folder, offset)
+        return {"job_id": job.entry.job_id, "metrics": metrics, "offset": next_offset}
 
     def result(self, job_id: str) -> dict:
         return self._output(job_id, "result", {"status": "pending", "message": "Result not ready yet."})
@@ -203,7 +266,10 @@ class JobService:
             raise Unavailable(f"cannot read {shown}: {reason}", path=shown, reason=reason) from None
 
     def list_jobs(self, status: str | None = None, host: str | None = None, limit: int = 100,
-                  cursor: str | None = None, offset: int = 0) -> tuple[list[dict], str | None, int | None]:
+                  cursor: str | None = None, offset: int = 0, submitter: str | None = None,
+                  text: str | None = None) -> tuple[list[dict], str | None, int | None]:
+        """A page of jobs, newest first. ``submitter`` matches submitted_by exactly; ``text`` is a
+        case-insensitive part of the job's id, name or config file."""
         state = None
         if status:
             try:
@@ -213,23 +279,66 @@ class JobService:
         if host and host != jobs.ANY_HOST:
             names.host(host)
         after = _parse_cursor(cursor) if cursor else None
-        jobs_found, next_after, total = self.index.page(state, host or None, limit, after, offset)
-        items = []
-        for job in map(self.index.status_of, jobs_found):
-            folder = self.spool.folder(job.entry.job_id)
-            try:
-                info = fsio.read_job_json(folder.job_info, folder.path) or {}
-            except (fsio.Refused, OSError):  # /job-info names the problem; one bad job must not fail the list
-                info = {}
-            items.append({
-                "job_id": job.entry.job_id,
-                "status": job.state.value,
-                "host": job.host,
-                "submitted_at": info.get("submitted_at"),
-                "job_info": info,
-            })
+        match = self._matcher(submitter, text.lower() if text else None) if submitter or text else None
+        jobs_found, next_after, total = self.index.page(state, host or None, limit, after, offset, match)
+        items = [self._list_item(job) for job in map(self.index.status_of, jobs_found)]
         next_cursor = f"{-next_after[0]}:{next_after[1]}" if next_after else None
         return items, next_cursor, total
+
+    def _matcher(self, submitter, text):
+        def match(job: IndexedJob) -> bool:
+            name, submitted_by, config_file = self.meta(job)
+            if submitter and submitted_by != submitter:
+                return False
+            return not text or any(text in field.lower() for field in (job.entry.job_id, name, config_file))
+        return match
+
+    def meta(self, job: IndexedJob) -> tuple[str, str, str]:
+        """(job name, submitter, config file) of an indexed job, read from its entry once: a spec never
+        changes. Race: the entry can move while read; then "" is answered and the next call reads again."""
+        if job.meta is None:
+            spec = self.spool.read_spec(job.location, job.entry)
+            if spec is None:
+                return ("", "", "")
+            job.meta = (spec.job_name, spec.submitted_by, spec.config_file)
+        return job.meta
+
+    def _list_item(self, job: JobStatus) -> dict:
+        """One row of /jobs: the original fields (job_id, status, host, submitted_at, job_info) and what a
+        list shows besides (name, submitter, attempt times, progress), each job file read at most once."""
+        folder = self.spool.folder(job.entry.job_id)
+        info = self._quiet_json(folder, folder.job_info)
+        record = {} if job.state == JobState.QUEUED else (self.spool.read_attempt(job.entry) or {})
+        if job.state == JobState.FINISHED:
+            percent = 100.0
+        elif job.state == JobState.QUEUED:
+            percent = None
+        else:
+            percent = progress_percent(self._quiet_json(folder, folder.progress))
+        return {
+            "job_id": job.entry.job_id,
+            "status": job.state.value,
+            "host": job.host,
+            "submitted_at": info.get("submitted_at"),
+            "job_name": info.get("job_name"),
+            "submitted_by": info.get("submitted_by") or "",
+            "target_host": job.entry.target,
+            "priority": job.entry.priority,
+            "attempt": job.entry.attempt,
+            "started_at": record.get("started_at"),
+            "ended_at": record.get("ended_at"),
+            "progress_pct": percent,
+            "sweep": info.get("sweep"),
+            "job_info": info,
+        }
+
+    @staticmethod
+    def _quiet_json(folder, path):
+        """A job file for a list: one unreadable file must not fail the list (its own route names the problem)."""
+        try:
+            return fsio.read_job_json(path, folder.path) or {}
+        except (fsio.Refused, OSError):
+            return {}
 
     # ----- changes ------------------------------------------------------------------------
 
@@ -286,22 +395,30 @@ class JobService:
 
     # ----- logs ---------------------------------------------------------------------------
 
-    def log_path(self, job_id: str) -> tuple[JobStatus, str]:
-        """The job and its log's path, once a log that cannot be served got its 403/503: a
-        stream cannot answer with an error after it has begun."""
+    def log_path(self, job_id: str, attempt: int | None = None) -> tuple[JobStatus, str]:
+        """The job and the path of its log (of ``attempt``, default the current one), once a log that
+        cannot be served got its 403/503: a stream cannot answer with an error after it has begun."""
         job = self.lookup(job_id)
         folder = self.spool.folder(job.entry.job_id)
-        with self._serving(folder.log):
-            handle = fsio.open_inside(folder.log, folder.path)
+        if attempt is not None and not 1 <= attempt <= job.entry.attempt:
+            raise NotFound(f"job {job_id} has no attempt {attempt} (its attempts are 1 to {job.entry.attempt})",
+                           job_id=job_id)
+        path = folder.log if attempt in (None, job.entry.attempt) else folder.attempt_log(attempt)
+        if attempt == job.entry.attempt - 1 and not os.path.lexists(path):
+            path = folder.log  # the next attempt has not started yet, so this one's log is not moved aside yet
+        with self._serving(path):
+            handle = fsio.open_inside(path, folder.path)
         if handle is not None:
             handle.close()
-        return job, folder.log
+        return job, path
 
     def log_stream(self, job_id: str, tail: int | None = None, follow: bool = False,
-                   gone: Callable[[], bool] | None = None) -> Iterator[bytes]:
+                   gone: Callable[[], bool] | None = None, attempt: int | None = None) -> Iterator[bytes]:
         """Chunks of the job's log: all of it or its last ``tail`` lines, then (follow) new ones until
-        the job ends or ``gone()`` says the reader left (checked at every poll for new lines)."""
-        job, path = self.log_path(job_id)
+        the job ends or ``gone()`` says the reader left (checked at every poll for new lines). An
+        earlier attempt's log is complete: following it ends at its end."""
+        job, path = self.log_path(job_id, attempt)
+        follow = follow and path == self.spool.folder(job.entry.job_id).log
         return _stream_log(path, tail, follow, lambda: self._ended(job.entry.job_id), gone or _never)
 
     def _ended(self, job_id):
@@ -317,6 +434,15 @@ class JobService:
             self._ended_seen.clear()
         self._ended_seen[job_id] = (now, ended)
         return ended
+
+
+def progress_percent(doc: dict) -> float | None:
+    """The percentage a progress.json says (``progress_pct``, or ``percent`` as some writers name it)."""
+    for key in ("progress_pct", "percent"):
+        value = doc.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
 
 
 def _no_such_job(job_id):

@@ -7,6 +7,8 @@ from .app import json_body, query_flag, query_int
 
 MAX_PAGE = 1000
 MAX_TAIL_LINES = 1_000_000
+MAX_OFFSET = 2**62
+MAX_ATTEMPT = 999  # an entry's name holds three digits of attempt
 
 
 def install(app, ctx):
@@ -33,6 +35,24 @@ def install(app, ctx):
     def progress(job_id):
         return service.progress(job_id)
 
+    @app.get("/progress/<job_id>/history")
+    def progress_history(job_id):
+        return service.progress_history(job_id, since=bottle.request.query.get("since") or None)
+
+    @app.get("/job-metrics/<job_id>")
+    def job_metrics(job_id):
+        return service.job_metrics(job_id, offset=query_int("offset", 0, 0, MAX_OFFSET))
+
+    @app.get("/job-config/<job_id>")
+    def job_config(job_id):
+        snapshot = service.job_config(job_id)
+        bottle.response.content_type = "text/yaml; charset=utf-8"
+        return snapshot
+
+    @app.post("/resubmit/<job_id>")
+    def resubmit(job_id):
+        return service.resubmit(job_id, json_body())
+
     @app.get("/jobs")
     def list_jobs():
         query = bottle.request.query
@@ -42,6 +62,8 @@ def install(app, ctx):
             limit=query_int("limit", 100, 1, MAX_PAGE),
             cursor=query.get("cursor") or None,
             offset=query_int("offset", 0, 0, 10_000_000),
+            submitter=query.get("submitter") or None,
+            text=query.get("q") or None,
         )
         # The body stays the original API's plain list; paging travels in headers.
         if next_cursor:
@@ -62,7 +84,8 @@ def install(app, ctx):
         tail = query_int("tail", None, 0, MAX_TAIL_LINES)
         follow = query_flag("follow")
         # Served as a stream (streams.py) when following: it ends once the client left or the server closes.
-        chunks = service.log_stream(job_id, tail=tail, follow=follow, gone=bottle.request.environ.get(STREAM_GONE))
+        chunks = service.log_stream(job_id, tail=tail, follow=follow, gone=bottle.request.environ.get(STREAM_GONE),
+                                    attempt=query_int("attempt", None, 1, MAX_ATTEMPT))
         bottle.response.content_type = "text/plain; charset=utf-8"
         bottle.response.set_header("Cache-Control", "no-cache")
         return chunks

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import bottle
 
-from .. import __version__
-from ..exceptions import Unavailable
+from .. import __version__, names
+from ..exceptions import NotFound, Unavailable
 from .app import Context
 from .ui import UI_PATH, wants_html
 
@@ -56,6 +56,17 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
         monitor.observe()
         names = monitor.hosts()
         return {"available_hosts": names, "hosts": [monitor.describe(host) for host in names]}
+
+    def set_drain(host, draining):
+        if names.host(host) not in monitor.hosts():
+            raise NotFound(f"unknown host {host!r} (known: {', '.join(monitor.hosts()) or 'none'})", host=host)
+        spool.request_drain(host, undo=not draining)
+        return {"host": host, "draining": draining,
+                "message": f"host {host}: drain {'requested' if draining else 'lifted'}; its agent sees it "
+                           f"within a poll and says so in its heartbeat"}
+
+    app.post("/hosts/<host>/drain")(lambda host: set_drain(host, True))
+    app.delete("/hosts/<host>/drain")(lambda host: set_drain(host, False))
 
     @app.get("/health")
     def health():
