@@ -287,20 +287,19 @@ class JobService:
 
     def _matcher(self, submitter, text):
         def match(job: IndexedJob) -> bool:
-            name, submitted_by, config_file = self.meta(job)
-            if submitter and submitted_by != submitter:
-                return False
-            return not text or any(text in field.lower() for field in (job.entry.job_id, name, config_file))
+            submitted_by, searched = self.meta(job)
+            return (not submitter or submitted_by == submitter) and (not text or text in searched)
         return match
 
-    def meta(self, job: IndexedJob) -> tuple[str, str, str]:
-        """(job name, submitter, config file) of an indexed job, read from its entry once: a spec never
-        changes. Race: the entry can move while read; then "" is answered and the next call reads again."""
+    def meta(self, job: IndexedJob) -> tuple[str, str]:
+        """(submitter, lower-cased "id name config-file") of an indexed job, read from its entry once: a
+        spec never changes. Race: the entry can move while read; then nothing matches this time and
+        the next call reads again."""
         if job.meta is None:
             spec = self.spool.read_spec(job.location, job.entry)
             if spec is None:
-                return ("", "", "")
-            job.meta = (spec.job_name, spec.submitted_by, spec.config_file)
+                return ("", "")
+            job.meta = (spec.submitted_by, f"{job.entry.job_id} {spec.job_name} {spec.config_file}".lower())
         return job.meta
 
     def _list_item(self, job: JobStatus) -> dict:
