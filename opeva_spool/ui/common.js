@@ -132,19 +132,19 @@ export function query(params) {
  * ``onChange(null)`` every ``pollMs`` while the stream is not connected (not served yet, dropped,
  * server restarting): the page then refreshes by polling. EventSource resumes with Last-Event-ID
  * itself after a drop; a stream the server refused (closed) is tried again every EVENTS_RETRY_MS.
- * Returns a function that stops everything.
+ * Nothing runs while the tab is hidden (see whileVisible). Returns a function that stops everything.
  */
 export function liveUpdates(onChange, {types = ["job"], pollMs = 3000, job = null} = {}) {
-  let source = null, pollTimer = null, retryTimer = null, stopped = false;
+  let source = null, pollTimer = null, retryTimer = null;
   const startPolling = () => {
-    if (!pollTimer && !stopped) pollTimer = setInterval(() => onChange(null), pollMs);
+    if (!pollTimer) pollTimer = setInterval(() => onChange(null), pollMs);
   };
   const stopPolling = () => {
     clearInterval(pollTimer);
     pollTimer = null;
   };
   const connect = () => {
-    if (stopped || typeof EventSource === "undefined") return startPolling();
+    if (typeof EventSource === "undefined") return startPolling();
     source = new EventSource(apiUrl("events" + query({job})));
     source.onopen = () => {
       stopPolling();
@@ -168,12 +168,53 @@ export function liveUpdates(onChange, {types = ["job"], pollMs = 3000, job = nul
       }
     };
   };
-  connect();
-  return () => {
-    stopped = true;
+  const disconnect = () => {
     stopPolling();
     clearTimeout(retryTimer);
     if (source) source.close();
+    source = null;
+  };
+  return whileVisible(connect, disconnect, () => onChange(null));
+}
+
+/**
+ * Run ``start`` while the page is visible and ``stop`` when it is hidden or left (``resumed`` on coming back).
+ * Why: a browser opens at most 6 HTTP/1.1 connections to one server, shared by all its tabs; an event
+ * stream or a followed log holds one each, so a few background dashboard tabs would otherwise leave
+ * none for the tab in front (its requests would just wait). Returns a function that stops for good.
+ */
+export function whileVisible(start, stop, resumed = () => {}) {
+  let running = false, ended = false;
+  const update = () => {
+    const visible = document.visibilityState === "visible" && !ended;
+    if (visible && !running) {
+      running = true;
+      start();
+    } else if (!visible && running) {
+      running = false;
+      stop();
+    }
+  };
+  const onShow = (event) => {
+    update();
+    if (event.type === "pageshow" && event.persisted) resumed(); // back from the back/forward cache
+  };
+  document.addEventListener("visibilitychange", () => {
+    const wasRunning = running;
+    update();
+    if (running && !wasRunning) resumed();
+  });
+  window.addEventListener("pagehide", () => {
+    if (running) {
+      running = false;
+      stop();
+    }
+  });
+  window.addEventListener("pageshow", onShow);
+  update();
+  return () => {
+    ended = true;
+    update();
   };
 }
 

@@ -1,9 +1,9 @@
 // One job: live progress bar, metric plots, the log following live, result, attempts, config, actions.
 import {$, ApiError, Chart, TERMINAL, api, apiFetch, apiUrl, badge, confirmAction, describeError, duration, el,
-  isScalar, liveUpdates, localTime, numericFields, renderShell, showError, showMessage,
-  throttle} from "./common.js";
+  isScalar, localTime, numericFields, renderShell, showError, showMessage, whileVisible} from "./common.js";
 
-// While the job runs its progress, history and metrics are polled this often (state changes also come as events).
+// While the job has not ended its state, progress, history and metrics are polled this often. (No event
+// stream here: the progress needs polling anyway, and the followed log already holds one connection.)
 const REFRESH_MS = 1500;
 // The log shown keeps at most this many characters (the newest); the download has all of it.
 const LOG_KEEP_CHARS = 400000;
@@ -23,6 +23,7 @@ let historySince = null;
 let metricsOffset = 0;
 let metricsX = null;
 let refreshTimer = null;
+let visible = true; // polling and the log stream pause while the tab is hidden (whileVisible)
 const historyChart = new Chart($("#history-plot"), {time: true, xLabel: "time", preferred: HISTORY_DEFAULT});
 let metricsChart = null;
 
@@ -55,7 +56,7 @@ async function refreshOnce() {
   } catch (err) {
     showError(err);
     if (err instanceof ApiError && err.status === 404) return; // deleted: nothing more to follow
-    refreshTimer = setTimeout(refresh, REFRESH_MS * 2);
+    if (visible) refreshTimer = setTimeout(refresh, REFRESH_MS * 2);
     return;
   }
   const ended = TERMINAL.has(info.status);
@@ -70,7 +71,7 @@ async function refreshOnce() {
   }
   $("#stop").disabled = ended;
   document.body.dataset.status = status;
-  if (!ended) refreshTimer = setTimeout(refresh, REFRESH_MS);
+  if (!ended && visible) refreshTimer = setTimeout(refresh, REFRESH_MS);
 }
 
 function renderFacts() {
@@ -185,7 +186,7 @@ async function followLog() {
   logReader = null;
   $("#log-state").textContent = "";
   // The stream ended while the job still runs (server restarting, proxy timeout): pick it up again.
-  if (follow && !TERMINAL.has(status)) setTimeout(() => { if (!logReader) followLog(); }, LOG_RETRY_MS);
+  if (follow && !TERMINAL.has(status)) setTimeout(() => { if (!logReader && visible) followLog(); }, LOG_RETRY_MS);
 }
 
 function appendLog(pre, text) {
@@ -288,11 +289,16 @@ if (!jobId) {
 } else {
   $("#log-follow").addEventListener("change", followLog);
   $("#log-attempt").addEventListener("change", followLog);
-  refresh().then(() => {
-    if (!logReader) followLog();
-  });
   loadConfig();
-  liveUpdates(throttle((event) => {
-    if (event === null || event.job_id === jobId) refresh();
-  }, 500), {types: ["job"], job: jobId, pollMs: REFRESH_MS * 4});
+  whileVisible(() => {
+    visible = true;
+    refresh().then(() => {
+      if (!logReader) followLog();
+    });
+  }, () => {
+    visible = false;
+    clearTimeout(refreshTimer);
+    if (logReader) logReader.abort();
+    logReader = null;
+  });
 }

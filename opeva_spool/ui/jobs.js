@@ -61,7 +61,7 @@ async function load() {
     $("#page-info").textContent = `page ${cursors.length}`;
     $("#jobs").dataset.loaded = String(Date.now());
     if (!performance.getEntriesByName(FIRST_DATA_MARK).length) requestAnimationFrame(() => performance.mark(FIRST_DATA_MARK));
-    scheduleActiveRefresh(items.some((item) => ACTIVE.has(item.status)));
+    scheduleActiveRefresh(items.some((item) => ACTIVE.has(item.status)) && document.visibilityState === "visible");
   } catch (err) {
     if (err.name !== "AbortError") showError(err);
   } finally {
