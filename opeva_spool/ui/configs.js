@@ -17,6 +17,7 @@ function renderGutter() {
   gutter.scrollTop = text.scrollTop;
 }
 
+/** Show a refused save under the editor, mark its line; returns where it is ("line 3, column 5") or "". */
 function markError(err) {
   // The line comes as a field of the 400 (1-based); older servers only name it in the detail.
   const named = /line (\d+)(?:, column (\d+))?/.exec(err.detail || "");
@@ -24,9 +25,9 @@ function markError(err) {
   const column = err.body?.column ?? (named && named[2] ? Number(named[2]) : null);
   badLine = line;
   renderGutter();
-  const where = line ? `line ${line}${column ? `, column ${column}` : ""}: ` : "";
+  const where = line ? `line ${line}${column ? `, column ${column}` : ""}` : "";
   $("#config-error").className = "error-text";
-  $("#config-error").textContent = `${where}${err.detail}`;
+  $("#config-error").textContent = where ? `${where}: ${err.detail}` : err.detail;
   if (line) {
     const lines = text.value.split("\n");
     const start = lines.slice(0, line - 1).reduce((sum, l) => sum + l.length + 1, 0);
@@ -34,6 +35,7 @@ function markError(err) {
     text.setSelectionRange(start, start + (lines[line - 1] || "").length);
     text.scrollTop = Math.max(0, (line - 5) * 18);
   }
+  return where;
 }
 
 function clearError() {
@@ -78,6 +80,7 @@ function startNew() {
   text.value = "experiment:\n  name: my-experiment\n  run_name: first\n";
   $("#delete-config").disabled = true;
   history.replaceState(null, "", "configs");
+  for (const link of document.querySelectorAll("#config-list a.active")) link.classList.remove("active");
   clearError();
   nameInput.focus();
 }
@@ -98,8 +101,9 @@ async function save(event) {
     history.replaceState(null, "", `configs?file=${encodeURIComponent(current)}`);
     await loadList();
   } catch (err) {
-    if (err instanceof ApiError && err.status === 400) markError(err);
-    showMessage(describeError(err), "error");
+    // A 400 is explained under the editor, at its line; the line at the top only says so.
+    const where = err instanceof ApiError && err.status === 400 ? markError(err) : "";
+    showMessage(where ? `${err.status} ${err.error}: not saved, see ${where} under the editor` : describeError(err));
   } finally {
     $("#save-config").disabled = false;
   }
