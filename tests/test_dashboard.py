@@ -320,6 +320,17 @@ def test_jobs_page_filters_pages_and_updates_live(ui):
              message="the new job in the table without a reload")
 
 
+def test_jobs_page_follows_the_event_stream_when_served_and_polls_without_it(ui, served):
+    browser = ui.browser
+    server, _ = served
+    has_events = any(route.rule == "/events" for route in server.app.routes)
+    ui.open("/ui/")
+    wait_css(browser, "#jobs[data-loaded]")
+    # Without /events (an older server) the EventSource fails and the page polls; with it, it listens.
+    wait_css(browser, f"body[data-live={'events' if has_events else 'polling'}]",
+             message="the page's live mode", timeout=5)
+
+
 def test_hosts_page_shows_liveness_and_drains_and_resumes_a_host(ui):
     browser = ui.browser
     http = ui.http

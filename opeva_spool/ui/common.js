@@ -136,7 +136,10 @@ export function query(params) {
  */
 export function liveUpdates(onChange, {types = ["job"], pollMs = 3000, job = null} = {}) {
   let source = null, pollTimer = null, retryTimer = null;
+  // How the page is kept live, for a glance in the inspector (and the tests): "events" or "polling".
+  const mode = (how) => { document.body.dataset.live = how; };
   const startPolling = () => {
+    mode("polling");
     if (!pollTimer) pollTimer = setInterval(() => onChange(null), pollMs);
   };
   const stopPolling = () => {
@@ -148,6 +151,7 @@ export function liveUpdates(onChange, {types = ["job"], pollMs = 3000, job = nul
     source = new EventSource(apiUrl("events" + query({job})));
     source.onopen = () => {
       stopPolling();
+      mode("events");
       onChange(null); // anything missed while polling between two ticks
     };
     for (const type of types) {
