@@ -3,6 +3,11 @@ import {$, api, badge, el, liveUpdates, renderShell, showError, showMessage, thr
 
 // Heartbeat ages move on their own: the table is refreshed this often even without events.
 const REFRESH_MS = 5000;
+// After a drain request the host says it is draining in its next heartbeat: look this often until it does.
+const PENDING_REFRESH_MS = 1000;
+const PENDING_GIVE_UP_MS = 60000;
+const pending = new Map(); // host -> {draining: wanted, since: ms}
+let pendingTimer = null;
 
 renderShell("hosts");
 
@@ -14,13 +19,22 @@ function gpuSlots(host) {
 }
 
 function drainButton(host) {
+  const wanted = pending.get(host.host);
+  if (wanted && (wanted.draining === host.draining || Date.now() - wanted.since > PENDING_GIVE_UP_MS)) {
+    pending.delete(host.host);
+  }
+  if (pending.has(host.host)) {
+    return el("button", {type: "button", disabled: true, dataset: {host: host.host}},
+      pending.get(host.host).draining ? "drain requested…" : "resume requested…");
+  }
   const button = el("button", {type: "button", class: host.draining ? "primary" : null, dataset: {host: host.host}},
     host.draining ? "draining — resume" : "drain");
   button.addEventListener("click", async () => {
     button.disabled = true;
     try {
       const answer = await api(`hosts/${encodeURIComponent(host.host)}/drain`, {method: host.draining ? "DELETE" : "POST"});
-      showMessage(`${host.host}: ${answer.draining ? "draining (takes no new jobs)" : "takes jobs again"}`, "info");
+      showMessage(answer.message || `${host.host}: ${answer.draining ? "drain requested" : "drain lifted"}`, "info");
+      pending.set(host.host, {draining: answer.draining, since: Date.now()});
       await load();
     } catch (err) {
       showError(err);
@@ -54,6 +68,8 @@ async function load() {
       : [el("tr", {}, el("td", {colspan: 8, class: "muted"}, "no hosts"))]));
     const online = hosts.filter((host) => host.state === "online").length;
     $("#summary").textContent = `(${online} of ${hosts.length} online)`;
+    clearTimeout(pendingTimer);
+    if (pending.size) pendingTimer = setTimeout(load, PENDING_REFRESH_MS);
   } catch (err) {
     showError(err);
   }
