@@ -370,3 +370,46 @@ def test_jobs_page_reads_on_a_phone(ui):
     assert width <= viewport + 1  # no sideways scrolling of the page (the table scrolls inside its card)
     assert not find(browser, "#jobs th.hide-narrow").is_displayed()
     shoot(browser, "jobs-phone")
+
+
+@pytest.fixture
+def site_server(tmp_path, mongo_uri, lab_site):
+    """A server with site data (the seeded site ``lab`` in nx-27017) and no token."""
+    server = Server(make_settings(tmp_path, bind="127.0.0.1", mongo_uri=mongo_uri)).start()
+    port = server.listen(port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield HttpClient(f"http://127.0.0.1:{port}")
+    server.shutdown()
+    thread.join(30)
+
+
+def test_datasets_page_builds_a_dataset_with_its_progress_charts_site_data_and_deletes_it(browser, site_server,
+                                                                                          lab_site):
+    browser.set_window_size(*WINDOW)
+    browser.get(site_server.base_url + "/ui/datasets")
+    wait_css(browser, f"#b-site option[value='{lab_site}']", lambda e: True, message="the site in the build form")
+    find(browser, "#b-name").send_keys("ui-lab")
+    # datetime-local fields take keys in the browser's locale format: set their value as the form would hold it.
+    browser.execute_script("document.querySelector('#b-from').value = '2024-03-30T06:00';"
+                           "document.querySelector('#b-until').value = '2024-03-31T20:00';")
+    find(browser, "#b-description").send_keys("from the dashboard")
+    find(browser, "#build-button").click()
+    wait_css(browser, ".build[data-name='ui-lab'] .state", lambda e: e.text == "ready", timeout=60,
+             message="the build to finish, shown on the page")
+    row = wait_css(browser, "#datasets tr[data-name='ui-lab']", message="the new dataset in the list")
+    assert "60 min" in row.text and lab_site in row.text and "from the dashboard" in row.text
+    assert find(browser, "#datasets tr[data-name='ui-lab'] a").get_attribute("href").endswith(
+        "/dataset/download/ui-lab")
+    # The seeded data is from 2024: the chart shows it with "all".
+    from selenium.webdriver.support.select import Select
+
+    Select(find(browser, "#rt-minutes")).select_by_value("")
+    wait_css(browser, "#site-plot .plot-area", lambda e: int(e.get_attribute("data-points") or 0) > 0,
+             message="the site's data charted")
+    shoot(browser, "datasets-with-site-data")
+    click(browser, "#datasets tr[data-name='ui-lab'] button.danger")
+    confirm(browser)
+    wait_for(lambda: not find_all(browser, "#datasets tr[data-name='ui-lab']"), BROWSER_WAIT,
+             message="the dataset gone from the list")
+    assert "ui-lab" not in [dataset["name"] for dataset in site_server.get("/datasets").json()]

@@ -1,7 +1,7 @@
 // Datasets: list, build (with its progress), download, delete; a chart of a site's recent data.
 // Without MongoDB the site routes answer 503: the page says so and the rest keeps working.
 import {$, ApiError, Chart, api, apiUrl, bytes, confirmAction, describeError, el, localTime, numericFields, progressBar,
-  renderShell, showError, showMessage} from "./common.js";
+  query, renderShell, showError, showMessage} from "./common.js";
 
 const BUILD_POLL_MS = 1000;
 const PERIODS = [5, 10, 15, 30, 60, 120, 180, 360, 720, 1440]; // minutes; each divides a day
@@ -65,8 +65,11 @@ async function watchBuild(name) {
     card.querySelector(".state").replaceChildren(el("span", {class: `badge ${status.state}`}, status.state));
     card.querySelector(".progress").replaceChildren(progressBar(status.progress_pct));
     card.querySelector(".stage").textContent = status.stage || "";
-    const notes = [...(status.warnings || []), status.error].filter(Boolean);
-    card.querySelector(".notes").textContent = notes.join("; ");
+    const warnings = status.warnings || [];
+    card.querySelector(".notes").replaceChildren(
+      status.error ? el("div", {class: "error-text"}, status.error) : "",
+      warnings.length ? el("details", {}, el("summary", {}, `${warnings.length} warning${warnings.length > 1 ? "s" : ""}`),
+        el("ul", {}, warnings.map((warning) => el("li", {}, warning)))) : "");
     if (status.state !== "building") {
       loadDatasets();
       return;
@@ -119,7 +122,8 @@ async function loadSiteData() {
   const site = $("#rt-site").value;
   if (!site) return;
   try {
-    siteAnswer = await api(`real-time-data/${encodeURIComponent(site)}?minutes=${$("#rt-minutes").value}&limit=${SITE_DATA_LIMIT}`);
+    siteAnswer = await api(`real-time-data/${encodeURIComponent(site)}` +
+      query({minutes: $("#rt-minutes").value, limit: SITE_DATA_LIMIT}));
   } catch (err) {
     $("#site-plot").replaceChildren(el("p", {class: "muted"}, describeError(err)));
     return;
