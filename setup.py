@@ -17,6 +17,7 @@ setup(
         "pymongo>=4.6",
         "pyyaml>=6.0",
         "pandas>=2.0",
+        "prometheus_client>=0.17",
     ],
     extras_require={"test": ["pytest>=8", "nx-27017", "ruff==0.17.6", "selenium>=4.10"]},
     entry_points={"console_scripts": ["opeva-spool=opeva_spool.cli:main"]},

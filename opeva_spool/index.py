@@ -32,8 +32,8 @@ STATUS_BUCKET = {
     JobState.DISPATCHED: ACTIVE,
     JobState.RUNNING: ACTIVE,
 }
-# How long a deleted entry's tombstone is kept: far longer than any event delay (watchdog holds a
-# move up to 0.5 s to pair it) or a listing of the spool takes.
+# How long a deleted entry's tombstone is kept: far longer than any event delay (the polling observer's
+# poll, a second) or a listing of the spool takes.
 TOMBSTONE_SECONDS = 300.0
 
 
@@ -69,6 +69,9 @@ class IndexedJob:
 class JobIndex:
     def __init__(self, spool):
         self.spool = spool
+        # Called with (job_id, IndexedJob) after each placement and (job_id, None) when a job is forgotten;
+        # the event tracker sets it (events.TransitionTracker.job_changed).
+        self.on_change = lambda job_id, job: None
         self._lock = threading.RLock()
         self._jobs = {}
         self._order = []  # order keys, newest first
@@ -86,6 +89,12 @@ class JobIndex:
 
     def place(self, location: Location, entry: Entry) -> IndexedJob | None:
         """The entry is now at ``location`` (from a listing, an event or our own write); None if it was deleted."""
+        job = self._place(location, entry)
+        if job is not None:
+            self.on_change(entry.job_id, job)  # outside the lock: it may read the job's attempt record
+        return job
+
+    def _place(self, location, entry):
         with self._lock:
             if (entry.job_id, entry.submit_ns) in self._tombstones:
                 return None  # late news of a deleted job (see deleted)
@@ -119,11 +128,12 @@ class JobIndex:
             if job is not None:
                 self._unbucket(job)
                 _remove_sorted(self._order, job.order_key)
+                self.on_change(job_id, None)
 
     def deleted(self, entry: Entry) -> None:
         """The job of ``entry`` was deleted: forget it, and ignore any later placement of its entry.
 
-        Race: an event (inotify delivers a move up to 0.5 s late) or a listing made before the
+        Race: an event (delivered by another thread, or a poll later) or a listing made before the
         delete can arrive after it, and would place the job back. A deleted entry never comes
         back (a new job under the same id has a new submit time), so its tombstone is exact;
         tombstones only expire to bound memory.
@@ -213,6 +223,10 @@ class JobIndex:
     def job_ids(self) -> set[str]:
         with self._lock:
             return set(self._jobs)
+
+    def jobs(self) -> list[IndexedJob]:
+        with self._lock:
+            return list(self._jobs.values())
 
     def page(self, status: JobState | None = None, host: str | None = None, limit: int = 100,
              after: tuple[int, str] | None = None, offset: int = 0,

@@ -12,20 +12,25 @@ from . import fsio
 from .agent import Agent
 from .api import app as api_app
 from .api import configs as configs_api
+from .api import events as events_api
 from .api import jobs as jobs_api
 from .api import sites as sites_api
 from .api import system as system_api
 from .api import ui as ui_api
+from .events import EventBus, EventJournal, TransitionTracker
 from .hosts import LivenessMonitor
 from .inbox import Inbox
 from .index import JobIndex
 from .jobs import EMBEDDED_HOST
+from .metrics import Metrics
 from .runtimes import make_runtime
 from .service import JobService
 from .sitedata.mongo import SiteData
+from .sitedata.store import DatasetStore
 from .spool import QUEUED, TERMINAL_DIRS, Entry, Location, Spool
 from .streams import StreamGate, StreamingDispatcher
 from .watching import DirectoryWatcher
+from .webhook import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +69,19 @@ class Server:
         self.monitor = LivenessMonitor(self.spool, settings.hosts, settings.offline_after, on_moved=self.index.place)
         self.inbox = Inbox(self.spool, self.jobs)
         sitedata = SiteData(settings)
+        datasets = DatasetStore(settings, sitedata)
+        self.events = EventBus(EventJournal(os.path.join(self.spool.spool_dir, "events")))
+        self.metrics = Metrics(self.index, self.monitor, self.events, datasets)
+        self.webhook = WebhookSender(settings.webhook_url, self.spool) if settings.webhook_url else None
+        listeners = (self.metrics.on_job_event,) + ((self.webhook.on_job_event,) if self.webhook else ())
+        self.transitions = TransitionTracker(self.events, self.index, self.monitor, listeners)
+        # Before anything else can change the index: what happened while the server was down comes first.
+        self.transitions.reconcile()
+        self.index.on_change = self.transitions.job_changed
         ctx = api_app.Context(settings, spool=self.spool, index=self.index, jobs=self.jobs, monitor=self.monitor,
-                              sitedata=sitedata, dependency_checks=dependency_checks(settings, sitedata))
-        self.app = api_app.make_app(ctx, [jobs_api, configs_api, system_api, sites_api, ui_api])
+                              sitedata=sitedata, datasets=datasets, events=self.events, metrics=self.metrics,
+                              dependency_checks=dependency_checks(settings, sitedata))
+        self.app = api_app.make_app(ctx, [jobs_api, configs_api, system_api, sites_api, events_api, ui_api])
         self.agent = None
         if settings.embedded_worker:
             self.agent = Agent(settings, self.spool, make_runtime(settings), host=EMBEDDED_HOST)
@@ -83,8 +98,8 @@ class Server:
     # ----- events and maintenance ---------------------------------------------------------
 
     def _wake_embedded_worker(self, entry):
-        # The server published it, so it can tell its own worker at once: watchdog holds
-        # inotify events for up to 0.5 s behind any rename out of queued/ (move pairing).
+        # The server published it, so it can tell its own worker at once, before the worker's
+        # watcher reports the entry (a thread hop with inotify, up to a poll with polling).
         if self.agent is not None and self.agent.wants(entry.name):
             self.agent.wake.set()
 
@@ -133,6 +148,7 @@ class Server:
             ("unreadable entries", self._set_aside_unreadable_entries),
             ("trash", self.spool.empty_trash),
             ("stop requests", self._clear_answered_stop_requests),
+            ("events", self.transitions.maintain),
         )
         for name, step in steps:
             try:
@@ -231,6 +247,7 @@ class Server:
         # Not httpd.close(): that closes the trigger too, which finishing requests still pull.
         wasyncore.dispatcher.close(httpd)
         self.stopping.set()  # streams see it within a poll and end their responses
+        self.events.wake()  # event streams wait for events, not on a poll: tell them now
         while time.monotonic() < deadline and any(
                 channel.requests or channel.total_outbufs_len for channel in list(httpd.active_channels.values())):
             self._loop_once(httpd, DRAIN_POLL_SECONDS)
@@ -249,3 +266,6 @@ class Server:
         self.watcher.stop()
         if self.agent:
             self.agent.shutdown(timeout=self.settings.stop_grace + 5)
+        if self.webhook:
+            self.webhook.close()
+        self.events.close()  # last: the agent's last moves above are still journaled

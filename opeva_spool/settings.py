@@ -71,6 +71,8 @@ class Settings:
     # --- site data ---
     mongo_uri: str = ""
     mongo_timeout_ms: int = DEFAULT_MONGO_TIMEOUT_MS
+    # --- events ---
+    webhook_url: str = ""
 
 
 DESCRIPTIONS = {
@@ -106,6 +108,7 @@ DESCRIPTIONS = {
                 "empty: the agent's own uid:gid.",
     "mongo_uri": "MongoDB URI for site data; empty disables the site endpoints (503).",
     "mongo_timeout_ms": "Server-selection and socket timeout for MongoDB, in milliseconds.",
+    "webhook_url": "When set, a JSON POST to this http(s) URL each time a job ends (docs/events.md); empty: off.",
 }
 
 

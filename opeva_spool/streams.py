@@ -17,8 +17,10 @@ from urllib.parse import parse_qs
 
 from waitress.task import ThreadedTaskDispatcher
 
-# Routes whose ``?follow=1`` keeps the response open; any request accepting an event stream does too.
+# Routes whose ``?follow=1`` keeps the response open; any request accepting an event stream does too,
+# and /events always (a plain ``curl`` of it sends no Accept).
 FOLLOW_PATHS = ("/logs/", "/file-logs/")
+STREAM_PATHS = ("/events",)
 EVENT_STREAM = "text/event-stream"
 TRUE_FLAGS = ("1", "true", "yes", "on")
 # environ key: a callable that turns true once the client is gone or the server is closing.
@@ -27,7 +29,7 @@ STREAM_GONE = "opeva.stream_gone"
 
 def is_stream(path: str, query: str, accept: str) -> bool:
     """Whether a request may stay open for long: a log follow, or anything asking for an event stream."""
-    if EVENT_STREAM in accept:
+    if EVENT_STREAM in accept or path in STREAM_PATHS:
         return True
     if not path.startswith(FOLLOW_PATHS):
         return False

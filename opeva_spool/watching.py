@@ -8,7 +8,7 @@ Either way events only wake someone up early: every consumer also rescans on a t
 import logging
 
 from watchdog.events import FileSystemEventHandler
-from watchdog.observers import Observer
+from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,36 @@ class _Forward(FileSystemEventHandler):
             log.exception("event handler failed for %s", event)
 
 
+class _PromptInotifyEmitter(InotifyEmitter):
+    """inotify without watchdog's move pairing, which only delays us.
+
+    watchdog holds each IN_MOVED_FROM for 0.5 s, hoping to pair it with an IN_MOVED_TO of
+    the same watch, and every later event of that watch waits behind it (its queue is
+    FIFO): a claim into running/ within 0.5 s of a job leaving it was seen 0.5 s late.
+    Our watches are single directories and entries move between directories, never
+    within one, so no pair is ever made: a moved-from is handed on at once, as a delete.
+    """
+
+    def on_thread_start(self):
+        super().on_thread_start()
+        try:
+            self._inotify._move_event_grouper._queue.delay = 0  # watchdog's internals: see the fallback
+        except AttributeError:  # another watchdog version: events still arrive, only later
+            log.debug("watchdog's move pairing delay could not be turned off")
+
+
+class _PromptInotifyObserver(InotifyObserver):
+    def __init__(self):
+        super().__init__()
+        self._emitter_class = _PromptInotifyEmitter
+
+
 class DirectoryWatcher:
     def __init__(self, kind="native", poll_seconds=POLLING_OBSERVER_SECONDS):
         if kind == "polling":
             self.observer = PollingObserver(timeout=min(poll_seconds, POLLING_OBSERVER_SECONDS))
         else:
-            self.observer = Observer()
+            self.observer = _PromptInotifyObserver()
         self.observer.daemon = True
         self._watched = set()
 

@@ -16,9 +16,11 @@ from types import ModuleType
 import bottle
 
 from ..configs import nesting_depth
+from ..events import EventBus
 from ..exceptions import BadRequest, PayloadTooLarge, SpoolError, Unauthorized
 from ..hosts import LivenessMonitor
 from ..index import JobIndex
+from ..metrics import Metrics
 from ..service import JobService
 from ..settings import Settings
 from ..sitedata.mongo import SiteData
@@ -50,6 +52,8 @@ class Context:
     monitor: LivenessMonitor | None = None
     sitedata: SiteData | None = None
     datasets: DatasetStore | None = None
+    events: EventBus | None = None
+    metrics: Metrics | None = None
     # name -> check for /health: None when reachable, else a sentence (or it raises)
     dependency_checks: dict[str, Callable[[], str | None]] = field(default_factory=dict)
 
