@@ -43,6 +43,9 @@ def test_dashboard_pages_and_files_have_their_content_types_and_are_revalidated(
         assert answer.status == 200, path
         assert answer.headers["Content-Type"].startswith(content_type), path
         assert answer.headers["Cache-Control"] == "no-cache", path
+    page = client.get("/ui/")
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
     etag = {name.lower(): value for name, value in client.get("/ui/common.js").headers.items()}["etag"]
     assert client.get("/ui/common.js", headers={"If-None-Match": etag}).status == 304
     assert client.get("/ui").headers["Location"].endswith("/ui/")
@@ -100,8 +103,9 @@ def ui(served, browser):
 
     browser.get_log("browser")  # drop what earlier tests left
     yield Dashboard(browser, http, open_page)
+    # Script errors, and anything the page's Content-Security-Policy blocked.
     script_errors = [entry for entry in browser.get_log("browser")
-                     if entry["level"] == "SEVERE" and entry.get("source") == "javascript"]
+                     if entry["level"] == "SEVERE" and entry.get("source") in ("javascript", "security")]
     assert not script_errors, script_errors
 
 
