@@ -246,6 +246,13 @@ def test_resubmit_and_delete_from_the_job_page(ui):
     assert http.get(f"/status/{job_id}").status == 404
 
 
+def test_the_page_of_an_unknown_job_says_so(ui):
+    browser = ui.browser
+    ui.open("/ui/job?id=00000000-0000-4000-8000-000000000000")
+    text = message_text(browser)
+    assert "404" in text and "00000000-0000-4000-8000-000000000000" in text
+
+
 def test_a_change_without_the_token_is_refused_with_a_message_and_the_token_field_lets_it_through(ui):
     browser = ui.browser
     ui.open("/ui/", token="")
