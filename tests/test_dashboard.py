@@ -275,6 +275,28 @@ def test_a_submit_naming_a_missing_config_shows_the_servers_message(ui):
     assert browser.current_url.endswith("/ui/")
 
 
+def test_a_pasted_yaml_config_is_saved_and_submitted_and_a_broken_one_is_refused_at_its_line(ui):
+    browser = ui.browser
+    http = ui.http
+    ui.open("/ui/")
+    find(browser, "#show-submit").click()
+    find(browser, "#submit-yaml-box summary").click()
+    pasted = wait_css(browser, "#submit-yaml")
+    pasted.send_keys("experiment: {name: pasted, run_name: p1}\ndemo: {episodes: [1\n")
+    find(browser, "#submit-save-as").send_keys("pasted.yaml")
+    find(browser, "#submit-button").click()
+    text = message_text(browser)
+    assert "400" in text and "line" in text
+    assert http.get("/experiment-configs/pasted.yaml").status == 404
+    pasted.clear()
+    pasted.send_keys("experiment: {name: pasted, run_name: p1}\ndemo: {episodes: 1, steps: 2, step_seconds: 0.01}\n")
+    find(browser, "#submit-button").click()
+    wait_for(lambda: "/ui/job?id=" in browser.current_url, BROWSER_WAIT, message="the submitted job's page")
+    job_id = browser.current_url.split("id=")[1]
+    assert http.get(f"/job-info/{job_id}").json()["config_path"] == "configs/pasted.yaml"
+    wait_for_status(http, job_id, "finished")
+
+
 def test_invalid_yaml_in_the_config_editor_is_shown_at_its_line_and_a_valid_one_is_saved(ui):
     browser = ui.browser
     http = ui.http

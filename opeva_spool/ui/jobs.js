@@ -138,6 +138,12 @@ async function loadConfigNames() {
   }
 }
 
+/** dashboard-20261207-120500.yaml: a name for a pasted config that was given none. */
+function defaultConfigName() {
+  const stamp = new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
+  return `dashboard-${stamp}.yaml`;
+}
+
 function setUpSubmit() {
   $("#show-submit").addEventListener("click", () => {
     const card = $("#submit-card");
@@ -150,12 +156,20 @@ function setUpSubmit() {
   $("#submit-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const form = event.target;
+    const yaml = form.elements.yaml.value;
     const body = {config_path: form.elements.config_path.value.trim(), submitted_by: "dashboard"};
     if (form.elements.target_host.value) body.target_host = form.elements.target_host.value;
     if (form.elements.job_name.value.trim()) body.job_name = form.elements.job_name.value.trim();
     if (form.elements.priority.value) body.priority = Number(form.elements.priority.value);
     $("#submit-button").disabled = true;
     try {
+      if (yaml.trim()) {
+        // /run-simulation takes an inline config as JSON only: YAML is saved as a config (never over
+        // another one), and the job runs that, as it would from the config's name.
+        const saved = await api("experiment-configs/create", {method: "POST",
+          body: {file_name: form.elements.save_as.value.trim() || defaultConfigName(), config: yaml, overwrite: false}});
+        body.config_path = saved.file;
+      }
       const job = await api("run-simulation", {method: "POST", body});
       showMessage(`job ${job.job_id} queued`, "info");
       location.href = `job?id=${encodeURIComponent(job.job_id)}`;
