@@ -5,6 +5,7 @@ that uses it is marked ``browser`` by conftest.py. Without chromium or chromedri
 skipped, unless CI=true: there a missing browser is a failure (.ci/browser.sh installs it).
 """
 
+import functools
 import os
 import shutil
 import tempfile
@@ -42,8 +43,9 @@ def start_chromium(user_data_dir: str, size=WINDOW):
     return driver
 
 
+@functools.cache
 def screenshot_dir() -> str:
-    """$OPEVA_CI_LOG_DIR/screenshots (CI keeps it), else a fresh temp dir."""
+    """$OPEVA_CI_LOG_DIR/screenshots (CI keeps it), else a temp dir made on first use (one per run)."""
     base = os.environ.get("OPEVA_CI_LOG_DIR") or tempfile.mkdtemp(prefix="opeva-screens-")
     path = os.path.join(base, "screenshots")
     os.makedirs(path, exist_ok=True)

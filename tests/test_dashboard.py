@@ -19,7 +19,6 @@ from .conftest import make_settings, wait_for, wait_for_status
 TOKEN = "dashboard-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BROWSER_WAIT = 20.0
-SHOTS = screenshot_dir()
 
 
 # ----- files over HTTP (no browser) ------------------------------------------------------------------
@@ -160,7 +159,7 @@ def confirm(browser, accept=True):
 
 def shoot(browser, name):
     browser.execute_script("window.scrollTo(0, 0)")
-    browser.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
+    browser.save_screenshot(os.path.join(screenshot_dir(), f"{name}.png"))
 
 
 def submit_from_jobs_page(browser, config, host=EMBEDDED_HOST):
