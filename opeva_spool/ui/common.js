@@ -134,7 +134,7 @@ export function query(params) {
  * itself after a drop; a stream the server refused (closed) is tried again every EVENTS_RETRY_MS.
  * Nothing runs while the tab is hidden (see whileVisible). Returns a function that stops everything.
  */
-export function liveUpdates(onChange, {types = ["job"], pollMs = 3000, job = null} = {}) {
+export function liveUpdates(onChange, {types = ["job"], pollMs = 3000} = {}) {
   let source = null, pollTimer = null, retryTimer = null;
   // How the page is kept live, for a glance in the inspector (and the tests): "events" or "polling".
   const mode = (how) => { document.body.dataset.live = how; };
@@ -148,7 +148,7 @@ export function liveUpdates(onChange, {types = ["job"], pollMs = 3000, job = nul
   };
   const connect = () => {
     if (typeof EventSource === "undefined") return startPolling();
-    source = new EventSource(apiUrl("events" + query({job})));
+    source = new EventSource(apiUrl("events"));
     source.onopen = () => {
       stopPolling();
       mode("events");
