@@ -5,6 +5,8 @@ setup(
     version="0.1.0",
     description="Filesystem-native job spooler for OPEVA simulation and training jobs",
     packages=find_packages(include=["opeva_spool", "opeva_spool.*"]),
+    # The web dashboard's static files (served at /ui/), with the vendored libraries and their licences.
+    package_data={"opeva_spool": ["ui/*.html", "ui/*.js", "ui/*.css", "ui/vendor/*.md", "ui/vendor/*/*"]},
     python_requires=">=3.10",
     install_requires=[
         "bottle>=0.13",
@@ -18,6 +20,6 @@ setup(
         "prometheus_client>=0.17",
         "rich>=13.0",
     ],
-    extras_require={"test": ["pytest>=8", "nx-27017", "ruff==0.17.6"]},
+    extras_require={"test": ["pytest>=8", "nx-27017", "ruff==0.17.6", "selenium>=4.10"]},
     entry_points={"console_scripts": ["opeva-spool=opeva_spool.cli:main"]},
 )

@@ -9,6 +9,7 @@ import bottle
 from .. import __version__, names
 from ..exceptions import NotFound, Unavailable
 from .app import Context
+from .ui import UI_PATH, wants_html
 
 DEPENDENCY_CHECK_TTL = 10.0
 
@@ -88,5 +89,7 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
 
     @app.get("/")
     def root():
+        if wants_html(bottle.request.get_header("Accept", "")):  # a browser: to the dashboard
+            bottle.redirect(UI_PATH)
         bottle.response.content_type = "application/json"
         return {"service": "opeva-spool", "version": __version__, "docs": "see README.md"}
