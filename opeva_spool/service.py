@@ -13,19 +13,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from . import fsio, jobs, names, progress
+from . import fsio, jobs, logs, names, progress
 from .configs import ConfigStore, WriteMode
 from .exceptions import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from .index import IndexedJob, JobIndex
-from .jobs import JobConfig, JobFolder
+from .jobs import JobConfig
 from .settings import Settings
 from .spool import DONE, QUEUED, Entry, JobStatus, Location, Spool
 from .states import JobState, check_transition
 
-LOG_CHUNK = 64 * 1024
-# A follower sees a new line within this (bench/cli_follow.py: line written -> printed, p95 94 ms at 0.1 s,
-# 240 ms at 0.25 s); a poll is one read() that returns nothing, ~200 followers cost 2,000 reads a second.
-FOLLOW_POLL_SECONDS = 0.1
 # Listing spool/ for host names on every submission costs more than the submission's fsync.
 KNOWN_HOSTS_TTL = 1.0
 # Followers of one job share one look at whether it ended (a stat and its attempt record) per
@@ -420,7 +416,7 @@ class JobService:
         earlier attempt's log is complete: following it ends at its end."""
         job, path = self.log_path(job_id, attempt)
         follow = follow and path == self.spool.folder(job.entry.job_id).log
-        return _stream_log(path, tail, follow, lambda: self._ended(job.entry.job_id), gone or _never)
+        return logs.stream_log(path, tail, follow, lambda: self._ended(job.entry.job_id), gone or _never)
 
     def _ended(self, job_id):
         now = time.monotonic()
@@ -446,6 +442,10 @@ def progress_percent(doc: dict) -> float | None:
     return None
 
 
+def _never():
+    return False
+
+
 def _no_such_job(job_id):
     return NotFound(f"no job {job_id!r}", job_id=job_id, status=JobState.NOT_FOUND.value)
 
@@ -455,69 +455,3 @@ def _parse_cursor(cursor):
     if not submit_ns.isdigit() or not names.JOB_ID.match(job_id):
         raise BadRequest(f"invalid cursor {cursor!r}")
     return (-int(submit_ns), job_id)
-
-
-def tail_offset(handle, lines):
-    """Byte offset where the last ``lines`` lines start, reading backwards in blocks."""
-    end = handle.seek(0, os.SEEK_END)
-    if lines <= 0:
-        return end
-    position, newlines = end, 0
-    # A trailing newline ends the last line rather than starting an empty one.
-    if end:
-        handle.seek(end - 1)
-        if handle.read(1) == b"\n":
-            position -= 1
-    while position > 0:
-        size = min(LOG_CHUNK, position)
-        position -= size
-        handle.seek(position)
-        block = handle.read(size)
-        for i in range(len(block) - 1, -1, -1):
-            if block[i] == 10:
-                newlines += 1
-                if newlines == lines:
-                    return position + i + 1
-    return 0
-
-
-def _open_or_none(path):
-    """The job's log (jobs/<id>/logs/<id>.log) opened for reading, or None while there is none to serve.
-
-    A log that leaves its job's folder, or is no regular file, counts as none: log_path
-    answered 403 for it before the stream began, and one planted later is never served
-    (raising here would only cut the stream short with a traceback)."""
-    try:
-        return fsio.open_inside(path, JobFolder.of_log(path).path)
-    except fsio.Refused:
-        return None
-
-
-def _never():
-    return False
-
-
-def _stream_log(path, tail, follow, ended, gone):
-    handle = _open_or_none(path)
-    if handle is None and not follow:
-        return
-    try:
-        if handle is not None and tail is not None:
-            handle.seek(tail_offset(handle, tail))
-        finishing = False
-        while not gone():  # a follower that left, or a closing server, ends the stream within a poll
-            if handle is None:
-                handle = _open_or_none(path)
-            chunk = handle.read(LOG_CHUNK) if handle else b""
-            if chunk:
-                yield chunk
-                continue
-            if not follow or finishing:
-                return
-            # One more pass after the job ended: its last lines may land just before that.
-            finishing = ended()
-            if not finishing:
-                time.sleep(FOLLOW_POLL_SECONDS)
-    finally:
-        if handle is not None:
-            handle.close()

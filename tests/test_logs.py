@@ -4,7 +4,7 @@ import os
 import threading
 import tracemalloc
 
-from opeva_spool.service import LOG_CHUNK, tail_offset
+from opeva_spool.logs import LOG_CHUNK, tail_offset
 
 from .conftest import PYTHON, wait_for_status
 
