@@ -43,7 +43,7 @@ def metrics_path(folder: JobFolder) -> str:
 
 def now_iso() -> str:
     """UTC now with microseconds, fixed width, so that points a poll apart never share a time."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_since(raw: str) -> datetime.datetime:
@@ -52,7 +52,7 @@ def parse_since(raw: str) -> datetime.datetime:
         moment = datetime.datetime.fromisoformat(raw)
     except ValueError:
         raise BadRequest(f"'since' must be an ISO-8601 time such as 2026-01-31T12:00:00Z, not {raw!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
 
 
 class ProgressRecorder:
