@@ -6,7 +6,8 @@ setup(
     description="Filesystem-native job spooler for OPEVA simulation and training jobs",
     packages=find_packages(include=["opeva_spool", "opeva_spool.*"]),
     # The web dashboard's static files (served at /ui/), with the vendored libraries and their licences.
-    package_data={"opeva_spool": ["ui/*.html", "ui/*.js", "ui/*.css", "ui/vendor/*.md", "ui/vendor/*/*"]},
+    package_data={"opeva_spool": ["ui/*.html", "ui/pages/*.html", "ui/*.js", "ui/*.css", "ui/vendor/*.md",
+                                  "ui/vendor/*/*"]},
     python_requires=">=3.10",
     install_requires=[
         "bottle>=0.13",

@@ -45,14 +45,22 @@ def test_dashboard_pages_and_files_have_their_content_types_and_are_revalidated(
     page = client.get("/ui/")
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
     assert page.headers["X-Content-Type-Options"] == "nosniff"
-    etag = {name.lower(): value for name, value in client.get("/ui/common.js").headers.items()}["etag"]
-    assert client.get("/ui/common.js", headers={"If-None-Match": etag}).status == 304
+    for path in ("/ui/common.js", "/ui/job"):
+        etag = {name.lower(): value for name, value in client.get(path).headers.items()}["etag"]
+        assert client.get(path, headers={"If-None-Match": etag}).status == 304, path
     assert client.get("/ui").headers["Location"].endswith("/ui/")
+
+
+def test_pages_are_rendered_from_one_layout_with_their_own_title_and_module(client):
+    job_page, hosts_page = client.get("/ui/job").text, client.get("/ui/hosts").text
+    assert "<title>Job · opeva-spool</title>" in job_page and '<script type="module" src="job.js">' in job_page
+    assert "uPlot.iife.min.js" in job_page and "uPlot" not in hosts_page  # only pages with plots load it
+    assert '<table id="hosts">' in hosts_page and "{{" not in hosts_page + job_page
 
 
 def test_dashboard_serves_nothing_outside_its_folder(client):
     for path in ("/ui/../setup.py", "/ui/%2e%2e/api/ui.py", "/ui/.hidden", "/ui/vendor/../../server.py",
-                 "/ui/no-such-file.js"):
+                 "/ui/no-such-file.js", "/ui/layout.html", "/ui/pages/jobs.html"):
         answer = client.get(path)
         assert answer.status == 404 and answer.json()["error"] == "not_found", path
 

@@ -1,13 +1,17 @@
 """The web dashboard: its pages and static files under /ui/ (files in opeva_spool/ui/; docs/dashboard.md).
 
-The pages are plain HTML with one ES module each; they call the JSON API from the browser, so
-this module only serves files. Every answer carries ``Cache-Control: no-cache`` with an ETag and a
-Last-Modified: a browser revalidates each file (a cheap 304) and never runs the JavaScript of an
-older package against the HTML of a newer one.
+A page is rendered by the server from one layout (``ui/layout.html``: head, styles, scripts) and
+the page's body (``ui/pages/<name>.html``), once per process: the files are part of the package.
+The page's ES module then calls the JSON API from the browser. Every answer carries
+``Cache-Control: no-cache`` with an ETag: a browser revalidates each file (a cheap 304) and never
+runs the JavaScript of an older package against the HTML of a newer one.
 """
 
+import functools
+import hashlib
 import os
 import re
+from typing import NamedTuple
 
 import bottle
 
@@ -16,10 +20,21 @@ from .app import Context
 
 UI_PATH = "/ui/"
 UI_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ui")
-# Page name in the URL -> its file; "" is /ui/ itself.
-PAGES = {"": "jobs.html", "index.html": "jobs.html", "jobs": "jobs.html", "job": "job.html", "hosts": "hosts.html",
-         "configs": "configs.html", "datasets": "datasets.html"}
-CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+
+
+class Page(NamedTuple):
+    title: str
+    name: str  # its body is pages/<name>.html, its module <name>.js
+    plots: bool = False  # loads the vendored uPlot
+
+
+JOBS_PAGE = Page("Jobs", "jobs")
+# Page name in the URL -> the page; "" is /ui/ itself.
+PAGES = {"": JOBS_PAGE, "index.html": JOBS_PAGE, "jobs": JOBS_PAGE, "job": Page("Job", "job", plots=True),
+         "hosts": Page("Hosts", "hosts"), "configs": Page("Configs", "configs"),
+         "datasets": Page("Datasets", "datasets", plots=True)}
+HTML = "text/html; charset=utf-8"
+CONTENT_TYPES = {".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml",
                  "": "text/plain; charset=utf-8"}  # LICENSE files
 # Each path segment: a plain file or folder name (no dot files, so no "..", no hidden files).
@@ -57,15 +72,38 @@ def _quality(accept: str, media_type: str) -> float:
     return best_q
 
 
-def _send(relative_path: str):
-    content_type = CONTENT_TYPES.get(os.path.splitext(relative_path)[1], "application/octet-stream")
+@functools.cache
+def _rendered(page: Page) -> tuple[bytes, str]:
+    """The page's HTML and its ETag."""
+    with open(os.path.join(UI_ROOT, "layout.html"), encoding="utf-8") as layout, \
+            open(os.path.join(UI_ROOT, "pages", f"{page.name}.html"), encoding="utf-8") as body:
+        html = bottle.SimpleTemplate(layout.read()).render(
+            title=page.title, script=f"{page.name}.js", plots=page.plots, body=body.read()).encode()
+    return html, '"' + hashlib.sha256(html).hexdigest()[:32] + '"'
+
+
+def _send_page(page: Page):
+    html, etag = _rendered(page)
+    headers = {"ETag": etag, "Content-Security-Policy": CONTENT_SECURITY_POLICY}
+    if bottle.request.get_header("If-None-Match") == etag:
+        return _with_common_headers(bottle.HTTPResponse(status=304, **headers))
+    return _with_common_headers(bottle.HTTPResponse(html, Content_Type=HTML, **headers))
+
+
+def _send_file(relative_path: str):
+    extension = os.path.splitext(relative_path)[1]
+    if extension == ".html":  # the layout and the page bodies are templates: pages are served by name
+        raise NotFound(f"no dashboard file {relative_path!r}", path=relative_path)
+    content_type = CONTENT_TYPES.get(extension, "application/octet-stream")
     response = bottle.static_file(relative_path, root=UI_ROOT, mimetype=content_type)
     if response.status_code >= 400:  # missing (or unreadable) in the package
         raise NotFound(f"no dashboard file {relative_path!r}", path=relative_path)
+    return _with_common_headers(response)
+
+
+def _with_common_headers(response: bottle.HTTPResponse) -> bottle.HTTPResponse:
     response.set_header("Cache-Control", CACHE_CONTROL)
     response.set_header("X-Content-Type-Options", "nosniff")
-    if relative_path.endswith(".html"):
-        response.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     return response
 
 
@@ -78,8 +116,8 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
     @app.get("/ui/<path:path>")
     def page_or_file(path=""):
         if path in PAGES:
-            return _send(PAGES[path])
+            return _send_page(PAGES[path])
         segments = path.split("/")
         if not all(ASSET_SEGMENT.fullmatch(segment) for segment in segments):
             raise NotFound(f"no dashboard file {path!r}", path=path)
-        return _send("/".join(segments))
+        return _send_file("/".join(segments))
