@@ -3,39 +3,23 @@
 #   start_dockerd            start this run's own dockerd (or reuse the one given) and export DOCKER_HOST
 #   stop_dockerd             stop the engine this run started and remove its scratch dir; an engine
 #                            it reused is left alone
-# All three are idempotent and safe under `set -euo pipefail`. Needs .ci/locks.sh.
+# All three are idempotent and safe under `set -euo pipefail`. Needs .ci/locks.sh and .ci/apt.sh.
 #
 # By default each run starts its own engine in a fresh `mktemp -d` dir, so two runs on one machine
 # never share (or stop) each other's engine. To reuse a running engine, set OPEVA_CI_DOCKER_DIR to
 # the dir holding its docker.sock. The dir is short on purpose: the socket path must stay under the
 # 108-byte limit of unix socket names.
 
-OPEVA_CI_APT_LOG=${OPEVA_CI_APT_LOG:-${OPEVA_CI_LOG_DIR:-/tmp}/apt.log}
 _OPEVA_CI_DOCKER_STARTED=""   # the scratch dir of the engine this run started, once it has
 _OPEVA_CI_DOCKERD_PID=""       # and that engine's pid (our child)
-
-_docker_pkg_installed() {
-    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
-}
-
-_docker_apt_install() {
-    apt-get -o DPkg::Lock::Timeout=600 update -q &&
-        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
-            --no-install-recommends docker.io busybox-static
-}
 
 ensure_docker_packages() {
     # Check the package, not the binary: the plain (dynamic) busybox also installs
     # /bin/busybox, and it cannot run in the libc-less test image.
-    if command -v dockerd >/dev/null && _docker_pkg_installed busybox-static; then
+    if command -v dockerd >/dev/null && ci_pkg_installed busybox-static; then
         return 0
     fi
-    echo "installing docker.io busybox-static (log: $OPEVA_CI_APT_LOG)"
-    ci_locked apt _docker_apt_install >>"$OPEVA_CI_APT_LOG" 2>&1 || {
-        echo "apt-get failed; last lines of $OPEVA_CI_APT_LOG:" >&2
-        tail -n 20 "$OPEVA_CI_APT_LOG" >&2
-        return 1
-    }
+    ci_apt_install docker.io busybox-static
 }
 
 # True when the engine behind unix socket $1 answers /_ping (plain Python: no curl in CI).

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import threading
 import time
 
 import pytest
@@ -10,7 +11,7 @@ from opeva_spool import fsio
 from opeva_spool.server import Server
 from opeva_spool.settings import Settings
 
-from .clients import ThreadedServer, WsgiClient
+from .clients import HttpClient, ThreadedServer, WsgiClient
 
 pytest_plugins = ["tests.mongo_support", "tests.docker_support", "tests.browser_support"]
 
@@ -59,6 +60,26 @@ def server(settings):
 
 
 @pytest.fixture
+def serving(tmp_path):
+    """serve(**settings) -> (server, port, HttpClient): a Server with its real HTTP stack
+    (``Server.listen``/``serve_forever``) on 127.0.0.1; each one shut down at the end of the test."""
+    servers = []
+
+    def serve(**overrides):
+        server = Server(make_settings(tmp_path, bind="127.0.0.1", **overrides)).start()
+        port = server.listen(port=0)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        return server, port, HttpClient(f"http://127.0.0.1:{port}")
+
+    yield serve
+    for server, thread in servers:
+        server.shutdown()
+        thread.join(30)
+
+
+@pytest.fixture
 def client(server):
     return WsgiClient(server.app)
 
@@ -100,6 +121,16 @@ def rejected(server):
             assert os.path.lexists(os.path.join(server.spool.rejected_dir, name, reason["name"]))
             reasons.append(reason)
     return reasons
+
+
+def assert_one_line_error(result, exit_code=None):
+    """A command that failed (with ``exit_code``, if given) saying so in one line and no traceback; the line."""
+    assert result.returncode != 0 if exit_code is None else result.returncode == exit_code, (
+        result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("opeva-spool: "), result.stderr
+    return lines[0]
 
 
 def demo_config(episodes=2, steps=5, step_seconds=0.01, **extra):

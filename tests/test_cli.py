@@ -14,20 +14,13 @@ from opeva_spool.exceptions import BadRequest
 from opeva_spool.spool import Spool
 
 from .clients import free_port
+from .conftest import assert_one_line_error
 from .processes import PROJECT_ROOT, spool_env
 
 
 def run_cli(*argv, env):
     return subprocess.run([sys.executable, "-m", "opeva_spool.cli", *argv], env=env, cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=60)
-
-
-def assert_one_line_refusal(result):
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("opeva-spool: "), result.stderr
-    return lines[0]
 
 
 @pytest.fixture
@@ -39,19 +32,19 @@ def share(tmp_path):
 
 def test_drain_refuses_a_root_that_is_not_a_share_and_creates_nothing(tmp_path):
     root = tmp_path / "opt" / "opeva_shared_data"
-    line = assert_one_line_refusal(run_cli("drain", "--host", "local", "--root", str(root),
+    line = assert_one_line_error(run_cli("drain", "--host", "local", "--root", str(root),
                                            env=spool_env(root, tmp_path)))
     assert "not an initialised shared root" in line
     assert not (tmp_path / "opt").exists()
     # An existing directory that is not a share is left as it was, too.
     root.mkdir(parents=True)
-    assert_one_line_refusal(run_cli("drain", "--host", "local", "--root", str(root), env=spool_env(root, tmp_path)))
+    assert_one_line_error(run_cli("drain", "--host", "local", "--root", str(root), env=spool_env(root, tmp_path)))
     assert os.listdir(root) == []
 
 
 def test_drain_refuses_an_unknown_host_and_creates_nothing(share, tmp_path):
     before = sorted(os.listdir(share / "spool"))
-    line = assert_one_line_refusal(run_cli("drain", "--host", "gpu-typo", env=spool_env(share, tmp_path)))
+    line = assert_one_line_error(run_cli("drain", "--host", "gpu-typo", env=spool_env(share, tmp_path)))
     assert "unknown host 'gpu-typo'" in line and "local" in line
     assert sorted(os.listdir(share / "spool")) == before
 
@@ -71,7 +64,7 @@ def test_drain_of_a_known_host_writes_and_lifts_its_drain_file(share, tmp_path):
 @pytest.mark.parametrize("argv", [["submit", "demo.yaml"], ["status", "0123"]])
 def test_client_command_against_an_unreachable_server_prints_one_line(argv, tmp_path):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    line = assert_one_line_refusal(run_cli(*argv, "--server", url, env=spool_env(tmp_path, tmp_path)))
+    line = assert_one_line_error(run_cli(*argv, "--server", url, env=spool_env(tmp_path, tmp_path)))
     assert f"cannot reach the server at {url}" in line
 
 

@@ -17,10 +17,8 @@ import zipfile
 import pytest
 import yaml
 
-from opeva_spool.server import Server
-
-from .clients import HttpClient, free_port
-from .conftest import PYTHON, demo_config, make_settings, wait_for, wait_for_status
+from .clients import free_port
+from .conftest import PYTHON, assert_one_line_error, demo_config, wait_for, wait_for_status
 from .processes import PROJECT_ROOT
 
 # Each command is a process of its own (~0.3 s): with the real-process tests, not in the core suite.
@@ -54,37 +52,19 @@ class Cli:
         return result.stdout
 
 
-def one_line_error(result, exit_code):
-    assert result.returncode == exit_code, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("opeva-spool: "), result.stderr
-    return lines[0]
-
-
 @pytest.fixture
-def serving(tmp_path):
+def cli_serving(serving, tmp_path):
     """start(**settings) -> (server, HttpClient, Cli) for a Server with its real HTTP stack on 127.0.0.1."""
-    servers = []
-
     def start(**overrides):
-        server = Server(make_settings(tmp_path, bind="127.0.0.1", **overrides)).start()
-        port = server.listen(port=0)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        url = f"http://127.0.0.1:{port}"
-        return server, HttpClient(url), Cli(url, tmp_path / "xdg")
+        server, port, http = serving(**overrides)
+        return server, http, Cli(f"http://127.0.0.1:{port}", tmp_path / "xdg")
 
-    yield start
-    for server, thread in servers:
-        server.shutdown()
-        thread.join(30)
+    return start
 
 
 @pytest.fixture
-def api(serving):
-    return serving()
+def api(cli_serving):
+    return cli_serving()
 
 
 def config_file(tmp_path, name="exp.yaml", **demo):
@@ -149,7 +129,7 @@ def test_jobs_table_filters_by_status_submitter_and_text_and_json_parses(api, tm
     assert [item["job_id"] for item in json.loads(cli.ok("jobs", "--json", "--search", "BOB-R"))] == [bob]
     assert json.loads(cli.ok("jobs", "--json", "--status", "queued")) == []
     assert len(json.loads(cli.ok("jobs", "--json", "--limit", "1"))) == 1
-    bad = one_line_error(cli("jobs", "--status", "bogus"), 1)
+    bad = assert_one_line_error(cli("jobs", "--status", "bogus"), 1)
     assert "unknown status 'bogus'" in bad
 
 
@@ -165,7 +145,7 @@ def test_show_result_and_status_of_a_finished_job(api, tmp_path):
     assert float(kpi_row[1]) == json.loads(cli.ok("result", job_id, "--json"))["kpis"]["average_reward"]
     assert '"final_reward"' in result
     assert json.loads(cli.ok("status", job_id))["status"] == "finished"
-    assert "no job 'nope'" in one_line_error(cli("show", "nope"), 1)
+    assert "no job 'nope'" in assert_one_line_error(cli("show", "nope"), 1)
 
 
 # ----- logs, progress -----------------------------------------------------------------------------
@@ -189,7 +169,7 @@ def test_logs_follow_prints_each_line_as_the_job_writes_it_and_ends_with_the_job
     assert cli.ok("logs", job_id, "--tail", "1") == "second line\n"
     assert cli.ok("logs", job_id) == "first line\nsecond line\n"
     assert cli.ok("logs", job_id, "--attempt", "1") == "first line\nsecond line\n"
-    assert "no attempt 2" in one_line_error(cli("logs", job_id, "--attempt", "2"), 1)
+    assert "no attempt 2" in assert_one_line_error(cli("logs", job_id, "--attempt", "2"), 1)
 
 
 def test_ctrl_c_ends_a_log_follow_with_130_and_no_traceback(api):
@@ -236,7 +216,7 @@ def test_stop_delete_and_resubmit(api, tmp_path):
     _, http, cli = api
     running = submit_command(http, "import time\nprint('up', flush=True)\ntime.sleep(60)")
     wait_for_status(http, running, "running")
-    refused = one_line_error(cli("delete", running), 1)
+    refused = assert_one_line_error(cli("delete", running), 1)
     assert "force" in refused
     assert "stop requested" in cli.ok("stop", running)
     wait_for_status(http, running, "stopped")
@@ -276,7 +256,7 @@ def test_hosts_drain_through_the_api(api):
     assert "yes" in next(line for line in cli.ok("hosts").splitlines() if line.startswith("local"))
     assert json.loads(cli.ok("hosts", "drain", "local", "--undo", "--json"))["draining"] is False
     wait_for(lambda: not local()["draining"], message="the drain of local lifted")
-    assert "unknown host 'nohost'" in one_line_error(cli("hosts", "drain", "nohost"), 1)
+    assert "unknown host 'nohost'" in assert_one_line_error(cli("hosts", "drain", "nohost"), 1)
 
 
 def test_configs_push_show_rm_round_trip(api, tmp_path):
@@ -286,28 +266,28 @@ def test_configs_push_show_rm_round_trip(api, tmp_path):
     assert "exp.yaml" in cli.ok("configs", "ls").split()
     assert yaml.safe_load(cli.ok("configs", "show", "exp.yaml")) == demo_config(episodes=7)
     assert json.loads(cli.ok("configs", "show", "exp.yaml", "--json"))["config"] == demo_config(episodes=7)
-    assert "exists" in one_line_error(cli("configs", "push", path, "--no-overwrite"), 1)
+    assert "exists" in assert_one_line_error(cli("configs", "push", path, "--no-overwrite"), 1)
     assert "replaced" in cli.ok("configs", "push", path)
     broken = tmp_path / "broken.yaml"
     broken.write_text("a: 1\nb: [1, 2\n")
-    line = one_line_error(cli("configs", "push", str(broken)), 1)
+    line = assert_one_line_error(cli("configs", "push", str(broken)), 1)
     assert "line" in line
     assert "deleted" in cli.ok("configs", "rm", "exp.yaml")
     assert "exp.yaml" not in cli.ok("configs", "ls").split()
-    assert "no config 'exp.yaml'" in one_line_error(cli("configs", "show", "exp.yaml"), 1)
-    assert "cannot read" in one_line_error(cli("configs", "push", str(tmp_path / "missing.yaml")), 2)
+    assert "no config 'exp.yaml'" in assert_one_line_error(cli("configs", "show", "exp.yaml"), 1)
+    assert "cannot read" in assert_one_line_error(cli("configs", "push", str(tmp_path / "missing.yaml")), 2)
 
 
 def test_datasets_ls_and_a_missing_dataset(api, tmp_path):
     _, _, cli = api
     assert json.loads(cli.ok("datasets", "ls", "--json")) == []
     assert "name" in cli.ok("datasets", "ls")
-    one_line_error(cli("datasets", "download", "nothing", "-o", str(tmp_path / "x.zip")), 1)
+    assert_one_line_error(cli("datasets", "download", "nothing", "-o", str(tmp_path / "x.zip")), 1)
     assert not (tmp_path / "x.zip").exists() and not (tmp_path / "x.zip.part").exists()
 
 
-def test_datasets_build_wait_download_and_rm(serving, tmp_path, mongo_uri, lab_site):
-    _, _, cli = serving(mongo_uri=mongo_uri)
+def test_datasets_build_wait_download_and_rm(cli_serving, tmp_path, mongo_uri, lab_site):
+    _, _, cli = cli_serving(mongo_uri=mongo_uri)
     out = cli.ok("datasets", "build", "lab-day", "--site", lab_site, "--from", "2024-03-30T00:00:00",
                  "--until", "2024-03-31T00:00:00", "--period", "60", "-s", "central_agent=true", "--wait")
     assert "dataset lab-day: 100% ready" in out.splitlines()
@@ -323,16 +303,16 @@ def test_datasets_build_wait_download_and_rm(serving, tmp_path, mongo_uri, lab_s
     assert schema["central_agent"] is True
     assert "lab-day" in cli.ok("datasets", "rm", "lab-day")
     assert json.loads(cli.ok("datasets", "ls", "--json")) == []
-    one_line_error(cli("datasets", "build", "x", "--site", "nosuch", "--from", "2024-03-30",
+    assert_one_line_error(cli("datasets", "build", "x", "--site", "nosuch", "--from", "2024-03-30",
                        "--until", "2024-03-31"), 1)
 
 
 # ----- where the server is, tokens, errors --------------------------------------------------------
 
-def test_token_from_the_environment_and_from_the_client_config_file(serving, tmp_path):
-    _, _, cli = serving(api_token="s3cret")
+def test_token_from_the_environment_and_from_the_client_config_file(cli_serving, tmp_path):
+    _, _, cli = cli_serving(api_token="s3cret")
     path = config_file(tmp_path)
-    refused = one_line_error(cli("submit", path), 1)
+    refused = assert_one_line_error(cli("submit", path), 1)
     assert "Authorization: Bearer" in refused
     assert cli.ok("jobs", "--json") == "[]\n"  # reads need no token
     assert cli.ok("submit", path, "-q", OPEVA_TOKEN="s3cret").strip()
@@ -344,8 +324,8 @@ def test_token_from_the_environment_and_from_the_client_config_file(serving, tmp
     assert yaml.safe_load(config_path.read_text()) == {"token": "s3cret"}
     assert cli.ok("submit", path, "-q").strip()
     # A flag beats the environment, which beats the file.
-    assert "Authorization" in one_line_error(cli("submit", path, "--token", "wrong", OPEVA_TOKEN="s3cret"), 1)
-    assert "Authorization" in one_line_error(cli("submit", path, OPEVA_TOKEN="wrong"), 1)
+    assert "Authorization" in assert_one_line_error(cli("submit", path, "--token", "wrong", OPEVA_TOKEN="s3cret"), 1)
+    assert "Authorization" in assert_one_line_error(cli("submit", path, OPEVA_TOKEN="wrong"), 1)
 
 
 def test_server_url_from_the_client_config_file_and_a_bad_file(api, tmp_path):
@@ -354,11 +334,11 @@ def test_server_url_from_the_client_config_file_and_a_bad_file(api, tmp_path):
     other = tmp_path / "other.yaml"
     cli.ok("client-config", "--server", url, "--client-config", str(other))
     assert cli.ok("jobs", "--json", "--client-config", str(other)) == "[]\n"
-    assert "cannot reach" in one_line_error(cli("jobs"), 3)  # the default file does not exist: 127.0.0.1:8000
+    assert "cannot reach" in assert_one_line_error(cli("jobs"), 3)  # the default file does not exist: 127.0.0.1:8000
     other.write_text("server: [unclosed\n")
-    assert "client config" in one_line_error(cli("jobs", "--client-config", str(other)), 2)
+    assert "client config" in assert_one_line_error(cli("jobs", "--client-config", str(other)), 2)
     other.write_text("server: ftp://x\n")
-    assert "http://host:port" in one_line_error(cli("jobs", "--client-config", str(other)), 2)
+    assert "http://host:port" in assert_one_line_error(cli("jobs", "--client-config", str(other)), 2)
 
 
 @pytest.mark.parametrize("argv", [["jobs"], ["logs", "x", "-f"], ["hosts", "--json"], ["configs", "ls"],
@@ -366,7 +346,7 @@ def test_server_url_from_the_client_config_file_and_a_bad_file(api, tmp_path):
 def test_an_unreachable_server_is_exit_3_in_one_line(argv, tmp_path):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     cli = Cli(url, tmp_path)
-    assert f"cannot reach the server at {url}" in one_line_error(cli(*argv), 3)
+    assert f"cannot reach the server at {url}" in assert_one_line_error(cli(*argv), 3)
 
 
 @pytest.mark.parametrize("argv", [["jobs", "--limit", "many"], ["logs"], ["submit", "x.yaml", "--gpus", "some"],
@@ -379,8 +359,8 @@ def test_usage_errors_exit_2(argv, tmp_path):
 def test_a_bad_override_is_refused_before_asking_the_server(tmp_path):
     cli = Cli("http://127.0.0.1:1", tmp_path)
     path = config_file(tmp_path)
-    assert "key.path=value" in one_line_error(cli("submit", path, "-s", "demo.steps"), 2)
-    assert "not a mapping" in one_line_error(cli("submit", path, "-s", "demo.steps.x=1"), 2)
+    assert "key.path=value" in assert_one_line_error(cli("submit", path, "-s", "demo.steps"), 2)
+    assert "not a mapping" in assert_one_line_error(cli("submit", path, "-s", "demo.steps.x=1"), 2)
 
 
 @pytest.fixture
@@ -409,9 +389,9 @@ def not_the_api():
 
 def test_an_answer_that_is_not_the_api_is_one_line(not_the_api, tmp_path):
     cli = Cli(not_the_api, tmp_path)
-    line = one_line_error(cli("status", "x"), 1)
+    line = assert_one_line_error(cli("status", "x"), 1)
     assert "502" in line and "Bad Gateway" in line
-    assert "not JSON (text/html)" in one_line_error(cli("jobs"), 1)
+    assert "not JSON (text/html)" in assert_one_line_error(cli("jobs"), 1)
 
 
 # ----- the tour for the README --------------------------------------------------------------------
@@ -495,8 +475,8 @@ def test_show_config_prints_the_snapshot_the_job_runs_with(api, tmp_path):
     assert yaml.safe_load(cli.ok("show", job_id, "--config"))["demo"]["steps"] == 3
 
 
-def test_a_follow_the_server_ends_before_the_job_ended_is_an_error(serving):
-    server, http, cli = serving()
+def test_a_follow_the_server_ends_before_the_job_ended_is_an_error(cli_serving):
+    server, http, cli = cli_serving()
     job_id = submit_command(http, "import time\nprint('up', flush=True)\ntime.sleep(60)")
     follower = cli.popen("logs", job_id, "-f")
     try:

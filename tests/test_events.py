@@ -16,10 +16,7 @@ from opeva_spool.events import EventBus, EventJournal
 from opeva_spool.server import WAITRESS_THREADS
 from opeva_spool.spool import QUEUED, Entry, Location, Spool
 
-from . import test_streams
 from .conftest import demo_config, wait_for
-
-serving = test_streams.serving  # the fixture: a Server with its real HTTP stack on 127.0.0.1
 
 TERMINAL = ("finished", "failed", "stopped", "canceled")
 

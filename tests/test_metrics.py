@@ -6,10 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from opeva_spool import fsio
 
-from . import test_streams
 from .conftest import PYTHON, wait_for, wait_for_status
-
-serving = test_streams.serving  # the fixture: a Server with its real HTTP stack on 127.0.0.1
 
 
 def scrape(client):

@@ -3,34 +3,11 @@ and one client cannot hold more than its share."""
 
 import json
 import socket
-import threading
 
-import pytest
-
-from opeva_spool.server import WAITRESS_THREADS, Server
+from opeva_spool.server import WAITRESS_THREADS
 from opeva_spool.streams import is_stream
 
-from .clients import HttpClient
-from .conftest import PYTHON, make_settings, wait_for, wait_for_status
-
-
-@pytest.fixture
-def serving(tmp_path):
-    """A Server with its real HTTP stack (``Server.listen``/``serve_forever``) on 127.0.0.1."""
-    servers = []
-
-    def serve(**overrides):
-        server = Server(make_settings(tmp_path, bind="127.0.0.1", **overrides)).start()
-        port = server.listen(port=0)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return server, port, HttpClient(f"http://127.0.0.1:{port}")
-
-    yield serve
-    for server, thread in servers:
-        server.shutdown()
-        thread.join(30)
+from .conftest import PYTHON, wait_for, wait_for_status
 
 
 def open_follow(port, job_id, source="127.0.0.1"):

@@ -13,11 +13,8 @@ from opeva_spool.server import Server
 from opeva_spool.spool import Spool
 from opeva_spool.webhook import WebhookSender
 
-from . import test_streams
 from .clients import free_port
 from .conftest import PYTHON, make_settings, wait_for, wait_for_status
-
-serving = test_streams.serving  # the fixture: a Server with its real HTTP stack on 127.0.0.1
 
 
 class Receiver:
