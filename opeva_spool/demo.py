@@ -52,8 +52,9 @@ def start(server, host):
     job = server.jobs.submit({"config_path": CONFIG_FILE, "target_host": host, "job_name": "demo-training",
                               "submitted_by": "quick-start"})
     settings = server.settings
-    log.info("demo job %s queued; follow it at http://%s:%s/status/%s", job["job_id"], settings.bind,
-             settings.port, job["job_id"])
+    base = f"http://{settings.bind}:{settings.port}"
+    log.info("demo job %s queued; watch it at %s/ui/job?id=%s (the dashboard) or %s/status/%s", job["job_id"], base,
+             job["job_id"], base, job["job_id"])
     threading.Thread(target=narrate, args=(server.jobs, job["job_id"], server.stopping), name="demo-narrator",
                      daemon=True).start()
     return job
