@@ -89,6 +89,8 @@ class Server:
         self.stopping = threading.Event()
         self.nudge = threading.Event()
         self._maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
+        self._active_watch = threading.Thread(target=self.transitions.watch_active, args=(self.stopping,),
+                                              name="active-jobs", daemon=True)
         # A plain flag, not an Event: shutdown() runs in signal handlers, and Event.set takes a lock
         # that the handler of an earlier signal, interrupted inside Event.set, may be holding.
         self._shutdown_requested = False
@@ -196,6 +198,7 @@ class Server:
         self.watcher.watch(self.spool.inbox_dir, self._on_spool_dir_event)
         self.watcher.start()
         self._maintenance.start()
+        self._active_watch.start()
         self.inbox.scan()
         return self
 
