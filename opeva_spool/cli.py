@@ -43,6 +43,7 @@ from .client import (
 from .exceptions import BadRequest, SpoolError
 from .jobs import EMBEDDED_HOST
 from .settings import Settings, load_settings, settings_markdown
+from .states import JobState
 
 log = logging.getLogger("opeva_spool")
 
@@ -52,7 +53,7 @@ EXIT_BROKEN_PIPE = 141  # the reader of our output left (| head), as a shell rep
 WATCH_SECONDS = 2.0  # jobs --watch refresh
 POLL_SECONDS = 0.5  # progress and datasets build --wait
 PIPE_WIDTH = 250  # rich's width when stdout is no terminal: tables keep their natural width, unwrapped
-TERMINAL_STATES = ("finished", "failed", "stopped", "canceled")
+TERMINAL_STATES = {state.value for state in JobState if state.terminal}
 STATUS_STYLES = {"queued": "cyan", "dispatched": "blue", "running": "bold yellow", "finished": "green",
                  "failed": "bold red", "stopped": "magenta", "canceled": "dim"}
 HOST_STYLES = {"online": "green", "suspect": "yellow", "offline": "red"}
@@ -683,13 +684,6 @@ def cmd_client_config(args):
         ("token", f"{MASK if target.token else 'none'}  (from {target.sources['token']})"),
     ]))
     return EXIT_OK
-
-
-def _from_setting(text, name):
-    """Help for an option that overrides a setting: its default is the setting's."""
-    default = getattr(Settings(), name)
-    default = ",".join(default) if isinstance(default, tuple) else default
-    return f"{text} (default: the {name} setting, $OPEVA_{name.upper()}, else {default})"
 
 
 def _who():
