@@ -11,6 +11,7 @@ shutdown are lost; a job that ended while the server was down is notified at its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -79,10 +80,10 @@ class WebhookSender:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            try:
-                event, entry = self._queue.get(timeout=1.0)
-            except queue.Empty:
+            item = self._queue.get()
+            if item is None:  # close() wakes us
                 continue
+            event, entry = item
             try:
                 body = json.dumps(self.payload(event, entry)).encode()
             except OSError as exc:  # the record unreadable: still tell what is known
@@ -112,4 +113,8 @@ class WebhookSender:
 
     def close(self, timeout: float = 2.0) -> None:
         self._stopping.set()
+        # Race: with the queue full the wake-up does not fit; then the sender is busy and sees
+        # _stopping between two notifications (or in its backoff wait) anyway.
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
         self._thread.join(timeout)

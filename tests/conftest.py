@@ -48,8 +48,9 @@ def make_settings(tmp_path, **overrides):
 
 
 @pytest.fixture
-def settings(tmp_path):
-    return make_settings(tmp_path)
+def settings(tmp_path, request):
+    """Test settings; a test may change some with ``@pytest.mark.parametrize("settings", [{...}], indirect=True)``."""
+    return make_settings(tmp_path, **getattr(request, "param", {}))
 
 
 @pytest.fixture

@@ -10,8 +10,10 @@ import pytest
 
 from opeva_spool import fsio, progress
 from opeva_spool.jobs import JobFolder
+from opeva_spool.server import Server
 
-from .conftest import demo_config, wait_for, wait_for_status
+from .clients import WsgiClient
+from .conftest import demo_config, make_settings, wait_for, wait_for_status
 
 
 def get(client, path, query):
@@ -25,8 +27,17 @@ def finished_demo_job(client, **body):
     return job_id
 
 
-def test_progress_history_keeps_every_version_the_agent_saw_in_order(client):
-    job_id = finished_demo_job(client)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """(server, client, job id) of one finished demo job, shared by the tests that only read it."""
+    server = Server(make_settings(tmp_path_factory.mktemp("views"))).start()
+    client = WsgiClient(server.app)
+    yield server, client, finished_demo_job(client)
+    server.close()
+
+
+def test_progress_history_keeps_every_version_the_agent_saw_in_order(finished):
+    _, client, job_id = finished
     history = client.get(f"/progress/{job_id}/history").json()["history"]
     steps = [point["progress"]["global_step"] for point in history]
     # The demo rewrites progress.json every 20 ms and the runner samples every 200 ms: not every
@@ -37,8 +48,8 @@ def test_progress_history_keeps_every_version_the_agent_saw_in_order(client):
     assert times == sorted(times) and len(set(times)) == len(times)
 
 
-def test_progress_history_since_answers_only_later_points(client):
-    job_id = finished_demo_job(client)
+def test_progress_history_since_answers_only_later_points(finished):
+    _, client, job_id = finished
     history = client.get(f"/progress/{job_id}/history").json()["history"]
     assert len(history) >= 3
     middle = history[1]["at"]
@@ -50,8 +61,8 @@ def test_progress_history_since_answers_only_later_points(client):
         whole_second
 
 
-def test_bad_since_is_a_400(client):
-    job_id = finished_demo_job(client)
+def test_bad_since_is_a_400(finished):
+    _, client, job_id = finished
     response = get(client, f"/progress/{job_id}/history", {"since": "yesterday"})
     assert response.status == 400 and "since" in response.json()["detail"]
 
@@ -98,8 +109,8 @@ def test_history_planted_as_a_link_is_not_written_through(tmp_path):
     assert outside.read_text() == "host file\n"
 
 
-def test_job_metrics_pages_by_offset_and_waits_for_a_torn_line(client, server):
-    job_id = finished_demo_job(client)
+def test_job_metrics_pages_by_offset_and_waits_for_a_torn_line(finished):
+    server, client, job_id = finished
     answer = client.get(f"/job-metrics/{job_id}").json()
     assert [m["global_step"] for m in answer["metrics"]] == list(range(1, 21))
     assert all(isinstance(m["loss"], float) for m in answer["metrics"])
@@ -117,26 +128,35 @@ def test_job_metrics_pages_by_offset_and_waits_for_a_torn_line(client, server):
 
 
 def test_job_info_lists_every_attempt_and_logs_serve_each_attempts_log(client, server):
-    job_id = client.post("/run-simulation", json={"command": ["sh", "-c", "echo attempt-output; exit 3"]}).json()[
-        "job_id"]
-    wait_for_status(client, job_id, "failed")
-    # A second attempt, as a requeue after a lost host makes it: the entry renamed to attempt 2.
-    job = server.jobs.lookup(job_id)
-    folder = server.spool.folder(job_id)
-    os.replace(folder.log, folder.attempt_log(1))
+    # No agent runs for gpu-a: the test plays its agent with the spool's own calls. Attempt 1 is
+    # lost with its host and requeued (its record never gets an ending); attempt 2 fails.
+    spool = server.spool
+    job_id = client.post("/run-simulation", json={"command": "true", "target_host": "gpu-a"}).json()["job_id"]
+    folder = spool.folder(job_id)
+    first = server.jobs.lookup(job_id).entry
+    os.makedirs(spool.running_dir("gpu-a"))  # as gpu-a's agent makes it when it starts
+    assert spool.claim(first, "gpu-a", "agent-1")
+    spool.write_attempt(first, "gpu-a", "agent-1", "running", started_at="2026-01-01T00:00:01Z")
+    os.makedirs(os.path.dirname(folder.log), exist_ok=True)
+    with open(folder.log, "w") as handle:
+        handle.write("first attempt\n")
+    second = spool.requeue(first, "gpu-a")
+    server.index.resolve(job_id)
+    # Attempt 2 has not started: attempt 1's log is still where the current log goes.
+    assert get(client, f"/logs/{job_id}", {"attempt": "1"}).text == "first attempt\n"
+    assert spool.claim(second, "gpu-a", "agent-2")
+    os.replace(folder.log, folder.attempt_log(1))  # what a runner does before it starts attempt 2
     with open(folder.log, "w") as handle:
         handle.write("second attempt\n")
-    second = job.entry.next_attempt()
-    os.rename(server.spool.entry_path(job.location, job.entry), server.spool.entry_path(job.location, second))
-    server.index.forget(job_id)
-    server.index.place(job.location, second)
+    assert spool.finish(second, "gpu-a", "agent-2", "failed", exit_code=3)
+    server.index.resolve(job_id)
     info = client.get(f"/job-info/{job_id}").json()
     assert [a["attempt"] for a in info["attempts"]] == [1, 2]
-    first = info["attempts"][0]
-    assert first["host"] == "local" and first["exit_code"] == 3 and first["state"] == "failed"
-    assert first["started_at"] and first["ended_at"] and first["claimed_at"]
-    assert info["attempts"][1]["exit_code"] is None  # nothing recorded for it
-    assert "attempt-output" in get(client, f"/logs/{job_id}", {"attempt": "1"}).text
+    lost, failed = info["attempts"]
+    assert lost["host"] == "gpu-a" and lost["state"] == "running" and lost["exit_code"] is None
+    assert lost["claimed_at"] and lost["started_at"] == "2026-01-01T00:00:01Z" and lost["ended_at"] is None
+    assert failed["state"] == "failed" and failed["exit_code"] == 3 and failed["ended_at"]
+    assert get(client, f"/logs/{job_id}", {"attempt": "1"}).text == "first attempt\n"
     assert get(client, f"/logs/{job_id}", {"attempt": "2"}).text == "second attempt\n"
     assert client.get(f"/logs/{job_id}").text == "second attempt\n"
     assert get(client, f"/logs/{job_id}", {"attempt": "3"}).status == 404
@@ -206,8 +226,8 @@ def test_jobs_list_paging_with_a_filter_walks_every_match_once(client):
     assert seen == ["sweep-5", "sweep-3", "sweep-1"]
 
 
-def test_finished_job_row_has_times_and_full_progress(client):
-    job_id = finished_demo_job(client)
+def test_finished_job_row_has_times_and_full_progress(finished):
+    _, client, job_id = finished
     row = next(r for r in client.get("/jobs").json() if r["job_id"] == job_id)
     assert row["progress_pct"] == 100.0 and row["started_at"] and row["ended_at"]
 

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from opeva_spool.server import Server
 
 from .clients import WsgiClient
@@ -63,6 +65,7 @@ def test_stop_of_running_job_terminates_it_and_ends_stopped(client, server):
     wait_for(lambda: not server.spool.stop_requested(job["job_id"]), message="stop request cleanup")
 
 
+@pytest.mark.parametrize("settings", [{"stop_grace": 0.5}], indirect=True)
 def test_stop_escalates_to_sigkill_when_job_ignores_sigterm(client, settings):
     script = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
               "time.sleep(60)")
