@@ -41,7 +41,7 @@ from .client import (
     write_config_file,
 )
 from .exceptions import BadRequest, SpoolError
-from .jobs import EMBEDDED_HOST
+from .jobs import EMBEDDED_HOST, parse_utc
 from .settings import Settings, load_settings, settings_markdown
 from .states import JobState
 
@@ -177,16 +177,6 @@ def styled(value, styles) -> Text:
     return Text(str(value or "-"), style=styles.get(value, ""))
 
 
-def parse_time(text) -> dt.datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:  # Python 3.10 reads no "Z"
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
-
-
 def span(seconds: float | None) -> str:
     """A duration the way a table shows it: 45s, 12m05s, 3h07m, 2d04h."""
     if seconds is None:
@@ -199,7 +189,7 @@ def span(seconds: float | None) -> str:
 
 
 def since(start, end=None) -> float | None:
-    start, end = parse_time(start), parse_time(end) or dt.datetime.now(dt.timezone.utc)
+    start, end = parse_utc(start), parse_utc(end) or dt.datetime.now(dt.timezone.utc)
     return (end - start).total_seconds() if start else None
 
 

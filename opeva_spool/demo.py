@@ -28,8 +28,8 @@ import yaml
 
 from .configs import WriteMode
 from .fsio import atomic_write_json
+from .jobs import utc_now_precise
 from .names import job_id
-from .progress import now_iso
 from .states import JobState
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def run(job_dir, job_name, episodes, steps, step_seconds, fail_at_step=None, see
     base = {"episode_total": episodes, "step_total": steps, "global_step_total": total}
     atomic_write_json(progress_path, dict(base, episode=0, episode_current=0, step=0, step_current=0,
                                           global_step=0, progress_pct=0.0, status="initializing",
-                                          timestamp=now_iso()), durable=False)
+                                          timestamp=utc_now_precise()), durable=False)
     rng = random.Random(seed)
     rewards = []
     # Like the image's logs/metrics.jsonl: one JSON object per step, appended and flushed.
@@ -117,35 +117,36 @@ def run(job_dir, job_name, episodes, steps, step_seconds, fail_at_step=None, see
                     atomic_write_json(progress_path, dict(base, episode=episode, step=step, global_step=global_step,
                                                           progress_pct=round(100 * global_step / total, 2),
                                                           status="failed", error_type="RuntimeError", error=error,
-                                                          timestamp=now_iso()), durable=False)
+                                                          timestamp=utc_now_precise()), durable=False)
                     with open(result_path, "w", encoding="utf-8") as handle:
                         json.dump({"status": "failed", "error_type": "RuntimeError", "error": error,
-                                   "timestamp": now_iso(), "traceback": "RuntimeError: " + error}, handle)
+                                   "timestamp": utc_now_precise(), "traceback": "RuntimeError: " + error}, handle)
                     print(f"[demo] ERROR {error}", file=sys.stderr, flush=True)
                     return 1
                 step_reward = -1.0 + math.tanh(global_step / total * 3) + rng.uniform(-0.1, 0.1)
                 episode_reward += step_reward
                 time.sleep(step_seconds)
                 loss = math.exp(-3 * global_step / total) + rng.uniform(0, 0.05)
-                metrics.write(json.dumps({"global_step": global_step, "episode": episode, "timestamp": now_iso(),
-                                          "reward": round(step_reward, 4), "loss": round(loss, 4)}) + "\n")
+                metrics.write(json.dumps({"global_step": global_step, "episode": episode,
+                                          "timestamp": utc_now_precise(), "reward": round(step_reward, 4),
+                                          "loss": round(loss, 4)}) + "\n")
                 metrics.flush()
                 atomic_write_json(progress_path, dict(base, episode=episode, episode_current=episode, step=step,
                                                       step_current=step, global_step=global_step,
                                                       progress_pct=round(100 * global_step / total, 2),
                                                       status="running", rewards={"episode": round(episode_reward, 4)},
-                                                      timestamp=now_iso()), durable=False)
+                                                      timestamp=utc_now_precise()), durable=False)
             rewards.append(round(episode_reward, 4))
             print(f"[demo] episode {episode}/{episodes} reward {episode_reward:.4f}", flush=True)
     atomic_write_json(progress_path, dict(base, episode=episodes, episode_current=episodes, step=steps,
                                           step_current=steps, global_step=total, progress_pct=100,
                                           status="completed", rewards={"episodes": rewards},
-                                          timestamp=now_iso()), durable=False)
+                                          timestamp=utc_now_precise()), durable=False)
     with open(result_path, "w", encoding="utf-8") as handle:
         json.dump({"status": "completed", "job_id": job_name, "episodes": episodes, "steps_per_episode": steps,
                    "episode_rewards": rewards, "final_reward": rewards[-1] if rewards else None,
                    "kpis": {"average_reward": round(sum(rewards) / len(rewards), 4) if rewards else None},
-                   "timestamp": now_iso()}, handle)
+                   "timestamp": utc_now_precise()}, handle)
     print(f"[demo] done: final reward {rewards[-1] if rewards else None}", flush=True)
     return 0
 

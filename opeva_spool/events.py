@@ -15,7 +15,6 @@ Three parts, one concern each:
 from __future__ import annotations
 
 import bisect
-import datetime as dt
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from collections.abc import Callable, Iterator
 from . import fsio
 from .hosts import SUSPECT, LivenessMonitor
 from .index import IndexedJob, JobIndex
+from .jobs import parse_utc, utc_now_precise
 from .states import JobState
 
 log = logging.getLogger(__name__)
@@ -55,18 +55,6 @@ DELETED = "deleted"
 STAGE = {JobState.QUEUED: 0, JobState.DISPATCHED: 1, JobState.RUNNING: 2,
          JobState.FINISHED: 3, JobState.FAILED: 3, JobState.STOPPED: 3, JobState.CANCELED: 3}
 ACTIVE_STATES = (JobState.DISPATCHED.value, JobState.RUNNING.value)
-
-
-def iso_z(moment: dt.datetime | None = None) -> str:
-    moment = moment or dt.datetime.now(dt.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_iso_z(text: str) -> dt.datetime | None:
-    try:
-        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
-    except (TypeError, ValueError):
-        return None
 
 
 class EventJournal:
@@ -216,7 +204,7 @@ class EventBus:
 
     def publish(self, kind: str, **fields: object) -> dict:
         with self._cond:
-            event = {"id": self.journal.last_id + 1, "type": kind, **fields, "at": iso_z()}
+            event = {"id": self.journal.last_id + 1, "type": kind, **fields, "at": utc_now_precise()}
             try:
                 self.journal.append(event)
             except OSError as exc:
@@ -346,7 +334,7 @@ class TransitionTracker:
             elif event.get("type") == HOST:
                 self._hosts[event["host"]] = event["to"]
         oldest = self.bus.journal.oldest()
-        since = parse_iso_z(oldest["at"]) if oldest else None
+        since = parse_utc(oldest["at"]) if oldest else None
         since_ns = int(since.timestamp() * 1e9) if since else None
         present = set()
         for job in self.index.jobs():

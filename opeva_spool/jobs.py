@@ -1,6 +1,7 @@
 """What a job is: its spec (validated from a request or a dropped job.json), job_info.json,
 and the layout of its data folder ``jobs/<job_id>/`` (which never moves)."""
 
+import datetime as dt
 import hashlib
 import os
 import re
@@ -39,6 +40,22 @@ DATA_SUBDIRS = ("logs", "progress", "results", "attempts")
 
 def utc_now():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def utc_now_precise() -> str:
+    """UTC now with microseconds, fixed width: events and progress points a moment apart never share a time."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_utc(text: object) -> dt.datetime | None:
+    """An ISO-8601 time as an aware datetime (a bare one counts as UTC), or None if ``text`` is none."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:  # Python 3.10 reads no "Z"
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
 @dataclass

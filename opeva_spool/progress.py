@@ -22,7 +22,7 @@ import os
 
 from . import fsio
 from .exceptions import BadRequest
-from .jobs import JobFolder
+from .jobs import JobFolder, parse_utc, utc_now_precise
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +41,12 @@ def metrics_path(folder: JobFolder) -> str:
     return os.path.join(os.path.dirname(folder.log), "metrics.jsonl")
 
 
-def now_iso() -> str:
-    """UTC now with microseconds, fixed width, so that points a poll apart never share a time."""
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def parse_since(raw: str) -> datetime.datetime:
     """``?since=`` as an aware datetime (a bare time counts as UTC); 400 for anything else."""
-    try:
-        moment = datetime.datetime.fromisoformat(raw)
-    except ValueError:
-        raise BadRequest(f"'since' must be an ISO-8601 time such as 2026-01-31T12:00:00Z, not {raw!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+    moment = parse_utc(raw)
+    if moment is None:
+        raise BadRequest(f"'since' must be an ISO-8601 time such as 2026-01-31T12:00:00Z, not {raw!r}")
+    return moment
 
 
 class ProgressRecorder:
@@ -90,7 +84,7 @@ class ProgressRecorder:
             self._last = self._last_recorded()  # an agent restarted mid-run must not repeat the last point
         if canonical == self._last:
             return False
-        line = json.dumps({"at": now_iso(), "progress": doc}).encode() + b"\n"
+        line = json.dumps({"at": utc_now_precise(), "progress": doc}).encode() + b"\n"
         with fsio.append_inside(self.path, self.folder.path) as handle:
             handle.write(line)
             size = handle.tell()
@@ -139,10 +133,8 @@ def read_history(folder: JobFolder, since: datetime.datetime | None = None,
             if point is None or not isinstance(point.get("progress"), dict):
                 continue  # a torn last line, or garbage the job wrote over the file
             if since is not None:
-                try:
-                    if parse_since(str(point.get("at"))) <= since:
-                        continue
-                except BadRequest:
+                at = parse_utc(point.get("at"))
+                if at is None or at <= since:
                     continue
             points.append(point)
             if len(points) >= limit:
