@@ -263,6 +263,11 @@ class JobIndex:
         next_after = keys[position - 1] if position < len(keys) and jobs else None
         return jobs, next_after, total
 
+    def active(self) -> list[IndexedJob]:
+        """The jobs on a host (dispatched or running: which one is in each attempt record), newest first."""
+        with self._lock:
+            return [self._jobs[job_id] for _, job_id in self._buckets.get(ACTIVE, [])]
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             return {bucket: len(keys) for bucket, keys in self._buckets.items() if keys}

@@ -11,7 +11,6 @@ in one test process) whatever else registers there.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +19,6 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import fsio
 from .events import JOB, EventBus
 from .hosts import ONLINE, LivenessMonitor
 from .index import IndexedJob, JobIndex
@@ -58,10 +56,12 @@ class SpoolCollector:
         for state in JobState:
             if state.terminal or state == JobState.QUEUED:
                 by_state.add_metric([state.value], counts.get(state.value, 0))
-        # The index tells claimed jobs by location alone; dispatched or running is in each attempt record.
-        claimed = {state: self.index.page(JobState(state), limit=ALL_JOBS)[0] for state in CLAIMED}
-        for state, jobs in claimed.items():
-            by_state.add_metric([state], len(jobs))
+        # The index tells claimed jobs by location alone; dispatched or running is in each attempt record,
+        # read once per job here.
+        active = self.index.active()
+        claimed = Counter(self.index.state_of(job).value for job in active)
+        for state in CLAIMED:
+            by_state.add_metric([state], claimed[state])
         yield by_state
         queued = GaugeMetricFamily(f"{PREFIX}_jobs_queued_by_target", "Queued jobs by target host ('any': any host).",
                                    labels=["target"])
@@ -70,7 +70,7 @@ class SpoolCollector:
         yield queued
         running = GaugeMetricFamily(f"{PREFIX}_jobs_running_by_host", "Dispatched or running jobs by host.",
                                     labels=["host"])
-        on_hosts = Counter(job.host for jobs in claimed.values() for job in jobs)
+        on_hosts = Counter(job.host for job in active)
         for host in sorted(set(self.monitor.hosts()) | set(on_hosts)):
             running.add_metric([host], on_hosts.get(host, 0))
         yield running
@@ -97,12 +97,7 @@ class SpoolCollector:
     def _dataset_builds(self):
         builds = GaugeMetricFamily(f"{PREFIX}_dataset_builds", "Dataset builds by state (building, ready, failed).",
                                    labels=["state"])
-        states = Counter()
-        if self.datasets is not None:
-            for name in fsio.listdir(self.datasets.builds):
-                if name.endswith(".json") and not name.startswith("."):
-                    status = fsio.read_json_object(os.path.join(self.datasets.builds, name)) or {}
-                    states[str(status.get("state", "unknown"))] += 1
+        states = self.datasets.builds_by_state() if self.datasets is not None else Counter()
         for state, count in sorted(states.items()):
             builds.add_metric([state], count)
         yield builds

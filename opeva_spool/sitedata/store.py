@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -141,6 +142,15 @@ class DatasetStore:
         status.update(stage=stage, **fields)
         status.pop("name", None)
         self._write_status(name, **status)
+
+    def builds_by_state(self) -> Counter:
+        """How many builds this store has a status for, by state (building, ready, failed)."""
+        states = Counter()
+        for name in fsio.listdir(self.builds):
+            if name.endswith(".json") and not name.startswith("."):
+                status = fsio.read_json_object(os.path.join(self.builds, name)) or {}
+                states[str(status.get("state", "unknown"))] += 1
+        return states
 
     def status(self, name: str) -> dict:
         status = fsio.read_json_object(self._status_path(name))
