@@ -17,6 +17,7 @@ from .api import jobs as jobs_api
 from .api import sites as sites_api
 from .api import system as system_api
 from .api import ui as ui_api
+from .api import usage as usage_api
 from .events import EventBus, EventJournal, TransitionTracker
 from .hosts import LivenessMonitor
 from .inbox import Inbox
@@ -81,7 +82,8 @@ class Server:
         ctx = api_app.Context(settings, spool=self.spool, index=self.index, jobs=self.jobs, monitor=self.monitor,
                               sitedata=sitedata, datasets=datasets, events=self.events, metrics=self.metrics,
                               dependency_checks=dependency_checks(settings, sitedata))
-        self.app = api_app.make_app(ctx, [jobs_api, configs_api, system_api, sites_api, events_api, ui_api])
+        self.app = api_app.make_app(ctx, [jobs_api, configs_api, system_api, sites_api, events_api, ui_api,
+                                             usage_api])
         self.agent = None
         if settings.embedded_worker:
             self.agent = Agent(settings, self.spool, make_runtime(settings), host=EMBEDDED_HOST)

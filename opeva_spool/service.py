@@ -21,6 +21,7 @@ from .jobs import JobConfig
 from .settings import Settings
 from .spool import DONE, QUEUED, Entry, JobStatus, Location, Spool
 from .states import JobState, check_transition
+from .usage import AttemptLedger, Usage
 
 # Listing spool/ for host names on every submission costs more than the submission's fsync.
 KNOWN_HOSTS_TTL = 1.0
@@ -50,6 +51,8 @@ class JobService:
         self.on_publish = on_publish or (lambda entry: None)
         self._hosts, self._hosts_at = (), None
         self._ended_seen = {}  # job id -> (monotonic time, ended); see ENDED_CHECK_TTL
+        self.ledger = AttemptLedger(spool)  # queue wait and run time of each job, from its attempt records
+        self.usage = Usage(index, self.ledger, lambda job: self.meta(job)[0])
 
     def known_hosts(self, target: str | None = None) -> tuple[str, ...]:
         """Configured hosts and those with a running/ on the share, listed at most every second
@@ -171,6 +174,7 @@ class JobService:
                     exit_code=attempt.get("exit_code"), reason=attempt.get("reason"),
                     started_at=attempt.get("started_at"), ended_at=attempt.get("ended_at"),
                     attempts=self.attempts(job))
+        info.update(self.ledger.job_times(job.entry, job.state))
         return info
 
     def attempts(self, job: JobStatus) -> list[dict]:
@@ -325,6 +329,7 @@ class JobService:
             "started_at": record.get("started_at"),
             "ended_at": record.get("ended_at"),
             "progress_pct": percent,
+            **self.ledger.job_times(job.entry, job.state),
             "sweep": info.get("sweep"),
             "job_info": info,
         }
