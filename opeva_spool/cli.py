@@ -44,6 +44,7 @@ from .exceptions import BadRequest, SpoolError
 from .jobs import EMBEDDED_HOST, parse_utc
 from .settings import Settings, load_settings, settings_markdown
 from .states import JobState
+from .usage import BY_USER, USAGE_GROUPINGS
 
 log = logging.getLogger("opeva_spool")
 
@@ -54,12 +55,18 @@ WATCH_SECONDS = 2.0  # jobs --watch refresh
 POLL_SECONDS = 0.5  # progress and datasets build --wait
 PIPE_WIDTH = 250  # rich's width when stdout is no terminal: tables keep their natural width, unwrapped
 TERMINAL_STATES = {state.value for state in JobState if state.terminal}
-STATUS_STYLES = {"queued": "cyan", "dispatched": "blue", "running": "bold yellow", "finished": "green",
-                 "failed": "bold red", "stopped": "magenta", "canceled": "dim"}
+STATUS_STYLES = {"waiting": "dim cyan", "queued": "cyan", "dispatched": "blue", "running": "bold yellow",
+                 "finished": "green", "failed": "bold red", "stopped": "magenta", "canceled": "dim"}
 HOST_STYLES = {"online": "green", "suspect": "yellow", "offline": "red"}
 # A number in exponent form without a dot, which YAML 1.1 leaves a string (1.2 reads it as a number).
 EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 DATASET_STYLES = {"building": "yellow", "ready": "green", "failed": "bold red"}
+# The order a sweep's counts by state are shown in: where its jobs are going, then how they ended.
+STATE_ORDER = ("waiting", "queued", "dispatched", "running", "finished", "failed", "stopped", "canceled")
+SWEEP_POLL_SECONDS = 2.0  # sweep submit --wait
+# --since 7d: a span back from now, in these units.
+SPAN_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+RELATIVE_SPAN = re.compile(r"(\d+(?:\.\d+)?)([mhdw])")
 
 
 def _settings(args, **extra):
@@ -217,13 +224,15 @@ def job_field(item: dict, key: str):
 
 def jobs_table(items: list, total: str | None = None) -> Table:
     title = f"{len(items)} job(s)" + (f" of {total}" if total and total != str(len(items)) else "")
-    grid = table("id", "name", "status", "host", "submitter", "progress", "age", "duration", title=title)
+    grid = table("id", "name", "status", "host", "submitter", "progress", "age", "waited", "ran", title=title)
     for item in items:
         started, ended = job_field(item, "started_at"), job_field(item, "ended_at")
+        ran = item.get("run_seconds")  # every attempt's run time; an older server gives the last attempt's times
         grid.add_row(item["job_id"], job_field(item, "job_name") or "-", styled(item.get("status"), STATUS_STYLES),
                      item.get("host") or "-", job_field(item, "submitted_by") or "-",
                      percent(item.get("progress_pct")), span(since(job_field(item, "submitted_at"))),
-                     span(since(started, ended)) if started else "-")
+                     span(item.get("queue_wait_seconds")),
+                     span(ran) if ran else span(since(started, ended)) if started else "-")
     return grid
 
 
@@ -248,15 +257,15 @@ def client_of(args) -> Client:
     return Client(resolve(args.server, args.token, args.client_config))
 
 
-def read_yaml_file(path: str) -> dict:
-    """A local YAML mapping (a config to submit inline); refused locally (exit 2) when it is not one."""
+def read_yaml_file(path: str, what: str = "an experiment config") -> dict:
+    """A local YAML (or JSON) mapping, e.g. a config to submit inline; refused locally (exit 2) when it is not one."""
     try:
         with open(path, encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise BadRequest(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise BadRequest(f"{path} must hold a YAML mapping (an experiment config)")
+        raise BadRequest(f"{path} must hold a YAML mapping ({what})")
     return data
 
 
@@ -294,6 +303,19 @@ def gpus(value: str):
         raise argparse.ArgumentTypeError(f"expected a number or 'all', not {value!r}") from None
 
 
+def targets(value: str) -> str | list[str]:
+    """``--target-host``: a host, ``any``, or hosts separated by commas (a list: any one of them)."""
+    hosts = [host.strip() for host in value.split(",") if host.strip()]
+    if not hosts:
+        raise argparse.ArgumentTypeError("expected a host, 'any' or hosts separated by commas")
+    return hosts if len(hosts) > 1 else hosts[0]
+
+
+def job_ids(value: str) -> list[str]:
+    """``--after``: job ids separated by commas (the option can be repeated too)."""
+    return [job_id.strip() for job_id in value.split(",") if job_id.strip()]
+
+
 def env_pair(value: str) -> tuple[str, str]:
     name, equals, text = value.partition("=")
     if not equals or not name:
@@ -310,6 +332,11 @@ def cmd_submit(args):
             body[key] = value
     if args.env:
         body["env"] = dict(args.env)
+    for key, lists in (("after", args.after), ("after_any", args.after_any)):
+        if lists:
+            body[key] = [job_id for ids in lists for job_id in ids]
+    if args.retry:
+        body["retry_on_failure"] = True
     if args.config_path and os.path.isfile(args.config_path):  # a local file: sent inline
         body["config"] = apply_overrides(read_yaml_file(args.config_path), args.set)
     elif args.config_path and args.set:  # a config on the share, changed here: sent inline
@@ -325,7 +352,8 @@ def cmd_submit(args):
     elif args.quiet:
         print(answer["job_id"])
     else:
-        console().print(f"job {answer['job_id']} {answer.get('status', 'queued')} for {answer.get('host')}"
+        target = args.target_host if isinstance(args.target_host, str) else ",".join(args.target_host)
+        console().print(f"job {answer['job_id']} {answer.get('status', 'queued')} for {answer.get('host') or target}"
                         f" (name {answer.get('job_name') or '-'}, config {answer.get('config_path') or '-'})")
     if not args.follow:
         return EXIT_OK
@@ -403,23 +431,66 @@ def cmd_show(args):
     out = console()
     out.print(key_values([
         ("job", info.get("job_id")), ("name", info.get("job_name")),
-        ("status", styled(info.get("status"), STATUS_STYLES)), ("host", info.get("host")),
-        ("target", info.get("target_host")), ("priority", info.get("priority")), ("attempt", info.get("attempt")),
+        ("status", styled(info.get("status"), STATUS_STYLES)),
+        ("waiting for", waiting_for_text(info.get("waiting_for"))), ("waiting reason", info.get("waiting_reason")),
+        ("queue position", info.get("queue_position")), ("host", info.get("host")),
+        ("target", ", ".join(info.get("target_hosts") or []) or info.get("target_host")),
+        ("priority", info.get("priority")), ("attempt", info.get("attempt")),
         ("progress", percent(progress.get("progress_pct"))), ("submitter", info.get("submitted_by")),
         ("submitted", info.get("submitted_at")), ("started", info.get("started_at")),
-        ("ended", info.get("ended_at")), ("exit code", info.get("exit_code")), ("reason", info.get("reason")),
+        ("ended", info.get("ended_at")), ("queue wait", seconds_text(info.get("queue_wait_seconds"))),
+        ("run time", seconds_text(info.get("run_seconds"))),
+        ("exit code", info.get("exit_code")), ("reason", info.get("reason")),
+        ("sweep", f"{info['sweep']} #{info.get('sweep_index')}" if info.get("sweep") else None),
+        ("overrides", overrides_text(info.get("overrides"))),
+        ("after", ", ".join(info.get("after") or [])), ("after any", ", ".join(info.get("after_any") or [])),
+        ("retries", retries_text(info)),
         ("config", info.get("config_path")), ("image", info.get("image")),
         ("command", " ".join(command) if isinstance(command, list) else command),
         ("gpus", info.get("gpus") or None), ("container", info.get("container_name")),
     ]))
     attempts = info.get("attempts") or []
     if attempts:
-        grid = table("attempt", "host", "state", "started", "ended", "exit code", "reason", title="attempts")
+        keys = ["attempt", "host", "state", "started_at", "ended_at", "exit_code", "reason"]
+        keys += [key for key in ("retry_at", "log") if any(attempt.get(key) for attempt in attempts)]
+        grid = table(*(key.replace("_at", "").replace("_", " ") for key in keys), title="attempts")
         for attempt in attempts:
-            grid.add_row(*(str(attempt.get(key) if attempt.get(key) is not None else "-")
-                           for key in ("attempt", "host", "state", "started_at", "ended_at", "exit_code", "reason")))
+            grid.add_row(*(str(attempt.get(key) if attempt.get(key) is not None else "-") for key in keys))
         out.print(grid)
     return EXIT_OK
+
+
+def seconds_text(seconds) -> str | None:
+    return span(seconds) if number(seconds) is not None else None
+
+
+def waiting_for_text(waiting_for) -> str | None:
+    """job-info's ``waiting_for`` [{job_id, status}] as "ID (running), ID (queued)"."""
+    if not waiting_for:
+        return None
+    return ", ".join(f"{item.get('job_id')} ({item.get('status')})" if isinstance(item, dict) else str(item)
+                     for item in waiting_for)
+
+
+def overrides_text(overrides) -> str | None:
+    """A sweep job's overrides as "a.b=1 c=x" (values as JSON: strings quoted only where JSON quotes them)."""
+    if not isinstance(overrides, dict) or not overrides:
+        return None
+    return " ".join(f"{key}={value_text(value)}" for key, value in overrides.items())
+
+
+def value_text(value) -> str:
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def retries_text(info: dict) -> str | None:
+    retries = info.get("max_retries") or 0
+    if not retries:
+        return None
+    on_failure = " (also after a non-zero exit)" if info.get("retry_on_failure") else ""
+    return f"up to {retries}{on_failure}"
 
 
 def cmd_logs(args):
@@ -456,34 +527,34 @@ def cmd_progress(args):
     return EXIT_OK if status == "finished" else EXIT_ERROR_ANSWER
 
 
-def watch_progress(look, name: str, ended) -> str:
-    """Poll ``look()`` -> (state, document, percent or None) until ``ended(state)``; show it as a rich bar
-    on a terminal, else as one line per change. The last state."""
+def watch_progress(look, name: str, ended, describe=progress_line, interval: float = POLL_SECONDS) -> str:
+    """Poll ``look()`` -> (state, document, percent or None) every ``interval`` until ``ended(state)``; show it
+    (``describe(state, document)``) as a rich bar on a terminal, else as one line per change. The last state."""
     out = console()
     if out.is_terminal:
         columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
         with Progress(*columns, console=out) as bar:
             task = bar.add_task(name, total=100)
             return poll_until(look, ended, lambda state, doc, pct: bar.update(
-                task, completed=pct or 0, description=f"{name} {progress_line(state, doc)}"))
+                task, completed=pct or 0, description=f"{name} {describe(state, doc)}"), interval)
     shown = [None]
 
     def print_change(state, doc, pct):
-        line = f"{name}: {percent(pct)} {progress_line(state, doc)}"
+        line = f"{name}: {percent(pct)} {describe(state, doc)}"
         if line != shown[0]:
             print(line, flush=True)
             shown[0] = line
 
-    return poll_until(look, ended, print_change)
+    return poll_until(look, ended, print_change, interval)
 
 
-def poll_until(look, ended, show) -> str:
+def poll_until(look, ended, show, interval: float = POLL_SECONDS) -> str:
     while True:
         state, doc, pct = look()
         show(state, doc, pct)
         if ended(state):
             return state
-        time.sleep(POLL_SECONDS)
+        time.sleep(interval)
 
 
 def cmd_result(args):
@@ -551,6 +622,203 @@ def cmd_hosts(args):
                      str(len(host.get("running") or [])), Text("yes", style="yellow") if host.get("draining") else "no")
     console().print(grid)
     return EXIT_OK
+
+
+# ----- sweeps, the queue, usage ---------------------------------------------------------------------
+
+def sweep_id_of(doc: dict) -> str:
+    return str(doc.get("sweep_id") or doc.get("id") or "")
+
+
+def state_counts(doc: dict) -> dict:
+    counts = doc.get("counts")
+    return counts if isinstance(counts, dict) else {}
+
+
+def sweep_total(doc: dict) -> int:
+    """How many jobs a sweep has, from whichever of its answer's fields says so."""
+    for key in ("total", "job_count"):
+        if isinstance(doc.get(key), int):
+            return doc[key]
+    for key in ("jobs", "job_ids"):
+        if isinstance(doc.get(key), list):
+            return len(doc[key])
+        if isinstance(doc.get(key), int):
+            return doc[key]
+    return sum(count for count in state_counts(doc).values() if isinstance(count, int))
+
+
+def counts_text(counts: dict) -> Text:
+    """"3 running  5 queued  2 finished", each in its state's colour, states in lifecycle order."""
+    text = Text()
+    for state in sorted(counts, key=lambda name: (STATE_ORDER.index(name) if name in STATE_ORDER else 99, name)):
+        if counts[state]:
+            text.append(f"{'  ' if text else ''}{counts[state]} {state}", style=STATUS_STYLES.get(state, ""))
+    return text if text else Text("-")
+
+
+def read_sweep_file(path: str) -> dict:
+    """A sweep's request from a local YAML or JSON file (YAML reads both). A ``config_path`` naming a local
+    file (relative to the sweep file) is read and sent inline, as ``submit`` does with a local config."""
+    body = read_yaml_file(path, "a sweep: config_path or config, and grid or runs")
+    local = body.get("config_path")
+    if isinstance(local, str) and "config" not in body:
+        candidate = os.path.join(os.path.dirname(os.path.abspath(path)), local)
+        if os.path.isfile(candidate):
+            body["config"] = read_yaml_file(candidate)
+            del body["config_path"]
+    return body
+
+
+def cmd_sweep_submit(args):
+    client = client_of(args)
+    body = read_sweep_file(args.file)
+    if args.submitted_by and not body.get("submitted_by"):
+        body["submitted_by"] = args.submitted_by
+    answer = client.post("/sweeps", body)
+    sweep_id = sweep_id_of(answer)
+    if args.json:
+        print_json(answer)
+    elif args.quiet:
+        print(sweep_id)
+    else:
+        name = f" ({answer['name']})" if answer.get("name") else ""
+        console().print(f"sweep {sweep_id}{name}: {sweep_total(answer)} job(s) {answer.get('status') or 'submitted'}")
+    if not args.wait:
+        return EXIT_OK
+    sys.stdout.flush()
+    return wait_for_sweep(client, sweep_id, sys.stderr if args.json or args.quiet else sys.stdout)
+
+
+def wait_for_sweep(client: Client, sweep_id: str, notes) -> int:
+    """Show the sweep's jobs ending until all have; 0 when every one finished, 1 otherwise."""
+    def look():
+        doc = client.get(api_path("sweeps", sweep_id))
+        counts, total = state_counts(doc), sweep_total(doc)
+        ended = sum(counts.get(state, 0) for state in TERMINAL_STATES)
+        state = "ended" if total and ended >= total else "running"
+        return state, doc, 100.0 * ended / total if total else None
+
+    watch_progress(look, f"sweep {sweep_id}", lambda state: state == "ended", sweep_line, SWEEP_POLL_SECONDS)
+    final = client.get(api_path("sweeps", sweep_id))
+    counts = state_counts(final)
+    print(f"sweep {sweep_id} ended: {counts_text(counts).plain}", file=notes)
+    return EXIT_OK if counts.get("finished", 0) == sweep_total(final) else EXIT_ERROR_ANSWER
+
+
+def sweep_line(state: str, doc: dict) -> str:
+    return counts_text(state_counts(doc)).plain
+
+
+def cmd_sweeps(args):
+    items = client_of(args).get("/sweeps")
+    if args.json:
+        print_json(items)
+        return EXIT_OK
+    grid = table("id", "name", "submitter", "jobs", "states", "created", title=f"{len(items)} sweep(s)")
+    for item in items:
+        grid.add_row(sweep_id_of(item), item.get("name") or "-", item.get("submitted_by") or "-",
+                     str(sweep_total(item)), counts_text(state_counts(item)),
+                     item.get("created_at") or item.get("submitted_at") or "-")
+    console().print(grid)
+    return EXIT_OK
+
+
+def cmd_sweep_show(args):
+    client = client_of(args)
+    doc = client.get(api_path("sweeps", args.sweep_id), sort=args.sort, order="desc" if args.desc else None)
+    if args.json:
+        print_json(doc)
+        return EXIT_OK
+    out = console()
+    out.print(key_values([
+        ("sweep", sweep_id_of(doc)), ("name", doc.get("name")), ("submitter", doc.get("submitted_by")),
+        ("created", doc.get("created_at") or doc.get("submitted_at")),
+        ("config", doc.get("config_path")), ("jobs", sweep_total(doc)), ("states", counts_text(state_counts(doc))),
+        ("stopped", doc.get("stopped_at")),
+    ]))
+    jobs = doc.get("jobs") if isinstance(doc.get("jobs"), list) else []
+    keys = []  # the override keys, in the order the jobs give them
+    for job in jobs:
+        keys += [key for key in job.get("overrides") or {} if key not in keys]
+    grid = table("#", "id", "status", *keys, *([args.sort] if args.sort else []), title=f"{len(jobs)} job(s)")
+    for job in jobs:
+        overrides = job.get("overrides") or {}
+        values = [value_text(overrides.get(key)) for key in keys]
+        grid.add_row(str(job.get("sweep_index", "-")), job.get("job_id") or "-",
+                     styled(job.get("status"), STATUS_STYLES), *values,
+                     *([value_text(job.get("value"))] if args.sort else []))
+    out.print(grid)
+    return EXIT_OK
+
+
+def cmd_sweep_stop(args):
+    answer = client_of(args).post(api_path("sweeps", args.sweep_id) + "/stop")
+    return print_message(args, answer, f"sweep {args.sweep_id}: stop requested")
+
+
+def cmd_sweep_rm(args):
+    answer = client_of(args).delete(api_path("sweeps", args.sweep_id), force=args.force)
+    return print_message(args, answer, f"sweep {args.sweep_id} deleted")
+
+
+def cmd_queue(args):
+    items = client_of(args).get("/queue", limit=args.limit)
+    if args.json:
+        print_json(items)
+        return EXIT_OK
+    grid = table("#", "id", "target", "priority", "gpus", "submitter", "attempt", "waiting because",
+                 title=f"{len(items)} queued job(s)")
+    for item in items:
+        grid.add_row(str(item.get("position", "-")), item.get("job_id") or "-",
+                     ",".join(item.get("target_hosts") or []) or item.get("target_host") or "-",
+                     str(item.get("priority", "-")), str(item.get("gpus") or "-"), item.get("submitted_by") or "-",
+                     str(item.get("attempt", "-")), item.get("waiting_reason") or "-")
+    console().print(grid)
+    return EXIT_OK
+
+
+def since_value(value: str) -> str:
+    """``--since``: an ISO 8601 time or date as given, or a span back from now (30m, 12h, 7d, 2w) as UTC ISO."""
+    relative = RELATIVE_SPAN.fullmatch(value.strip())
+    if relative:
+        back = float(relative.group(1)) * SPAN_UNITS[relative.group(2)]
+        return (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=back)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if parse_utc(value) is None:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time (2026-12-01, 2026-12-01T08:00Z) or a span "
+                                         f"such as 7d, 12h, 30m, 2w; not {value!r}")
+    return value
+
+
+def cmd_usage(args):
+    answer = client_of(args).get("/usage", by=args.by, since=args.since)
+    if args.json:
+        print_json(answer)
+        return EXIT_OK
+    by = answer.get("by") or args.by
+    window = f"since {answer['since']}" if answer.get("since") else "all time"
+    grid = table(by, "jobs", "attempts", "run hours", "GPU hours", title=f"usage by {by}, {window}")
+    for column in grid.columns[1:]:
+        column.justify = "right"
+    rows = answer.get("rows") or []
+    for row in rows:
+        grid.add_row(*usage_cells(row.get(by) or "-", row))
+    total = answer.get("total")
+    if total and len(rows) > 1:
+        grid.show_footer = True
+        for column, value in zip(grid.columns, usage_cells("total", total), strict=True):
+            column.footer = value
+    console().print(grid)
+    return EXIT_OK
+
+
+def usage_cells(name: str, row: dict) -> list[str]:
+    return [name, str(row.get("jobs", 0)), str(row.get("attempts", 0)), hours(row.get("run_hours")),
+            hours(row.get("gpu_hours"))]
+
+
+def hours(value) -> str:
+    return f"{value:,.2f}" if number(value) is not None else "-"
 
 
 def cmd_configs(args):
@@ -744,7 +1012,9 @@ def parser():
                         help="a config name under configs/ on the share, or a local YAML file (sent inline)")
     submit.add_argument("-s", "--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="change the config (repeatable; VALUE is read as YAML: 3, 0.5, true; default: none)")
-    submit.add_argument("--target-host", default=EMBEDDED_HOST, help="host to run on, or 'any' (default: %(default)s)")
+    submit.add_argument("--target-host", "--target", type=targets, default=EMBEDDED_HOST,
+                        help="host to run on, 'any', or hosts separated by commas, any one of which "
+                             "(default: %(default)s)")
     submit.add_argument("--priority", type=int, default=0, help="-100..100, higher runs first (default: %(default)s)")
     submit.add_argument("--gpus", type=gpus, help="GPUs: a number or 'all' (default: the server's, 0)")
     submit.add_argument("--image", help="Docker image (default: the host's image setting)")
@@ -753,7 +1023,15 @@ def parser():
     submit.add_argument("--job-name", help="the job's name (default: from the config's experiment name)")
     submit.add_argument("-e", "--env", action="append", type=env_pair, metavar="NAME=VALUE",
                         help="environment variable for the job (repeatable; default: none)")
-    submit.add_argument("--max-retries", type=int, help="requeues after a lost host (default: the server's, 0)")
+    submit.add_argument("--max-retries", type=int, help="requeues after a lost host, and re-runs with --retry "
+                                                        "(default: the server's, 0)")
+    submit.add_argument("--retry", action="store_true", help="re-run the job when it exits non-zero, up to "
+                                                             "--max-retries times, with a backoff (default: off)")
+    submit.add_argument("--after", action="append", type=job_ids, metavar="ID[,ID...]",
+                        help="wait until these jobs finished; if one fails or is stopped, this one is canceled "
+                             "(repeatable; default: none)")
+    submit.add_argument("--after-any", action="append", type=job_ids, metavar="ID[,ID...]",
+                        help="wait until these jobs ended, however they ended (repeatable; default: none)")
     submit.add_argument("--submitted-by", default=_who(), help="who submits (default: your user name, %(default)s)")
     submit.add_argument("-f", "--follow", action="store_true",
                         help="print the job's log until it ends; exit 0 if it finished, 1 if not (default: off)")
@@ -796,6 +1074,40 @@ def parser():
     hosts_drain = client_command("drain", cmd_hosts, "make the host's agent take no new jobs", under=hosts_sub)
     hosts_drain.add_argument("host", help="the host")
     hosts_drain.add_argument("--undo", action="store_true", help="lift the drain instead (default: off)")
+
+    sweep = command("sweep", None, "sweeps: one job per set of overrides of a config (docs/sweeps.md)",
+                    (logging_options,))
+    sweep_sub = sweep.add_subparsers(dest="action", required=True, metavar="ACTION", help="what to do")
+    sweep_submit = client_command("submit", cmd_sweep_submit, "submit a sweep described in a YAML or JSON file",
+                                  under=sweep_sub)
+    sweep_submit.add_argument("file", help="the sweep: the body of POST /sweeps (config_path or config, grid or "
+                                           "runs, job fields); a config_path naming a local file is sent inline")
+    sweep_submit.add_argument("--submitted-by", default=_who(),
+                              help="who submits, unless the file says (default: your user name, %(default)s)")
+    sweep_submit.add_argument("--wait", action="store_true", help="show the sweep's jobs ending until all have; "
+                                                                  "exit 0 if every one finished (default: off)")
+    sweep_submit.add_argument("-q", "--quiet", action="store_true", help="print only the sweep's id (default: off)")
+    client_command("ls", cmd_sweeps, "list the sweeps (as 'sweeps')", under=sweep_sub)
+    sweep_show = client_command("show", cmd_sweep_show, "a sweep's counts by state and its jobs with their "
+                                                        "overrides and status", under=sweep_sub)
+    sweep_show.add_argument("sweep_id", help="the sweep's id")
+    sweep_show.add_argument("--sort", metavar="KEY", help="show and sort by this value of each job's result.json, a "
+                                                          "dotted path such as kpis.average_reward (default: by index)")
+    sweep_show.add_argument("--desc", action="store_true", help="largest value first (default: smallest first)")
+    client_command("stop", cmd_sweep_stop, "stop every job of a sweep (queued ones are canceled)",
+                   under=sweep_sub).add_argument("sweep_id", help="the sweep's id")
+    sweep_rm = client_command("rm", cmd_sweep_rm, "delete a sweep and its jobs", under=sweep_sub)
+    sweep_rm.add_argument("sweep_id", help="the sweep's id")
+    sweep_rm.add_argument("--force", action="store_true", help="also while jobs of it run (default: off)")
+    client_command("sweeps", cmd_sweeps, "list the sweeps: jobs and counts by state")
+
+    queue = client_command("queue", cmd_queue, "queued jobs in dispatch order, and why each is waiting")
+    queue.add_argument("--limit", type=int, default=100, help="at most this many, 1-1000 (default: %(default)s)")
+
+    usage = client_command("usage", cmd_usage, "jobs, run hours and GPU hours per user or per host")
+    usage.add_argument("--by", choices=USAGE_GROUPINGS, default=BY_USER, help="one row per (default: %(default)s)")
+    usage.add_argument("--since", type=since_value, help="only what ran after this: an ISO 8601 time or date, or a "
+                                                         "span back from now such as 7d, 12h (default: all time)")
 
     # The groups take no options of their own: a sub-command's defaults would overwrite them.
     configs = command("configs", None, "experiment configs on the share", (logging_options,))

@@ -124,7 +124,7 @@ def test_jobs_table_filters_by_status_submitter_and_text_and_json_parses(api, tm
     table = cli.ok("jobs")
     assert alice in table and bob in table and "finished" in table and "alice-sweep" in table
     header = next(line for line in table.splitlines() if "status" in line).split()
-    assert header == ["id", "name", "status", "host", "submitter", "progress", "age", "duration"]
+    assert header == ["id", "name", "status", "host", "submitter", "progress", "age", "waited", "ran"]
     assert [item["job_id"] for item in json.loads(cli.ok("jobs", "--json", "--submitter", "alice"))] == [alice]
     assert [item["job_id"] for item in json.loads(cli.ok("jobs", "--json", "--search", "BOB-R"))] == [bob]
     assert json.loads(cli.ok("jobs", "--json", "--status", "queued")) == []
