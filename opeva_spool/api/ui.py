@@ -32,6 +32,8 @@ JOBS_PAGE = Page("Jobs", "jobs")
 # Page name in the URL -> the page; "" is /ui/ itself.
 PAGES = {"": JOBS_PAGE, "index.html": JOBS_PAGE, "jobs": JOBS_PAGE, "job": Page("Job", "job", plots=True),
          "hosts": Page("Hosts", "hosts"), "configs": Page("Configs", "configs"),
+         "queue": Page("Queue", "queue"), "sweeps": Page("Sweeps", "sweeps"), "sweep": Page("Sweep", "sweep"),
+         "usage": Page("Usage", "usage"),
          "datasets": Page("Datasets", "datasets", plots=True)}
 HTML = "text/html; charset=utf-8"
 CONTENT_TYPES = {".js": "text/javascript; charset=utf-8",

@@ -6,14 +6,17 @@ export const API_BASE = new URL("../", location.href);
 const TOKEN_KEY = "opeva.token";
 const MUTATING = new Set(["POST", "PUT", "DELETE", "PATCH"]);
 export const TERMINAL = new Set(["finished", "failed", "stopped", "canceled"]);
-export const STATES = ["queued", "dispatched", "running", "finished", "failed", "stopped", "canceled"];
-const PAGES = [["jobs", "Jobs"], ["hosts", "Hosts"], ["configs", "Configs"], ["datasets", "Datasets"]];
+// Every job state, in the order a job goes through them (waiting: for the jobs it depends on).
+export const STATES = ["waiting", "queued", "dispatched", "running", "finished", "failed", "stopped", "canceled"];
+const PAGES = [["jobs", "Jobs"], ["queue", "Queue"], ["sweeps", "Sweeps"], ["hosts", "Hosts"], ["usage", "Usage"],
+  ["configs", "Configs"], ["datasets", "Datasets"]];
 // While /events is unreachable (not served, or the connection dropped) pages poll; the stream is tried again this often.
 const EVENTS_RETRY_MS = 30000;
 
 // ----- DOM -----------------------------------------------------------------------------------
 
-/** el("a", {href: "x", class: "y", onclick: fn}, "text", childNode, ...): text is never parsed as HTML. */
+/** el("a", {href: "x", class: "y", onclick: fn}, "text", childNode, [nested, [lists]], ...): text is never parsed
+ * as HTML. */
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(attrs)) {
@@ -22,7 +25,7 @@ export function el(tag, attrs = {}, ...children) {
     else if (name === "dataset") Object.assign(node.dataset, value);
     else node.setAttribute(name, value === true ? "" : value);
   }
-  node.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false)
+  node.append(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false)
     .map((c) => (c instanceof Node ? c : String(c))));
   return node;
 }
@@ -265,6 +268,50 @@ export function confirmAction(question, confirmLabel = "Confirm") {
 
 export function badge(status) {
   return el("span", {class: `badge ${status}`}, status || "?");
+}
+
+/** A job's page, linked by its name (or the start of its id). */
+export function jobLink(jobId, label) {
+  return el("a", {href: `job?id=${encodeURIComponent(jobId)}`, class: label ? null : "mono"}, label || jobId.slice(0, 8));
+}
+
+/** A sweep's id in an answer of /sweeps. */
+export function sweepId(sweep) {
+  return String(sweep.sweep_id ?? sweep.id ?? "");
+}
+
+/** How many jobs a sweep has, from whichever field of its answer says so. */
+export function sweepTotal(sweep) {
+  for (const key of ["total", "job_count"]) if (typeof sweep[key] === "number") return sweep[key];
+  for (const key of ["jobs", "job_ids"]) if (Array.isArray(sweep[key])) return sweep[key].length;
+  return Object.values(sweep.counts || {}).reduce((n, count) => n + count, 0);
+}
+
+/** A sweep's page, linked by its id. */
+export function sweepLink(sweepId) {
+  return el("a", {href: `sweep?id=${encodeURIComponent(sweepId)}`, class: "mono sweep-link"}, sweepId);
+}
+
+/** Counts by state ({running: 3, finished: 5}) as one bar of coloured parts with the numbers beside it. */
+export function countsBar(counts, total) {
+  const states = STATES.filter((state) => counts?.[state]);
+  const sum = total || states.reduce((n, state) => n + counts[state], 0);
+  const bar = el("span", {class: "stack", title: states.map((state) => `${counts[state]} ${state}`).join(", ")},
+    states.map((state) => el("span", {class: `part ${state}`, style: `width:${(100 * counts[state]) / (sum || 1)}%`})));
+  return el("span", {class: "counts"}, bar, " ",
+    states.map((state, i) => [i ? " · " : "", el("span", {class: `count ${state}`}, `${counts[state]} ${state}`)]));
+}
+
+/** A value of a result or an override as a cell shows it: numbers to 6 digits, the rest as JSON or text. */
+export function cellValue(value) {
+  if (value === null || value === undefined) return "—";
+  if (typeof value === "number") return value.toLocaleString(undefined, {maximumFractionDigits: 6});
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+/** Seconds as a span (42 s, 5 min); "—" when unknown. */
+export function seconds(value) {
+  return typeof value === "number" ? span(value * 1000) : "—";
 }
 
 export function progressBar(pct) {

@@ -1,6 +1,7 @@
 // One job: live progress bar, metric plots, the log following live, result, attempts, config, actions.
-import {$, ApiError, Chart, TERMINAL, api, apiFetch, apiUrl, badge, confirmAction, describeError, duration, el,
-  isScalar, localTime, numericFields, renderShell, showError, showMessage, whileVisible} from "./common.js";
+import {$, ApiError, Chart, TERMINAL, api, apiFetch, apiUrl, badge, cellValue, confirmAction, describeError, duration,
+  el, isScalar, jobLink, localTime, numericFields, renderShell, seconds, showError, showMessage, sweepLink,
+  whileVisible} from "./common.js";
 
 // While the job has not ended its state, progress, history and metrics are polled this often. (No event
 // stream here: the progress needs polling anyway, and the followed log already holds one connection.)
@@ -79,15 +80,49 @@ function renderFacts() {
   $("#job-title").textContent = info.job_name || jobId;
   $("#job-status").replaceChildren(badge(info.status));
   const facts = [
-    ["id", jobId], ["host", info.host || info.target_host], ["target", info.target_host],
+    ["id", jobId], ["host", info.host || info.target_host],
+    ["target", (info.target_hosts || []).length ? info.target_hosts.join(", ") : info.target_host],
     ["submitted by", info.submitted_by], ["submitted", localTime(info.submitted_at)],
     ["started", localTime(info.started_at)], ["duration", duration(info.started_at, info.ended_at)],
-    ["attempt", info.attempt], ["priority", info.priority], ["config", info.config_path],
+    ["queue wait", seconds(info.queue_wait_seconds)], ["run time", seconds(info.run_seconds)],
+    ["attempt", info.attempt], ["priority", info.priority], ["gpus", info.gpus || null], ["config", info.config_path],
     ["exit code", info.exit_code], ["reason", info.reason],
+    ["sweep", info.sweep ? [sweepLink(info.sweep), typeof info.sweep_index === "number" ? ` #${info.sweep_index}` : ""] : null],
+    ["overrides", Object.entries(info.overrides || {}).map(([key, value]) => `${key}=${cellValue(value)}`).join(" ")],
+    ["after", jobLinks(info.after)], ["after any", jobLinks(info.after_any)], ["retries", retries()],
   ].filter(([, value]) => value !== null && value !== undefined && value !== "" && value !== "—");
   $("#job-facts").replaceChildren(...facts.flatMap(([name, value], i) =>
-    [i ? " · " : "", `${name} `, el("strong", {class: "mono"}, String(value))]));
+    [i ? " · " : "", `${name} `, el("strong", {class: "mono"}, value instanceof Array ? value : String(value))]));
+  renderWaiting();
   $("#info").textContent = JSON.stringify(info, null, 2);
+}
+
+/** Links to jobs (after, after_any); null when there are none. */
+function jobLinks(ids) {
+  return (ids || []).length ? ids.map((id, i) => [i ? ", " : "", jobLink(id)]) : null;
+}
+
+function retries() {
+  if (!info.max_retries) return null;
+  return `up to ${info.max_retries}${info.retry_on_failure ? " (also after a non-zero exit)" : ""}`;
+}
+
+/** What a waiting or queued job waits for: its dependencies and their states, why, and its place in the queue. */
+function renderWaiting() {
+  const waitingFor = info.waiting_for || [];
+  const parts = [];
+  if (waitingFor.length) {
+    parts.push(el("span", {}, "waiting for ", waitingFor.map((dep, i) => [i ? ", " : "", jobLink(dep.job_id), " ",
+      badge(dep.status)])));
+  }
+  if (info.waiting_reason) parts.push(el("span", {id: "waiting-reason"}, info.waiting_reason));
+  if (info.queue_position !== null && info.queue_position !== undefined) {
+    parts.push(el("span", {}, "position ", el("strong", {}, String(info.queue_position)), " in the ",
+      el("a", {href: "queue"}, "queue")));
+  }
+  const box = $("#job-waiting");
+  box.hidden = !parts.length || TERMINAL.has(info.status);
+  box.replaceChildren(...parts.flatMap((part, i) => [i ? " · " : "", part]));
 }
 
 async function loadProgress() {
@@ -229,10 +264,13 @@ async function loadResult() {
 function renderAttempts() {
   const attempts = info.attempts || (info.attempt ? [{attempt: info.attempt, host: info.host, state: info.status,
     started_at: info.started_at, ended_at: info.ended_at, exit_code: info.exit_code, reason: info.reason}] : []);
-  $("#attempts tbody").replaceChildren(...attempts.map((a) => el("tr", {},
+  $("#attempts tbody").replaceChildren(...attempts.map((a) => el("tr", {dataset: {attempt: a.attempt}},
     el("td", {}, a.attempt), el("td", {}, a.host || "—"), el("td", {}, badge(a.state)),
     el("td", {}, localTime(a.started_at || a.claimed_at)), el("td", {}, localTime(a.ended_at)),
-    el("td", {}, a.exit_code ?? "—"), el("td", {class: "wrap"}, a.reason || "—"))));
+    el("td", {}, a.exit_code ?? "—"), el("td", {class: "wrap"}, a.reason || "—"),
+    el("td", {}, a.retry_at ? localTime(a.retry_at) : "—"),
+    el("td", {}, a.started_at || a.log ? el("a", {href: apiUrl(`logs/${enc}?attempt=${a.attempt}`),
+      download: `${jobId}-attempt-${a.attempt}.log`, class: "attempt-log"}, "log") : "—"))));
   const select = $("#log-attempt");
   if (attempts.length > 1) {
     const chosen = select.value;

@@ -1,12 +1,13 @@
 // Jobs: newest first, filters in the URL, cursor pages, live refresh, and a submit form.
-import {$, STATES, age, api, apiFetch, badge, duration, el, liveUpdates, progressBar, query, renderShell,
-  showError, showMessage, throttle} from "./common.js";
+import {$, STATES, age, api, apiFetch, badge, duration, el, liveUpdates, progressBar, query, renderShell, seconds,
+  showError, showMessage, sweepLink, throttle} from "./common.js";
 
 const PAGE_SIZE = 50;
 // Progress of running jobs changes without a state event: the visible page is refreshed this often while one runs.
 const ACTIVE_REFRESH_MS = 5000;
 const FILTERS = ["status", "host", "submitter", "q"];
-const ACTIVE = new Set(["queued", "dispatched", "running"]);
+const ACTIVE = new Set(["waiting", "queued", "dispatched", "running"]);
+const COLUMNS = 9;
 // A performance mark at the first frame painted with jobs in the table: bench/dashboard.py reads it.
 const FIRST_DATA_MARK = "opeva:jobs-first-data";
 
@@ -22,9 +23,18 @@ function field(item, name) {
   return item[name] ?? item.job_info?.[name] ?? null;
 }
 
-function sweepLabel(sweep) {
+/** The job's sweep, linked to its page, with the job's index in it. */
+function sweepCell(item) {
+  const sweep = field(item, "sweep");
   if (!sweep) return "—";
-  return typeof sweep === "object" ? sweep.name || sweep.id || JSON.stringify(sweep) : String(sweep);
+  const index = field(item, "sweep_index");
+  return [sweepLink(String(sweep)), index === null ? "" : el("span", {class: "muted"}, ` #${index}`)];
+}
+
+/** Run time: the server's sum over attempts when it gives one, else the current attempt's start to end. */
+function ran(item) {
+  return typeof item.run_seconds === "number" && item.run_seconds > 0 ? seconds(item.run_seconds)
+    : duration(item.started_at, item.ended_at);
 }
 
 function row(item) {
@@ -36,10 +46,11 @@ function row(item) {
     el("td", {}, link, " ", el("span", {class: "muted mono hide-narrow"}, item.job_id.slice(0, 8))),
     el("td", {}, item.host || field(item, "target_host") || "—"),
     el("td", {class: "hide-narrow"}, field(item, "submitted_by") || "—"),
-    el("td", {class: "hide-narrow"}, sweepLabel(item.sweep)),
+    el("td", {class: "hide-narrow"}, sweepCell(item)),
     el("td", {}, progressBar(item.progress_pct)),
     el("td", {title: item.submitted_at || ""}, age(item.submitted_at)),
-    el("td", {class: "hide-narrow"}, duration(item.started_at, item.ended_at)));
+    el("td", {class: "hide-narrow", title: "from submit to the first claim"}, seconds(item.queue_wait_seconds)),
+    el("td", {class: "hide-narrow"}, ran(item)));
 }
 
 async function load() {
@@ -53,7 +64,7 @@ async function load() {
     const next = response.headers.get("X-Next-Cursor");
     const total = response.headers.get("X-Total-Count");
     jobsTable.replaceChildren(...(items.length ? items.map(row)
-      : [el("tr", {}, el("td", {colspan: 8, class: "muted"}, "no jobs match"))]));
+      : [el("tr", {}, el("td", {colspan: COLUMNS, class: "muted"}, "no jobs match"))]));
     $("#total").textContent = total !== null ? `(${Number(total).toLocaleString()})` : "";
     $("#older").disabled = !next;
     $("#older").dataset.cursor = next || "";
