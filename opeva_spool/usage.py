@@ -28,7 +28,7 @@ SECONDS_PER_HOUR = 3600.0
 SECONDS_DIGITS = 3
 HOURS_DIGITS = 3
 # States of a job whose first attempt was never claimed: it has no attempt record to read.
-UNCLAIMED_STATES = frozenset({JobState.QUEUED.value, "waiting"})
+UNCLAIMED_STATES = frozenset({JobState.QUEUED, JobState.WAITING})
 
 
 class AttemptTimes(NamedTuple):
@@ -127,7 +127,7 @@ class AttemptLedger:
         (canceled). Run time is the sum over its attempts of start to end (to now while one runs).
         """
         now = time.time() if now is None else now
-        attempts = [] if entry.attempt == 1 and state.value in UNCLAIMED_STATES else self.attempts(entry)
+        attempts = [] if entry.attempt == 1 and state in UNCLAIMED_STATES else self.attempts(entry)
         first = attempts[0] if attempts else NOT_CLAIMED
         submitted = entry.submit_ns / 1e9
         if first.claimed is not None:

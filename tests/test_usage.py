@@ -58,12 +58,16 @@ def item(client, job_id):
     return next(row for row in client.get("/jobs?limit=1000").json() if row["job_id"] == job_id)
 
 
-def test_a_queued_job_shows_its_wait_so_far_and_no_run_time(server, client):
-    job_id = submit(client)
+def test_a_queued_or_waiting_job_shows_its_wait_so_far_and_no_run_time_and_counts_for_no_usage(server, client):
+    queued = submit(client)
+    waiting = client.post("/run-simulation", json={"command": "true", "target_host": "gpu-a", "after": [queued]}).json()
+    assert waiting["status"] == "waiting"
     time.sleep(0.2)
-    for shown in (item(client, job_id), client.get(f"/job-info/{job_id}").json()):
-        assert 0.2 <= shown["queue_wait_seconds"] < 10
-        assert shown["run_seconds"] == 0
+    for job_id in (queued, waiting["job_id"]):
+        for shown in (item(client, job_id), client.get(f"/job-info/{job_id}").json()):
+            assert 0.2 <= shown["queue_wait_seconds"] < 10
+            assert shown["run_seconds"] == 0
+    assert client.get("/usage").json()["rows"] == []
 
 
 def test_an_ended_job_shows_its_wait_until_the_first_claim_and_its_run_time_in_jobs_and_job_info(server, client):
