@@ -427,6 +427,9 @@ def cmd_show(args):
         print_json(info)
         return EXIT_OK
     progress = client.get(api_path("progress", args.job_id))
+    if info.get("status") == "queued":  # its place in the queue and why it waits: /status tells them
+        info = {**client.get(api_path("status", args.job_id)), **info}
+    dependency = info.get("dependency") or {}
     command = info.get("command")
     out = console()
     out.print(key_values([
@@ -441,6 +444,7 @@ def cmd_show(args):
         ("ended", info.get("ended_at")), ("queue wait", seconds_text(info.get("queue_wait_seconds"))),
         ("run time", seconds_text(info.get("run_seconds"))),
         ("exit code", info.get("exit_code")), ("reason", info.get("reason")),
+        ("dependency", f"{dependency.get('job_id')} {dependency.get('status')}" if dependency else None),
         ("sweep", f"{info['sweep']} #{info.get('sweep_index')}" if info.get("sweep") else None),
         ("overrides", overrides_text(info.get("overrides"))),
         ("after", ", ".join(info.get("after") or [])), ("after any", ", ".join(info.get("after_any") or [])),
@@ -734,8 +738,9 @@ def cmd_sweep_show(args):
     out.print(key_values([
         ("sweep", sweep_id_of(doc)), ("name", doc.get("name")), ("submitter", doc.get("submitted_by")),
         ("created", doc.get("created_at") or doc.get("submitted_at")),
-        ("config", doc.get("config_path")), ("jobs", sweep_total(doc)), ("states", counts_text(state_counts(doc))),
-        ("stopped", doc.get("stopped_at")),
+        ("config", doc.get("config_path")), ("status", doc.get("status")), ("jobs", sweep_total(doc)),
+        ("states", counts_text(state_counts(doc))), ("stop requested", doc.get("stop_requested_at")),
+        ("after", ", ".join((doc.get("job_fields") or {}).get("after") or [])),
     ]))
     jobs = doc.get("jobs") if isinstance(doc.get("jobs"), list) else []
     keys = []  # the override keys, in the order the jobs give them

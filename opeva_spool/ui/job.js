@@ -60,6 +60,7 @@ async function refreshOnce() {
     if (visible) refreshTimer = setTimeout(refresh, REFRESH_MS * 2);
     return;
   }
+  if (info.status === "queued") await loadQueuePlace();
   const ended = TERMINAL.has(info.status);
   const changed = info.status !== status;
   status = info.status;
@@ -87,6 +88,7 @@ function renderFacts() {
     ["queue wait", seconds(info.queue_wait_seconds)], ["run time", seconds(info.run_seconds)],
     ["attempt", info.attempt], ["priority", info.priority], ["gpus", info.gpus || null], ["config", info.config_path],
     ["exit code", info.exit_code], ["reason", info.reason],
+    ["dependency", info.dependency ? [jobLink(info.dependency.job_id), ` ${info.dependency.status}`] : null],
     ["sweep", info.sweep ? [sweepLink(info.sweep), typeof info.sweep_index === "number" ? ` #${info.sweep_index}` : ""] : null],
     ["overrides", Object.entries(info.overrides || {}).map(([key, value]) => `${key}=${cellValue(value)}`).join(" ")],
     ["after", jobLinks(info.after)], ["after any", jobLinks(info.after_any)], ["retries", retries()],
@@ -95,6 +97,17 @@ function renderFacts() {
     [i ? " · " : "", `${name} `, el("strong", {class: "mono"}, value instanceof Array ? value : String(value))]));
   renderWaiting();
   $("#info").textContent = JSON.stringify(info, null, 2);
+}
+
+/** A queued job's place in the queue and why it waits: /status tells them (job-info does not). */
+async function loadQueuePlace() {
+  try {
+    const place = await api(`status/${enc}`);
+    info.queue_position = place.queue_position;
+    info.waiting_reason = place.waiting_reason;
+  } catch {
+    // the facts without them; the next refresh asks again
+  }
 }
 
 /** Links to jobs (after, after_any); null when there are none. */

@@ -25,9 +25,11 @@ function renderFacts() {
   document.title = `Sweep ${sweep.name || id} · opeva-spool`;
   $("#sweep-title").textContent = sweepId(sweep) || id;
   $("#sweep-name").textContent = sweep.name || "";
-  const facts = [["submitted by", sweep.submitted_by], ["created", age(sweep.created_at || sweep.submitted_at)],
-    ["config", sweep.config_path], ["jobs", sweepTotal(sweep)], ["stopped", sweep.stopped_at ? age(sweep.stopped_at) : null],
-    ["after", (sweep.after || []).length ? sweep.after.map((job, i) => [i ? ", " : "", jobLink(job)]) : null]]
+  const after = sweep.job_fields?.after || [];
+  const facts = [["status", sweep.status], ["submitted by", sweep.submitted_by],
+    ["created", age(sweep.created_at || sweep.submitted_at)], ["config", sweep.config_path], ["jobs", sweepTotal(sweep)],
+    ["stop requested", sweep.stop_requested_at ? age(sweep.stop_requested_at) : null],
+    ["after", after.length ? after.map((job, i) => [i ? ", " : "", jobLink(job)]) : null]]
     .filter(([, value]) => value !== null && value !== undefined && value !== "" && value !== "—");
   $("#sweep-facts").replaceChildren(...facts.flatMap(([name, value], i) =>
     [i ? " · " : "", `${name} `, el("strong", {class: "mono"}, value)]));
