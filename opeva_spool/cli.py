@@ -1,6 +1,6 @@
 """The ``opeva-spool`` command: the server and agent (serve, agent, drain, settings), and client commands
-for every verb of the HTTP API (submit, jobs, show, logs, progress, result, stop, delete, resubmit, hosts,
-configs, datasets, status). See docs/cli.md."""
+for every verb of the HTTP API (submit, jobs, show, logs, progress, result, stop, delete, resubmit, sweep,
+sweeps, queue, usage, hosts, configs, datasets, status). See docs/cli.md."""
 
 import argparse
 import datetime as dt
