@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from . import fsio, jobs, logs, names, progress
+from . import dependencies, fsio, jobs, logs, names, progress
 from .configs import ConfigStore, WriteMode
 from .exceptions import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from .index import IndexedJob, JobIndex
@@ -37,7 +37,7 @@ RESUBMITTED_FIELDS = {"job_name", "target_host", "command", "image", "env", "pri
                       "submitted_by"}
 RESUBMIT_OVERRIDES = {"target_host", "priority"}
 # The fields of an attempt record that /job-info lists per attempt.
-ATTEMPT_FIELDS = ("host", "state", "claimed_at", "started_at", "ended_at", "exit_code", "reason")
+ATTEMPT_FIELDS = ("host", "state", "claimed_at", "started_at", "ended_at", "exit_code", "reason", "retry_at")
 MAX_CONFIG_SNAPSHOT_BYTES = 16 * 1024 * 1024
 
 class JobService:
@@ -145,7 +145,7 @@ class JobService:
 
     def status(self, job_id: str) -> dict:
         job = self.lookup(job_id)
-        return {
+        answer = {
             "job_id": job.entry.job_id,
             "status": job.state.value,
             "host": job.host,
@@ -153,6 +153,14 @@ class JobService:
             "attempt": job.entry.attempt,
             "priority": job.entry.priority,
         }
+        if job.state == JobState.WAITING:
+            spec = self.spool.read_spec(job.location, job.entry)
+            answer["waiting_for"] = self._waiting_for(spec.to_dict() if spec else {})  # {}: it moved meanwhile
+        return answer
+
+    def _waiting_for(self, fields: dict) -> list[dict]:
+        """The dependencies a waiting job still waits for, of those its spec (or job_info) names."""
+        return dependencies.waiting_for(self.index, fields.get("after") or (), fields.get("after_any") or ())
 
     def job_info(self, job_id: str) -> dict:
         """job_info.json (which the training image merges into) plus what the owner recorded."""
@@ -171,15 +179,25 @@ class JobService:
                     exit_code=attempt.get("exit_code"), reason=attempt.get("reason"),
                     started_at=attempt.get("started_at"), ended_at=attempt.get("ended_at"),
                     attempts=self.attempts(job))
+        if job.state == JobState.WAITING:
+            info["waiting_for"] = self._waiting_for(info)
+        if attempt.get("dependency"):  # canceled for it (dependency_failed): which one, and how it ended
+            info["dependency"] = attempt["dependency"]
         return info
 
     def attempts(self, job: JobStatus) -> list[dict]:
         """Every attempt's record, oldest first, in the fields a person reads (missing ones are None:
-        an attempt requeued before its runner wrote anything has only its number)."""
+        an attempt requeued before its runner wrote anything has only its number), with ``log``, the
+        path of that attempt's log under the job's folder (None while it has none)."""
+        folder = self.spool.folder(job.entry.job_id)
+        paths = [self._attempt_log(job, folder, number) for number in range(1, job.entry.attempt + 1)]
+        if len(paths) > 1 and paths[-1] == paths[-2]:
+            paths[-1] = None  # the current attempt has not started: the job's log is still the previous one's
         records = []
-        for number in range(1, job.entry.attempt + 1):
+        for number, path in enumerate(paths, 1):
             record = self.spool.read_attempt(job.entry._replace(attempt=number)) or {}
-            records.append({"attempt": number, **{key: record.get(key) for key in ATTEMPT_FIELDS}})
+            records.append({"attempt": number, **{key: record.get(key) for key in ATTEMPT_FIELDS},
+                            "log": os.path.relpath(path, folder.path) if path and os.path.lexists(path) else None})
         return records
 
     def job_config(self, job_id: str) -> bytes:
@@ -400,14 +418,23 @@ class JobService:
         if attempt is not None and not 1 <= attempt <= job.entry.attempt:
             raise NotFound(f"job {job_id} has no attempt {attempt} (its attempts are 1 to {job.entry.attempt})",
                            job_id=job_id)
-        path = folder.log if attempt in (None, job.entry.attempt) else folder.attempt_log(attempt)
-        if attempt == job.entry.attempt - 1 and not os.path.lexists(path):
-            path = folder.log  # the next attempt has not started yet, so this one's log is not moved aside yet
+        path = self._attempt_log(job, folder, attempt or job.entry.attempt)
         with self._serving(path):
             handle = fsio.open_inside(path, folder.path)
         if handle is not None:
             handle.close()
         return job, path
+
+    @staticmethod
+    def _attempt_log(job: JobStatus, folder: jobs.JobFolder, attempt: int) -> str:
+        """Where ``attempt``'s log is: the job's log for the current attempt; an earlier one's moved aside when
+        the next attempt started (``Runner``), so the one before a not yet started attempt is still the job's log."""
+        if attempt == job.entry.attempt:
+            return folder.log
+        path = folder.attempt_log(attempt)
+        if attempt == job.entry.attempt - 1 and not os.path.lexists(path):
+            return folder.log
+        return path
 
     def log_stream(self, job_id: str, tail: int | None = None, follow: bool = False,
                    gone: Callable[[], bool] | None = None, attempt: int | None = None) -> Iterator[bytes]:
