@@ -166,15 +166,15 @@ class DependencyResolver:
 
     def _refresh(self) -> list[str]:
         """Bring the cache in line with a listing of waiting/; returns the names new to it."""
-        listed = {name for name in fsio.listdir(self.spool.waiting_dir) if Entry.parse(name)}
+        listed = set(fsio.listdir(self.spool.waiting_dir))
         for name in set(self._waiting) - listed:
             self._drop(name)
         new = []
         for name in listed - set(self._waiting):
             entry = Entry.parse(name)
-            spec = self.spool.read_spec(Location(WAITING), entry)
+            spec = self.spool.read_spec(Location(WAITING), entry) if entry else None
             if spec is None:
-                continue  # moved meanwhile (a stop canceled it, a delete took it)
+                continue  # moved meanwhile (a stop canceled it, a delete took it), or a stray file
             waiting = Waiting(entry, tuple(spec.after), tuple(spec.after_any))
             self._waiting[name] = waiting
             for job_id in (*waiting.after, *waiting.after_any):

@@ -265,7 +265,8 @@ class Spool:
 
         queued/ means queued, waiting/ waiting and done/<state>/ that state. In a running/ the record tells
         dispatched (none yet), running, or ended-but-not-yet-moved (a crash between finish's
-        record and its rename); a record that cannot be understood is ``unknown``.
+        record and its rename), except that an ending asking for a retry means queued (a crash
+        between retry's record and its rename); a record that cannot be understood is ``unknown``.
         """
         if location.kind == QUEUED:
             return JobState.QUEUED

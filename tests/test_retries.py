@@ -67,6 +67,20 @@ def test_max_retries_alone_does_not_rerun_a_job_that_exited_non_zero(client):
     assert client.get(f"/job-info/{job['job_id']}").json()["attempt"] == 1
 
 
+@pytest.mark.parametrize("settings", QUICK_RETRIES, indirect=True)
+def test_a_job_whose_stop_was_requested_is_not_retried(client):
+    # The job asks for its own stop (as POST /stop would), then fails at once: however the agent sees it first,
+    # as a stop or as the failure, the job ends there.
+    stop_and_fail = [PYTHON, "-c", "import os, sys\n"
+                                   "base, job = os.environ['OPEVA_BASE_DIR'], os.environ['OPEVA_JOB_ID']"
+                                   "\nopen(f'{base}/spool/requests/{job}.stop', 'w').close()\nsys.exit(3)"]
+    job = client.post("/run-simulation", json={"command": stop_and_fail, "retry_on_failure": True,
+                                               "max_retries": 3}).json()
+    wait_for_status(client, job["job_id"], ("failed", "stopped"))
+    info = client.get(f"/job-info/{job['job_id']}").json()
+    assert info["attempt"] == 1 and info["attempts"][0]["retry_at"] is None
+
+
 def claimed(spool, spec, host="gpu-a"):
     """``spec`` published and claimed by ``host`` (by the spool's own calls), as its agent would."""
     entry = spool.publish(spec)
