@@ -186,6 +186,7 @@ def test_chains_complete_correctly_through_repeated_kill_9_of_the_server(tmp_pat
 
         randomness = random.Random(9)
         deadline = time.monotonic() + 60
+        kills_mid_chain = 0
         while time.monotonic() < deadline:
             time.sleep(randomness.uniform(0.1, 1.2))
             server.send_signal(signal.SIGKILL)
@@ -194,6 +195,8 @@ def test_chains_complete_correctly_through_repeated_kill_9_of_the_server(tmp_pat
             done = {job_id: client.get(f"/status/{job_id}").json()["status"] for job_id in (*good, *bad, anyway)}
             if all(JobState(state).terminal for state in done.values()):
                 break
+            kills_mid_chain += "waiting" in done.values()
+        assert kills_mid_chain >= 2  # the chains were cut while jobs waited, not only once they were over
         for job_id in good:
             wait_for_status(client, job_id, "finished", timeout=30)
         assert client.get(f"/status/{bad[0]}").json()["status"] == "failed"
