@@ -106,6 +106,7 @@ class DependencyResolver:
         self._wake = threading.Event()
         self._lock = threading.Lock()  # guards the two requests below, which other threads make
         self._ended: set[str] = set()
+        self._arrived: dict[str, Entry] = {}  # entry name -> entry, of jobs new in waiting/
         self._full = True  # the first pass, at start-up, looks at everything
 
     # ----- requests (any thread) ----------------------------------------------------------
@@ -115,8 +116,10 @@ class DependencyResolver:
             with self._lock:
                 self._ended.add(event["job_id"])
             self._wake.set()
-        elif event.get("to") == JobState.WAITING.value:
-            self._wake.set()  # a new waiting job: the pass's listing of waiting/ finds it
+        elif event.get("to") == JobState.WAITING.value and job is not None:
+            with self._lock:  # a new waiting job: its dependencies may have ended already
+                self._arrived[job.entry.name] = job.entry
+            self._wake.set()
 
     def maintain(self) -> None:
         with self._lock:
@@ -133,23 +136,23 @@ class DependencyResolver:
             # Cleared before the requests are taken: one made while a pass runs wakes the next.
             self._wake.clear()
             with self._lock:
-                ended, full = self._ended, self._full
-                self._ended, self._full = set(), False
+                ended, arrived, full = self._ended, self._arrived, self._full
+                self._ended, self._arrived, self._full = set(), {}, False
             try:
-                self.resolve(ended, full)
+                self.resolve(ended, arrived.values(), full)
             except Exception:  # a transient NFS error must not end the resolver; the next round retries
                 log.exception("resolving dependencies failed; the next maintenance round tries again")
                 with self._lock:
                     self._full = True
             self._wake.wait(IDLE_SECONDS)
 
-    def resolve(self, ended: Iterable[str] = (), full: bool = False) -> None:
-        """Decide for the waiting jobs that depend on ``ended`` and those new in waiting/ (all, if ``full``)."""
-        new = self._refresh()
+    def resolve(self, ended: Iterable[str] = (), arrived: Iterable[Entry] = (), full: bool = False) -> None:
+        """Decide for the waiting jobs that depend on ``ended`` and for those ``arrived`` (for all, if ``full``)."""
         if full:
+            self._refresh()  # a listing: events only name the jobs that arrived and ended
             names = set(self._waiting)
         else:
-            names = set(new)
+            names = {entry.name for entry in arrived if self._learn(entry)}
             for job_id in ended:
                 names |= self._dependants.get(job_id, set())
         states: dict[str, JobState] = {}  # one look per dependency per pass: a sweep may share one
@@ -164,23 +167,28 @@ class DependencyResolver:
             if waiting is not None:
                 self._settle(waiting, decide(waiting.after, waiting.after_any, state_of))
 
-    def _refresh(self) -> list[str]:
-        """Bring the cache in line with a listing of waiting/; returns the names new to it."""
+    def _refresh(self) -> None:
+        """Bring the cache in line with a listing of waiting/."""
         listed = set(fsio.listdir(self.spool.waiting_dir))
         for name in set(self._waiting) - listed:
             self._drop(name)
-        new = []
         for name in listed - set(self._waiting):
             entry = Entry.parse(name)
-            spec = self.spool.read_spec(Location(WAITING), entry) if entry else None
-            if spec is None:
-                continue  # moved meanwhile (a stop canceled it, a delete took it), or a stray file
-            waiting = Waiting(entry, tuple(spec.after), tuple(spec.after_any))
-            self._waiting[name] = waiting
-            for job_id in (*waiting.after, *waiting.after_any):
-                self._dependants.setdefault(job_id, set()).add(name)
-            new.append(name)
-        return new
+            if entry is not None:
+                self._learn(entry)
+
+    def _learn(self, entry: Entry) -> bool:
+        """Cache what a waiting entry waits for (read once: a spec never changes); False if it is not in waiting/."""
+        if entry.name in self._waiting:
+            return True
+        spec = self.spool.read_spec(Location(WAITING), entry)
+        if spec is None:
+            return False  # moved meanwhile (released, a stop canceled it, a delete took it), or not a spec
+        waiting = Waiting(entry, tuple(spec.after), tuple(spec.after_any))
+        self._waiting[entry.name] = waiting
+        for job_id in (*waiting.after, *waiting.after_any):
+            self._dependants.setdefault(job_id, set()).add(entry.name)
+        return True
 
     def _drop(self, name: str) -> None:
         waiting = self._waiting.pop(name)
