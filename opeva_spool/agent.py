@@ -159,8 +159,8 @@ class Runner(threading.Thread):
                 log.info("job %s was deleted before attempt %s started", entry.job_id, entry.attempt)
                 return None
             if entry.attempt > 1 and os.path.exists(folder.log):
-                # Keep every attempt's log: the previous attempt's output moves aside.
-                os.replace(folder.log, folder.attempt_log(entry.attempt - 1))
+                # Keep every attempt's log: the output of the attempt that wrote it moves aside, under its number.
+                os.replace(folder.log, folder.attempt_log(agent.spool.log_attempt(entry)))
             try:
                 self.execution = agent.runtime.start(agent.launch_for(entry, self.spec, folder.log, self.gpus))
             except RuntimeFailure as failure:

@@ -219,15 +219,18 @@ class JobService:
         an attempt requeued before its runner wrote anything has only its number), with ``log``, the
         path of that attempt's log under the job's folder (None while it has none)."""
         folder = self.spool.folder(job.entry.job_id)
-        paths = [self._attempt_log(job, folder, number) for number in range(1, job.entry.attempt + 1)]
-        if len(paths) > 1 and paths[-1] == paths[-2]:
-            paths[-1] = None  # the current attempt has not started: the job's log is still the previous one's
-        records = []
-        for number, path in enumerate(paths, 1):
-            record = self.spool.read_attempt(job.entry._replace(attempt=number)) or {}
-            records.append({"attempt": number, **{key: record.get(key) for key in ATTEMPT_FIELDS},
-                            "log": os.path.relpath(path, folder.path) if path and os.path.lexists(path) else None})
-        return records
+        records = [self.spool.read_attempt(job.entry._replace(attempt=number)) or {}
+                   for number in range(1, job.entry.attempt + 1)]
+        claimed = bool(records[-1])
+        listed = []
+        for number, record in enumerate(records, 1):
+            if number < job.entry.attempt:
+                path = self._earlier_log(job, folder, number, claimed)
+            else:
+                path = folder.log if claimed else None  # unclaimed, the job's log is still the previous attempt's
+            listed.append({"attempt": number, **{key: record.get(key) for key in ATTEMPT_FIELDS},
+                           "log": os.path.relpath(path, folder.path) if path and os.path.lexists(path) else None})
+        return listed
 
     def job_config(self, job_id: str) -> bytes:
         """The config snapshot the job runs with (jobs/<id>/config.yaml)."""
@@ -447,21 +450,21 @@ class JobService:
         if attempt is not None and not 1 <= attempt <= job.entry.attempt:
             raise NotFound(f"job {job_id} has no attempt {attempt} (its attempts are 1 to {job.entry.attempt})",
                            job_id=job_id)
-        path = self._attempt_log(job, folder, attempt or job.entry.attempt)
+        if attempt in (None, job.entry.attempt):
+            path = folder.log
+        else:
+            path = self._earlier_log(job, folder, attempt, self.spool.read_attempt(job.entry) is not None)
         with self._serving(path):
             handle = fsio.open_inside(path, folder.path)
         if handle is not None:
             handle.close()
         return job, path
 
-    @staticmethod
-    def _attempt_log(job: JobStatus, folder: jobs.JobFolder, attempt: int) -> str:
-        """Where ``attempt``'s log is: the job's log for the current attempt; an earlier one's moved aside when
-        the next attempt started (``Runner``), so the one before a not yet started attempt is still the job's log."""
-        if attempt == job.entry.attempt:
-            return folder.log
+    def _earlier_log(self, job: JobStatus, folder: jobs.JobFolder, attempt: int, current_claimed: bool) -> str:
+        """Where an earlier ``attempt``'s log is. The runner of the current attempt moves it aside (``Runner``)
+        once that attempt is claimed; until then, the job's log is still the last one that ran's."""
         path = folder.attempt_log(attempt)
-        if attempt == job.entry.attempt - 1 and not os.path.lexists(path):
+        if not current_claimed and not os.path.lexists(path) and attempt == self.spool.log_attempt(job.entry):
             return folder.log
         return path
 

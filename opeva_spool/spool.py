@@ -565,6 +565,16 @@ class Spool:
         record = self.read_attempt(entry._replace(attempt=entry.attempt - 1)) or {}
         return parse_utc(record.get("retry_at"))
 
+    def log_attempt(self, entry: Entry) -> int:
+        """The earlier attempt whose output the job's log holds until ``entry``'s runner moves it aside: the newest
+        that started (or ended: one that could not start notes why in the log). One requeued before it started
+        wrote nothing."""
+        for number in range(entry.attempt - 1, 0, -1):
+            record = self.read_attempt(entry._replace(attempt=number)) or {}
+            if record.get("started_at") or record.get("ended_at"):
+                return number
+        return entry.attempt - 1
+
     def recover_lost(self, entry: Entry, host: str, reason: str) -> tuple[Location, Entry] | None:
         """A running attempt whose agent is gone: requeue it if the job's max_retries allow, else fail it.
 

@@ -141,3 +141,39 @@ def test_an_agent_killed_between_the_retry_record_and_its_rename_still_retries_t
         assert [a["state"] for a in info["attempts"]] == ["failed", "finished"]
     finally:
         server.close()
+
+
+
+def test_each_attempts_log_is_kept_under_its_own_number_also_after_an_attempt_that_never_started(tmp_path):
+    server = Server(make_settings(tmp_path, embedded_worker=False))
+    spool, client = server.spool, WsgiClient(server.app)
+    spec = build_spec({"command": "false", "target_host": "gpu-a", "retry_on_failure": True, "max_retries": 3},
+                      ["gpu-a"], job_id="logs-1")
+    folder = spool.folder(spec.job_id)
+    first = claimed(spool, spec)
+    os.makedirs(os.path.dirname(folder.log))
+    with open(folder.log, "w") as log:
+        log.write("attempt 1 ran\n")
+    second = spool.retry(first, "gpu-a", "agent-1", 0.0, exit_code=3)
+    server.index.place(Location(QUEUED), second)
+    # Queued for its retry: the job's log is still attempt 1's, and attempt 2 has none yet.
+    assert [a["log"] for a in client.get("/job-info/logs-1").json()["attempts"]] == ["logs/logs-1.log", None]
+    assert client.get("/logs/logs-1?attempt=1").text == "attempt 1 ran\n"
+
+    assert spool.claim(second, "gpu-a", "agent-1")
+    third = spool.requeue(second, "gpu-a")  # its host was lost before attempt 2 started: it wrote no log
+    server.index.place(Location(QUEUED), third)
+    assert [a["log"] for a in client.get("/job-info/logs-1").json()["attempts"]] == ["logs/logs-1.log", None, None]
+    assert client.get("/logs/logs-1?attempt=1").text == "attempt 1 ran\n"
+    assert client.get("/logs/logs-1?attempt=2").text == ""
+
+    # Attempt 3's runner moves attempt 1's log aside under attempt 1's number, not 2's.
+    assert spool.claim(third, "gpu-a", "agent-1")
+    os.replace(folder.log, folder.attempt_log(spool.log_attempt(third)))
+    with open(folder.log, "w") as log:
+        log.write("attempt 3 ran\n")
+    server.index.place(Location(RUNNING, "gpu-a"), third)
+    assert [a["log"] for a in client.get("/job-info/logs-1").json()["attempts"]] == [
+        "logs/logs-1.attempt-1.log", None, "logs/logs-1.log"]
+    assert client.get("/logs/logs-1?attempt=1").text == "attempt 1 ran\n"
+    assert client.get("/logs/logs-1?attempt=3").text == "attempt 3 ran\n"
