@@ -177,3 +177,22 @@ def test_each_attempts_log_is_kept_under_its_own_number_also_after_an_attempt_th
         "logs/logs-1.attempt-1.log", None, "logs/logs-1.log"]
     assert client.get("/logs/logs-1?attempt=1").text == "attempt 1 ran\n"
     assert client.get("/logs/logs-1?attempt=3").text == "attempt 3 ran\n"
+
+
+@pytest.mark.docker
+def test_a_container_job_is_retried_with_each_attempts_log_kept(tmp_path, docker_engine, busybox_image):
+    settings = make_settings(tmp_path, runtime="docker", docker_host=docker_engine[0], default_image=busybox_image,
+                             retry_backoff=0.2)
+    server = Server(settings).start()
+    try:
+        client = WsgiClient(server.app)
+        job_id = client.post("/run-simulation", json={
+            "command": "sh -c 'echo container attempt $OPEVA_ATTEMPT; [ $OPEVA_ATTEMPT -ge 2 ]'",
+            "retry_on_failure": True, "max_retries": 1}).json()["job_id"]
+        wait_for_status(client, job_id, "finished", timeout=60)
+        attempts = client.get(f"/job-info/{job_id}").json()["attempts"]
+        assert [(a["state"], a["exit_code"]) for a in attempts] == [("failed", 1), ("finished", 0)]
+        for a in attempts:
+            assert f"container attempt {a['attempt']}" in client.get(f"/logs/{job_id}?attempt={a['attempt']}").text
+    finally:
+        server.close()
