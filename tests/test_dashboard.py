@@ -504,19 +504,24 @@ def test_queue_page_lists_queued_jobs_in_dispatch_order_with_why_each_waits(ui, 
             http.post(f"/stop/{job_id}", headers=AUTH)
 
 
-def test_a_waiting_job_has_its_badge_and_links_what_it_waits_for_until_a_failed_dependency_cancels_it(ui):
+def test_a_job_submitted_after_another_waits_with_its_badge_and_links_it_until_its_failure_cancels_it(ui):
     browser = ui.browser
     http = ui.http
     first = http.post("/run-simulation", json={"command": "true", "target_host": "gpu-a", "submitted_by": "deps-ui"},
                       headers=AUTH).json()["job_id"]  # stays queued: no agent for gpu-a
-    answer = http.post("/run-simulation", json={"command": "true", "after": [first], "submitted_by": "deps-ui"},
-                       headers=AUTH).json()
-    if answer.get("status") != "waiting":
+    ui.open("/ui/")
+    wait_css(browser, "#jobs[data-loaded]", message="the jobs table")
+    find(browser, "#show-submit").click()
+    wait_css(browser, "#submit-config").send_keys("demo.yaml")
+    find(browser, "#submit-after").send_keys(first)
+    find(browser, "#submit-button").click()
+    wait_for(lambda: "/ui/job?id=" in browser.current_url, BROWSER_WAIT, message="the submitted job's page")
+    waiting = browser.current_url.split("id=")[1]
+    if http.get(f"/status/{waiting}").json()["status"] != "waiting":
         http.post(f"/stop/{first}", headers=AUTH)
-        http.post(f"/stop/{answer['job_id']}", headers=AUTH)
         pytest.skip("needs dependencies (the issue 9 foundation and H-deps)")
-    waiting = answer["job_id"]
-    ui.open("/ui/?status=waiting&submitter=deps-ui")
+    assert http.get(f"/job-info/{waiting}").json()["after"] == [first]
+    ui.open("/ui/?status=waiting&submitter=dashboard")
     wait_css(browser, f"#jobs tr[data-job-id='{waiting}'] .badge.waiting", message="the waiting badge")
     ui.open(f"/ui/job?id={waiting}")
     box = wait_css(browser, "#job-waiting", lambda e: e.is_displayed() and "waiting for" in e.text,
@@ -528,6 +533,37 @@ def test_a_waiting_job_has_its_badge_and_links_what_it_waits_for_until_a_failed_
     wait_css(browser, "body[data-status=canceled]", message="the dependant canceled")
     assert "dependency_failed" in find(browser, "#job-facts").text
     assert not find(browser, "#job-waiting").is_displayed()
+
+
+def test_a_sweep_submitted_from_the_sweeps_page_opens_its_page_and_a_bad_key_or_line_is_refused(ui, served):
+    needs_route(served[0], "/sweeps", "H-sweeps")
+    browser = ui.browser
+    http = ui.http
+    ui.open("/ui/sweeps")
+    wait_css(browser, "#sweeps[data-loaded]", message="the sweeps table")
+    find(browser, "#show-submit").click()
+    wait_css(browser, "#s-config").send_keys("demo.yaml")
+    find(browser, "#s-name").send_keys("ui-form")
+    grid = find(browser, "#s-grid")
+    grid.send_keys("demo.steps: 2, 3\nnonsense")
+    find(browser, "#sweep-button").click()
+    assert "grid line 2" in message_text(browser)
+    grid.clear()
+    grid.send_keys("demo.steps: 2, 3\ndemo.no_such_key: 1")
+    find(browser, "#sweep-button").click()
+    wait_css(browser, "#message", lambda e: "400" in e.text and "demo.no_such_key" in e.text,
+             message="the server's refusal naming the key")
+    grid.clear()
+    grid.send_keys("demo.steps: 2, 3\ndemo.episodes: 1")
+    wait_css(browser, "#s-count", lambda e: e.text == "2 job(s)", message="the number of jobs")
+    find(browser, "#sweep-button").click()
+    wait_for(lambda: "/ui/sweep?id=" in browser.current_url, BROWSER_WAIT, message="the new sweep's page")
+    sweep_id = browser.current_url.split("id=")[1]
+    wait_for(lambda: len(find_all(browser, "#sweep-jobs tbody tr[data-job-id]")) == 2, BROWSER_WAIT,
+             message="the sweep's two jobs")
+    assert "ui-form" in find(browser, "#sweep-name").text and "demo.steps" in find(browser, "#sweep-jobs thead").text
+    assert [job["overrides"] for job in http.get(f"/sweeps/{sweep_id}").json()["jobs"]] == [
+        {"demo.steps": 2, "demo.episodes": 1}, {"demo.steps": 3, "demo.episodes": 1}]  # numbers stay numbers
 
 
 def test_sweep_pages_list_a_sweep_sort_its_jobs_by_a_result_value_link_its_jobs_and_delete_it(ui, served):

@@ -172,6 +172,9 @@ function setUpSubmit() {
     if (form.elements.target_host.value) body.target_host = form.elements.target_host.value;
     if (form.elements.job_name.value.trim()) body.job_name = form.elements.job_name.value.trim();
     if (form.elements.priority.value) body.priority = Number(form.elements.priority.value);
+    if (Number(form.elements.gpus.value)) body.gpus = Number(form.elements.gpus.value);
+    const after = form.elements.after.value.split(",").map((id) => id.trim()).filter(Boolean);
+    if (after.length) body.after = after;
     $("#submit-button").disabled = true;
     try {
       if (yaml.trim()) {
@@ -182,7 +185,7 @@ function setUpSubmit() {
         body.config_path = saved.file;
       }
       const job = await api("run-simulation", {method: "POST", body});
-      showMessage(`job ${job.job_id} queued`, "info");
+      showMessage(`job ${job.job_id} ${job.status || "queued"}`, "info");
       location.href = `job?id=${encodeURIComponent(job.job_id)}`;
     } catch (err) {
       showError(err);
