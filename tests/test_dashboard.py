@@ -499,6 +499,9 @@ def test_queue_page_lists_queued_jobs_in_dispatch_order_with_why_each_waits(ui, 
             assert item["waiting_reason"] and item["waiting_reason"] in row.text
             assert row.get_attribute("data-position") == str(item["position"])
         shoot(browser, "queue")
+        ui.open(f"/ui/job?id={order[0]['job_id']}")  # its page says the same, from /status
+        wait_css(browser, "#waiting-reason", lambda e: e.text == order[0]["waiting_reason"], message="the reason")
+        assert f"position {order[0]['position']} in the queue" in find(browser, "#job-waiting").text
     finally:
         for job_id in ids:
             http.post(f"/stop/{job_id}", headers=AUTH)
