@@ -92,7 +92,7 @@ class Server:
                               sitedata=sitedata, datasets=datasets, events=self.events, metrics=self.metrics,
                               dependency_checks=dependency_checks(settings, sitedata))
         self.app = api_app.make_app(ctx, [jobs_api, configs_api, system_api, sites_api, events_api, ui_api,
-                                             usage_api])
+                                          usage_api])
         self.agent = None
         if settings.embedded_worker:
             self.agent = Agent(settings, self.spool, make_runtime(settings), host=EMBEDDED_HOST)
