@@ -137,12 +137,12 @@ class AttemptLedger:
             wait = max(0.0, now - submitted)
         else:
             wait = None
-        run = sum(times.run_seconds(now, None) for times in _ran(attempts, now))
+        run = sum(times.run_seconds(now) for times in _ran(attempts))
         return {"queue_wait_seconds": round(wait, SECONDS_DIGITS) if wait is not None else None,
                 "run_seconds": round(run, SECONDS_DIGITS)}
 
 
-def _ran(attempts: list[AttemptTimes], now: float) -> list[AttemptTimes]:
+def _ran(attempts: list[AttemptTimes]) -> list[AttemptTimes]:
     """The attempts with their ends settled: every attempt but the last has ended, and one that was taken
     away without an ending (a lost host) ran until its record was last written."""
     settled = []
@@ -201,7 +201,7 @@ class Usage:
             present.append((entry.job_id, entry.submit_ns))
             if entry.attempt == 1 and job.location.kind not in (RUNNING, DONE):
                 continue  # queued or waiting for the first time: nothing ran
-            for times in _ran(self.ledger.attempts(entry), now):
+            for times in _ran(self.ledger.attempts(entry)):
                 if times.claimed is None and times.started is None:
                     continue  # never claimed (or its record is not written yet)
                 if start is not None and (times.ended if times.ended is not None else now) < start:
