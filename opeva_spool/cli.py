@@ -957,8 +957,8 @@ def _who():
 
 
 EXIT_HELP = (f"exit status: {EXIT_OK} done, {EXIT_ERROR_ANSWER} the server answered an error (or the job, a job of "
-             f"the sweep, or the build did not finish), {EXIT_REFUSED} bad arguments or settings or refused, {EXIT_UNREACHABLE} the server "
-             f"could not be reached, {EXIT_INTERRUPTED} interrupted (Ctrl-C)")
+             f"the sweep, or the build did not finish), {EXIT_REFUSED} bad arguments or settings or refused, "
+             f"{EXIT_UNREACHABLE} the server could not be reached, {EXIT_INTERRUPTED} interrupted (Ctrl-C)")
 
 
 def parser():
