@@ -10,6 +10,7 @@ Nothing is stored on the share: a restarted server reads the records again.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +21,8 @@ from .exceptions import BadRequest
 from .index import IndexedJob, JobIndex
 from .spool import DONE, RUNNING, Entry, Spool
 from .states import JobState
+
+log = logging.getLogger(__name__)
 
 BY_USER, BY_HOST = "user", "host"
 USAGE_GROUPINGS = (BY_USER, BY_HOST)
@@ -183,6 +186,17 @@ class Usage:
         self.index = index
         self.ledger = ledger
         self.submitter_of = submitter_of
+        # One report at a time: a second one waits and then finds every record it needs already read,
+        # instead of reading them all again beside the first (the start-up warm-up is the first).
+        self._lock = threading.Lock()
+
+    def warm(self) -> None:
+        """Read every ended attempt's record and every job's submitter once (the server does it in the background
+        at start-up): the first report on a share of 100,000 jobs would take ~20 s, each later one ~0.5 s."""
+        try:
+            self.report()
+        except Exception as exc:  # only an optimisation: a request reads whatever is missing
+            log.warning("usage warm-up stopped: %s", exc)
 
     def report(self, by: str = BY_USER, since: str | None = None, now: float | None = None) -> dict:
         """Rows for the attempts that were claimed and ran at some moment after ``since`` (all, if None):
@@ -192,7 +206,10 @@ class Usage:
         if by not in USAGE_GROUPINGS:
             raise BadRequest(f"'by' must be one of {list(USAGE_GROUPINGS)}, not {by!r}", field="by")
         start = parse_since(since)
-        now = time.time() if now is None else now
+        with self._lock:
+            return self._report(by, start, time.time() if now is None else now)
+
+    def _report(self, by: str, start: float | None, now: float) -> dict:
         rows: dict[str, UsageRow] = {}
         total = UsageRow()
         present = []

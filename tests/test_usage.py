@@ -7,8 +7,12 @@ import time
 
 import pytest
 
+from opeva_spool.server import Server
 from opeva_spool.spool import QUEUED, Location
 from opeva_spool.states import JobState
+
+from .clients import WsgiClient
+from .conftest import wait_for
 
 # No agent runs (not even the embedded one): the test plays the agents, and no host is judged lost meanwhile.
 pytestmark = pytest.mark.parametrize("settings", [{"offline_after": 3600.0, "embedded_worker": False}], indirect=True)
@@ -156,3 +160,19 @@ def test_usage_reads_an_ended_attempts_record_once_and_forgets_a_deleted_job(ser
     assert client.delete(f"/job/{job_id}").status == 200
     assert client.get("/usage?by=host").json()["rows"] == []
     assert (job_id, entry.submit_ns, 1) not in server.jobs.ledger._ended
+
+
+def test_a_restarted_server_reads_the_ended_attempts_in_the_background_before_the_first_usage(server, settings,
+                                                                                              client):
+    now = time.time()
+    job_ids = [submit(client, "alice") for _ in range(3)]
+    for job_id in job_ids:
+        run_attempt(server, job_id, "gpu-a", now - HOUR, now - HOUR / 2)
+    server.close()
+    restarted = Server(settings).start()
+    try:
+        wait_for(lambda: len(restarted.jobs.ledger._ended) == 3, message="the warm-up to read the 3 records")
+        assert WsgiClient(restarted.app).get("/usage").json()["total"] == {"jobs": 3, "attempts": 3,
+                                                                          "run_hours": 1.5, "gpu_hours": 0.0}
+    finally:
+        restarted.close()
