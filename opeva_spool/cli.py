@@ -630,28 +630,6 @@ def cmd_hosts(args):
 
 # ----- sweeps, the queue, usage ---------------------------------------------------------------------
 
-def sweep_id_of(doc: dict) -> str:
-    return str(doc.get("sweep_id") or doc.get("id") or "")
-
-
-def state_counts(doc: dict) -> dict:
-    counts = doc.get("counts")
-    return counts if isinstance(counts, dict) else {}
-
-
-def sweep_total(doc: dict) -> int:
-    """How many jobs a sweep has, from whichever of its answer's fields says so."""
-    for key in ("total", "job_count"):
-        if isinstance(doc.get(key), int):
-            return doc[key]
-    for key in ("jobs", "job_ids"):
-        if isinstance(doc.get(key), list):
-            return len(doc[key])
-        if isinstance(doc.get(key), int):
-            return doc[key]
-    return sum(count for count in state_counts(doc).values() if isinstance(count, int))
-
-
 def counts_text(counts: dict) -> Text:
     """"3 running  5 queued  2 finished", each in its state's colour, states in lifecycle order."""
     text = Text()
@@ -680,14 +658,14 @@ def cmd_sweep_submit(args):
     if args.submitted_by and not body.get("submitted_by"):
         body["submitted_by"] = args.submitted_by
     answer = client.post("/sweeps", body)
-    sweep_id = sweep_id_of(answer)
+    sweep_id = answer["sweep_id"]
     if args.json:
         print_json(answer)
     elif args.quiet:
         print(sweep_id)
     else:
         name = f" ({answer['name']})" if answer.get("name") else ""
-        console().print(f"sweep {sweep_id}{name}: {sweep_total(answer)} job(s) {answer.get('status') or 'submitted'}")
+        console().print(f"sweep {sweep_id}{name}: {answer.get('job_count')} job(s) {answer.get('status')}")
     if not args.wait:
         return EXIT_OK
     sys.stdout.flush()
@@ -698,20 +676,21 @@ def wait_for_sweep(client: Client, sweep_id: str, notes) -> int:
     """Show the sweep's jobs ending until all have; 0 when every one finished, 1 otherwise."""
     def look():
         doc = client.get(api_path("sweeps", sweep_id))
-        counts, total = state_counts(doc), sweep_total(doc)
-        ended = sum(counts.get(state, 0) for state in TERMINAL_STATES)
+        counts, total = doc["counts"], doc.get("job_count")
+        # A job deleted meanwhile (not_found) will not end any more than it has.
+        ended = sum(counts.get(state, 0) for state in (*TERMINAL_STATES, JobState.NOT_FOUND.value))
         state = "ended" if total and ended >= total else "running"
         return state, doc, 100.0 * ended / total if total else None
 
     watch_progress(look, f"sweep {sweep_id}", lambda state: state == "ended", sweep_line, SWEEP_POLL_SECONDS)
     final = client.get(api_path("sweeps", sweep_id))
-    counts = state_counts(final)
+    counts = final["counts"]
     print(f"sweep {sweep_id} ended: {counts_text(counts).plain}", file=notes)
-    return EXIT_OK if counts.get("finished", 0) == sweep_total(final) else EXIT_ERROR_ANSWER
+    return EXIT_OK if counts.get("finished", 0) == final.get("job_count") else EXIT_ERROR_ANSWER
 
 
 def sweep_line(state: str, doc: dict) -> str:
-    return counts_text(state_counts(doc)).plain
+    return counts_text(doc["counts"]).plain
 
 
 def cmd_sweeps(args):
@@ -719,11 +698,10 @@ def cmd_sweeps(args):
     if args.json:
         print_json(items)
         return EXIT_OK
-    grid = table("id", "name", "submitter", "jobs", "states", "created", title=f"{len(items)} sweep(s)")
+    grid = table("id", "name", "submitter", "jobs", "states", "submitted", title=f"{len(items)} sweep(s)")
     for item in items:
-        grid.add_row(sweep_id_of(item), item.get("name") or "-", item.get("submitted_by") or "-",
-                     str(sweep_total(item)), counts_text(state_counts(item)),
-                     item.get("created_at") or item.get("submitted_at") or "-")
+        grid.add_row(item["sweep_id"], item.get("name") or "-", item.get("submitted_by") or "-",
+                     str(item.get("job_count")), counts_text(item["counts"]), item.get("submitted_at") or "-")
     console().print(grid)
     return EXIT_OK
 
@@ -736,10 +714,10 @@ def cmd_sweep_show(args):
         return EXIT_OK
     out = console()
     out.print(key_values([
-        ("sweep", sweep_id_of(doc)), ("name", doc.get("name")), ("submitter", doc.get("submitted_by")),
-        ("created", doc.get("created_at") or doc.get("submitted_at")),
-        ("config", doc.get("config_path")), ("status", doc.get("status")), ("jobs", sweep_total(doc)),
-        ("states", counts_text(state_counts(doc))), ("stop requested", doc.get("stop_requested_at")),
+        ("sweep", doc["sweep_id"]), ("name", doc.get("name")), ("submitter", doc.get("submitted_by")),
+        ("submitted", doc.get("submitted_at")),
+        ("config", doc.get("config_path")), ("status", doc.get("status")), ("jobs", doc.get("job_count")),
+        ("states", counts_text(doc["counts"])), ("stop requested", doc.get("stop_requested_at")),
         ("after", ", ".join((doc.get("job_fields") or {}).get("after") or [])),
     ]))
     jobs = doc.get("jobs") if isinstance(doc.get("jobs"), list) else []

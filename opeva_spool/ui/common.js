@@ -275,18 +275,6 @@ export function jobLink(jobId, label) {
   return el("a", {href: `job?id=${encodeURIComponent(jobId)}`, class: label ? null : "mono"}, label || jobId.slice(0, 8));
 }
 
-/** A sweep's id in an answer of /sweeps. */
-export function sweepId(sweep) {
-  return String(sweep.sweep_id ?? sweep.id ?? "");
-}
-
-/** How many jobs a sweep has, from whichever field of its answer says so. */
-export function sweepTotal(sweep) {
-  for (const key of ["total", "job_count"]) if (typeof sweep[key] === "number") return sweep[key];
-  for (const key of ["jobs", "job_ids"]) if (Array.isArray(sweep[key])) return sweep[key].length;
-  return Object.values(sweep.counts || {}).reduce((n, count) => n + count, 0);
-}
-
 /** A sweep's page, linked by its id. */
 export function sweepLink(sweepId) {
   return el("a", {href: `sweep?id=${encodeURIComponent(sweepId)}`, class: "mono sweep-link"}, sweepId);

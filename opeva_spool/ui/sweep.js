@@ -1,7 +1,7 @@
 // One sweep: its facts and counts by state, its jobs with their overrides and status, sorted by a value of
 // their result.json when one is named (GET /sweeps/<id>?sort=<key>&order=asc|desc); Stop and Delete.
 import {$, ApiError, TERMINAL, age, api, badge, cellValue, confirmAction, countsBar, el, jobLink, liveUpdates,
-  numericFields, query, renderShell, showError, showMessage, sweepId, sweepTotal, throttle} from "./common.js";
+  numericFields, query, renderShell, showError, showMessage, throttle} from "./common.js";
 
 const REFRESH_MS = 10000;
 const ORDERS = ["asc", "desc"];
@@ -23,19 +23,20 @@ function overrideKeys(jobs) {
 
 function renderFacts() {
   document.title = `Sweep ${sweep.name || id} · opeva-spool`;
-  $("#sweep-title").textContent = sweepId(sweep) || id;
+  $("#sweep-title").textContent = sweep.sweep_id;
   $("#sweep-name").textContent = sweep.name || "";
   const after = sweep.job_fields?.after || [];
   const facts = [["status", sweep.status], ["submitted by", sweep.submitted_by],
-    ["created", age(sweep.created_at || sweep.submitted_at)], ["config", sweep.config_path], ["jobs", sweepTotal(sweep)],
+    ["submitted", age(sweep.submitted_at)], ["config", sweep.config_path], ["jobs", sweep.job_count],
     ["stop requested", sweep.stop_requested_at ? age(sweep.stop_requested_at) : null],
     ["after", after.length ? after.map((job, i) => [i ? ", " : "", jobLink(job)]) : null]]
     .filter(([, value]) => value !== null && value !== undefined && value !== "" && value !== "—");
   $("#sweep-facts").replaceChildren(...facts.flatMap(([name, value], i) =>
     [i ? " · " : "", `${name} `, el("strong", {class: "mono"}, value)]));
-  $("#sweep-counts").replaceChildren(countsBar(sweep.counts || {}, sweepTotal(sweep)));
-  const counts = sweep.counts || {};
-  $("#stop-sweep").disabled = !Object.entries(counts).some(([state, n]) => n && !TERMINAL.has(state));
+  $("#sweep-counts").replaceChildren(countsBar(sweep.counts, sweep.job_count));
+  // Something left to stop: a job neither ended nor deleted (not_found).
+  $("#stop-sweep").disabled = !Object.entries(sweep.counts).some(([state, n]) => n && !TERMINAL.has(state)
+    && state !== "not_found");
 }
 
 function header(keys) {
@@ -56,7 +57,7 @@ function row(job, keys) {
 }
 
 function renderJobs() {
-  const jobs = Array.isArray(sweep.jobs) ? sweep.jobs : [];
+  const jobs = sweep.jobs;
   const keys = overrideKeys(jobs);
   $("#sweep-jobs thead").replaceChildren(header(keys));
   const columns = 3 + keys.length + (sort.key ? 1 : 0);

@@ -1,5 +1,5 @@
 // Sweeps: every sweep with its jobs' states, newest first; live.
-import {$, age, api, countsBar, el, liveUpdates, renderShell, showError, showMessage, sweepId, sweepLink, sweepTotal,
+import {$, age, api, countsBar, el, liveUpdates, renderShell, showError, showMessage, sweepLink,
   throttle} from "./common.js";
 
 const REFRESH_MS = 10000;
@@ -7,25 +7,20 @@ const COLUMNS = 6;
 
 renderShell("sweeps");
 
-function created(sweep) {
-  return sweep.created_at || sweep.submitted_at || null;
-}
-
 function row(sweep) {
-  const id = sweepId(sweep);
+  const id = sweep.sweep_id;
   return el("tr", {dataset: {sweepId: id}},
     el("td", {}, sweepLink(id)),
     el("td", {}, sweep.name || "—"),
     el("td", {class: "hide-narrow"}, sweep.submitted_by || "—"),
-    el("td", {class: "num"}, sweepTotal(sweep).toLocaleString()),
-    el("td", {}, countsBar(sweep.counts || {}, sweepTotal(sweep))),
-    el("td", {class: "hide-narrow", title: created(sweep) || ""}, age(created(sweep))));
+    el("td", {class: "num"}, sweep.job_count.toLocaleString()),
+    el("td", {}, countsBar(sweep.counts, sweep.job_count)),
+    el("td", {class: "hide-narrow", title: sweep.submitted_at || ""}, age(sweep.submitted_at)));
 }
 
 async function load() {
   try {
-    const sweeps = await api("sweeps");
-    sweeps.sort((a, b) => String(created(b) || "").localeCompare(String(created(a) || "")));
+    const sweeps = await api("sweeps"); // newest first
     $("#sweeps tbody").replaceChildren(...(sweeps.length ? sweeps.map(row)
       : [el("tr", {}, el("td", {colspan: COLUMNS, class: "muted"}, "no sweeps yet"))]));
     $("#summary").textContent = `(${sweeps.length})`;
@@ -110,7 +105,7 @@ function setUpSubmit() {
     $("#sweep-button").disabled = true;
     try {
       const answer = await api("sweeps", {method: "POST", body});
-      location.href = `sweep?id=${encodeURIComponent(sweepId(answer))}`;
+      location.href = `sweep?id=${encodeURIComponent(answer.sweep_id)}`;
     } catch (err) {
       showError(err);
     } finally {
