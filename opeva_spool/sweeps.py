@@ -32,6 +32,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import yaml
 
@@ -352,6 +353,17 @@ def recover(spool: Spool) -> list[tuple[Location, Entry]]:
 
 # ----- the service ----------------------------------------------------------------------------
 
+class Plan(NamedTuple):
+    """A validated sweep in memory: what ``SweepService.stage`` writes and ``commit`` publishes."""
+
+    sweep_id: str
+    location: Location  # where its entries go: queued/, or waiting/ for a sweep with dependencies
+    specs: list[tuple[JobSpec, bytes]]  # each job's spec and config snapshot, in sweep order
+    manifest: dict
+    stage: str  # its staging dir
+    inline_config: JobConfig | None  # a base config given inline, saved under configs/ as jobs' are
+
+
 class SweepService:
     """The sweep operations behind the API and the inbox: submit, list, show, stop, delete, recovery."""
 
@@ -371,6 +383,28 @@ class SweepService:
 
     def submit(self, body: dict, origin: str = "api", inbox_folder: str = "") -> dict:
         """Validate a sweep, then publish all its jobs or none; returns its id, status and job ids."""
+        plan = self.plan(body, origin, inbox_folder)
+        with self._working(os.path.basename(plan.stage), plan.sweep_id):
+            if plan.inline_config is not None:
+                self.jobs.configs.write(plan.inline_config.file_name, plan.inline_config.text,
+                                        WriteMode.REPLACE if body.get("overwrite") is True else WriteMode.SAME)
+            self.stage(plan)
+            self.commit(plan)
+            self._place(roll_forward(self.spool, self._dir(plan.sweep_id)))
+        first = plan.specs[0][0]
+        return {
+            "sweep_id": plan.sweep_id,
+            "name": plan.manifest["name"],
+            "status": JobState.WAITING.value if plan.location.kind == WAITING else JobState.QUEUED.value,
+            "job_count": len(plan.specs),
+            "job_ids": [spec.job_id for spec, _ in plan.specs],
+            "config_path": plan.manifest["config_path"],
+            "submitted_at": first.submitted_at,
+        }
+
+    def plan(self, body: dict, origin: str = "api", inbox_folder: str = "") -> Plan:
+        """The sweep of a request, validated and built in memory (every job's spec and config snapshot);
+        nothing is written. 400 or 409 for what cannot be published."""
         unknown = sorted(set(body) - SWEEP_FIELDS - JOB_FIELDS)
         if unknown:
             raise BadRequest(f"unknown fields {unknown}; a sweep takes {sorted(SWEEP_FIELDS | JOB_FIELDS)}")
@@ -391,11 +425,7 @@ class SweepService:
         taken = [spec.job_id for spec, _ in specs if spec.job_id in self.index]
         if taken:
             raise Conflict(f"job ids of sweep {sweep_id!r} are taken: {taken[:10]}", sweep_id=sweep_id)
-        if inline:
-            self.jobs.configs.write(config.file_name, config.text,
-                                    WriteMode.REPLACE if body.get("overwrite") is True else WriteMode.SAME)
         first = specs[0][0]
-        location = publish_location(first)
         manifest = {
             "sweep_id": sweep_id, "name": name, "submitted_by": first.submitted_by, "submitted_at": first.submitted_at,
             "origin": origin, "inbox_folder": inbox_folder, "config_path": f"configs/{config.file_name}",
@@ -406,29 +436,36 @@ class SweepService:
                      for spec, _ in specs],
         }
         stage = os.path.join(self.spool.staging_dir, f"{STAGING_PREFIX}{uuid.uuid4().hex}")
-        with self._working(os.path.basename(stage), sweep_id):
-            # Ranks last: a request refused above must not push its submitter's later jobs back.
-            ranks = self.jobs.fairshare.ranks(first.priority, first.submitted_by, len(specs))
-            submitted = time.time_ns()
-            entries = [entry_for(spec, submitted + number, rank)
-                       for number, ((spec, _), rank) in enumerate(zip(specs, ranks, strict=True))]
-            try:
-                self._stage(stage, manifest, specs, entries, location)
-                sync_filesystem(stage)
-                self._commit(stage, sweep_id)
-            except BaseException:
-                shutil.rmtree(stage, ignore_errors=True)  # nothing was committed
-                raise
-            self._place(roll_forward(self.spool, self._dir(sweep_id)))
-        return {
-            "sweep_id": sweep_id,
-            "name": name,
-            "status": JobState.WAITING.value if location.kind == WAITING else JobState.QUEUED.value,
-            "job_count": len(specs),
-            "job_ids": [spec.job_id for spec, _ in specs],
-            "config_path": manifest["config_path"],
-            "submitted_at": first.submitted_at,
-        }
+        return Plan(sweep_id, publish_location(first), specs, manifest, stage, config if inline else None)
+
+    def stage(self, plan: Plan) -> None:
+        """Write the planned sweep into its staging dir, durably; nothing of it is visible yet.
+
+        The ranks are taken here, after every check: a request refused earlier must not push its
+        submitter's later jobs back.
+        """
+        first = plan.specs[0][0]
+        ranks = self.jobs.fairshare.ranks(first.priority, first.submitted_by, len(plan.specs))
+        submitted = time.time_ns()
+        entries = [entry_for(spec, submitted + number, rank)
+                   for number, ((spec, _), rank) in enumerate(zip(plan.specs, ranks, strict=True))]
+        try:
+            self._write(plan, entries)
+            sync_filesystem(plan.stage)
+        except BaseException:
+            shutil.rmtree(plan.stage, ignore_errors=True)  # nothing was committed
+            raise
+
+    def commit(self, plan: Plan) -> None:
+        """The commit point: one rename of the staging dir into sweeps/ (409 if the sweep exists)."""
+        try:
+            os.rename(plan.stage, self._dir(plan.sweep_id))
+        except OSError as exc:
+            shutil.rmtree(plan.stage, ignore_errors=True)
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise Conflict(f"sweep {plan.sweep_id!r} already exists", sweep_id=plan.sweep_id) from None
+            raise
+        fsio.fsync_dir(self.root)
 
     @staticmethod
     def _sweep_id(given, name):
@@ -457,32 +494,21 @@ class SweepService:
         return specs
 
     @staticmethod
-    def _stage(stage: str, manifest: dict, specs: list[tuple[JobSpec, bytes]], entries: list[Entry],
-               location: Location) -> None:
-        """Write the whole sweep into ``stage``; private to this request, so in place and with no fsync
-        (sync_filesystem makes it durable at once). (Threads creating the files side by side were
-        measured no faster on a busy 2-core machine.)"""
-        os.mkdir(stage)
-        folders, staged_entries = os.path.join(stage, JOBS), os.path.join(stage, location.kind)
+    def _write(plan: Plan, entries: list[Entry]) -> None:
+        """Write the whole sweep into its staging dir; private to this request, so in place and with no
+        fsync (sync_filesystem makes it all durable at once). (Threads creating the files side by side
+        were measured no faster on a busy 2-core machine.)"""
+        os.mkdir(plan.stage)
+        folders, staged_entries = os.path.join(plan.stage, JOBS), os.path.join(plan.stage, plan.location.kind)
         os.mkdir(folders)
         os.mkdir(staged_entries)
-        for (spec, config), entry in zip(specs, entries, strict=True):
+        for (spec, config), entry in zip(plan.specs, entries, strict=True):
             folder = os.path.join(folders, spec.job_id)
             os.mkdir(folder)
             fsio.write_new(os.path.join(folder, "job_info.json"), fsio.json_bytes(spec.job_info()), durable=False)
             fsio.write_new(os.path.join(folder, CONFIG_SNAPSHOT), config, durable=False)
             fsio.write_new(os.path.join(staged_entries, entry.name), fsio.json_bytes(spec.to_dict()), durable=False)
-        fsio.write_new(os.path.join(stage, SWEEP_FILE), fsio.json_bytes(manifest), durable=False)
-
-    def _commit(self, stage: str, sweep_id: str) -> None:
-        """The commit point: one rename of the staging dir into sweeps/ (refused if the sweep exists)."""
-        try:
-            os.rename(stage, self._dir(sweep_id))
-        except OSError as exc:
-            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise Conflict(f"sweep {sweep_id!r} already exists", sweep_id=sweep_id) from None
-            raise
-        fsio.fsync_dir(self.root)
+        fsio.write_new(os.path.join(plan.stage, SWEEP_FILE), fsio.json_bytes(plan.manifest), durable=False)
 
     def _place(self, placed: list[tuple[Location, Entry]]) -> None:
         for location, entry in placed:
