@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from opeva_spool import fsio, sweeps
+from opeva_spool.configs import WriteMode
 from opeva_spool.exceptions import BadRequest
 from opeva_spool.jobs import JobConfig
 from opeva_spool.server import Server
@@ -147,6 +148,19 @@ def test_sweep_publishes_one_job_per_override_set_with_its_own_config_snapshot(c
     # The fair-share ranks of one submitter's sweep follow each other: its jobs are dispatched in sweep order.
     ranks = [Entry.parse(name).rank for name in sorted(os.listdir(server.spool.queued_dir))]
     assert ranks == sorted(ranks) and len(set(ranks)) == 6
+
+
+def test_a_sweep_of_runs_over_a_stored_config_keeps_the_base_text_for_a_run_without_overrides(client, server):
+    text = "# tuned by hand\n" + yaml.safe_dump(demo_config())
+    server.jobs.configs.write("base.yaml", text, WriteMode.CREATE)
+    sweep = client.post("/sweeps", json={"config_path": "configs/base.yaml", "target_host": "gpu-a",
+                                         "runs": [{"demo.steps": 7, "experiment.run_name": "r7"}, {}]}).json()
+    assert sweep["config_path"] == "configs/base.yaml" and sweep["job_count"] == 2
+    first, second = (client.get(f"/job-config/{job_id}").body.decode() for job_id in sweep["job_ids"])
+    assert yaml.safe_load(first)["demo"]["steps"] == 7 and yaml.safe_load(first)["experiment"]["run_name"] == "r7"
+    assert second == text  # no overrides: the stored config as it is, comments and all
+    info = client.get(f"/job-info/{sweep['job_ids'][0]}").json()
+    assert info["run_name"] == "r7" and info["config_path"] == "configs/base.yaml"
 
 
 def test_a_missing_override_key_is_a_400_naming_it_and_nothing_is_published(client, server):
