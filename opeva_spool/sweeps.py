@@ -200,8 +200,6 @@ class Snapshots:
     def text(self, values: dict, overrides: dict) -> str:
         if not overrides:
             return self.config.text  # the base as it was given, comments and all
-        if not values:
-            return config_text(values)
         parts = []
         for key, value in values.items():
             if key in self.config.values and self.config.values[key] is value:
@@ -378,6 +376,9 @@ class SweepService:
         # and a second request for the same sweep gets a 409 instead of racing the first.
         self._busy: set[str] = set()
         self._headers: dict[str, dict] = {}  # sweep id -> manifest header; a manifest never changes
+        # Sweeps known to have all their jobs moved out: maintenance looks only at the others (a listing
+        # of sweeps/ a round instead of a look into every sweep).
+        self._moved_out: set[str] = set()
 
     # ----- submit -----------------------------------------------------------------------------
 
@@ -390,7 +391,7 @@ class SweepService:
                                         WriteMode.REPLACE if body.get("overwrite") is True else WriteMode.SAME)
             self.stage(plan)
             self.commit(plan)
-            self._place(roll_forward(self.spool, self._dir(plan.sweep_id)))
+            self._move_out(plan.sweep_id)
         first = plan.specs[0][0]
         return {
             "sweep_id": plan.sweep_id,
@@ -510,10 +511,14 @@ class SweepService:
             fsio.write_new(os.path.join(staged_entries, entry.name), fsio.json_bytes(spec.to_dict()), durable=False)
         fsio.write_new(os.path.join(plan.stage, SWEEP_FILE), fsio.json_bytes(plan.manifest), durable=False)
 
-    def _place(self, placed: list[tuple[Location, Entry]]) -> None:
-        for location, entry in placed:
+    def _move_out(self, sweep_id: str) -> None:
+        """Roll a committed sweep forward (unless known done) and tell the index and the embedded worker."""
+        if sweep_id in self._moved_out:
+            return
+        for location, entry in roll_forward(self.spool, self._dir(sweep_id)):
             self.index.place(location, entry)
             self.jobs.on_publish(entry)
+        self._moved_out.add(sweep_id)
 
     # ----- reads ------------------------------------------------------------------------------
 
@@ -549,7 +554,7 @@ class SweepService:
         """Sweeps newest first, each with its jobs counted by state (one pass over the index)."""
         headers = [header for header in map(self.header, filter(_is_sweep_id, fsio.listdir(self.root)))
                    if header is not None]
-        headers.sort(key=lambda header: (header.get("submitted_at") or "", header["sweep_id"]), reverse=True)
+        headers.sort(key=lambda header: (str(header.get("submitted_at") or ""), header["sweep_id"]), reverse=True)
         headers = headers[:limit]
         counts = {header["sweep_id"]: Counter() for header in headers}
         for job in self.index.jobs():
@@ -577,8 +582,8 @@ class SweepService:
         for item in manifest["jobs"]:
             job = self.index.get(item["job_id"])
             status = self.index.state_of(job).value if job is not None else JobState.NOT_FOUND.value
-            row = {"job_id": item["job_id"], "sweep_index": item["sweep_index"], "overrides": item["overrides"],
-                   "status": status}
+            row = {"job_id": item["job_id"], "sweep_index": item.get("sweep_index"),
+                   "overrides": item.get("overrides"), "status": status}
             if sort is not None:
                 row["value"] = None if status in UNSTARTED else self._result_value(item["job_id"], sort)
             rows.append(row)
@@ -601,7 +606,7 @@ class SweepService:
         """Cancel the sweep's queued and waiting jobs and ask the hosts of its running ones to stop them."""
         manifest = self._manifest_or_404(sweep_id)
         with self._working(sweep_id):
-            self._place(roll_forward(self.spool, self._dir(sweep_id)))
+            self._move_out(sweep_id)
             fsio.atomic_write_json(os.path.join(self._dir(sweep_id), STOP_FILE),
                                    {"requested_at": utc_now(), "requested_by": by})
             self._headers.pop(sweep_id, None)
@@ -627,7 +632,7 @@ class SweepService:
         """
         manifest = self._manifest_or_404(sweep_id)
         with self._working(sweep_id):
-            self._place(roll_forward(self.spool, self._dir(sweep_id)))
+            self._move_out(sweep_id)
             job_ids = [item["job_id"] for item in manifest["jobs"]]
             if not force:
                 active = [job_id for job_id in job_ids if self._active(job_id)]
@@ -648,6 +653,7 @@ class SweepService:
                                "stop the sweep first or delete with ?force=1", sweep_id=sweep_id, job_ids=left[:100])
             self.spool.trash(self._dir(sweep_id))
             self._headers.pop(sweep_id, None)
+            self._moved_out.discard(sweep_id)
         return {"message": f"sweep {sweep_id} deleted", "sweep_id": sweep_id, "deleted_jobs": deleted}
 
     def _active(self, job_id):
@@ -657,13 +663,13 @@ class SweepService:
     # ----- recovery ---------------------------------------------------------------------------
 
     def maintain(self) -> None:
-        """Roll forward committed sweeps a crash left half moved, and remove old staging dirs of sweeps
-        that were never committed; both only where no request of this server is at work."""
+        """Roll forward committed sweeps a crash (or an error while moving) left half moved, and remove
+        old staging dirs of sweeps that were never committed; both only where no request of this
+        server is at work."""
         for sweep_id in fsio.listdir(self.root):
-            directory = self._dir(sweep_id)
-            if has_leftovers(directory) and self._claim(sweep_id):
+            if sweep_id not in self._moved_out and self._claim(sweep_id):
                 try:
-                    self._place(roll_forward(self.spool, directory))
+                    self._move_out(sweep_id)
                 finally:
                     self._release(sweep_id)
         for name in fsio.listdir(self.spool.staging_dir):
