@@ -582,11 +582,9 @@ class SweepService:
         for item in manifest["jobs"]:
             job = self.index.get(item["job_id"])
             status = self.index.state_of(job).value if job is not None else JobState.NOT_FOUND.value
-            row = {"job_id": item["job_id"], "sweep_index": item.get("sweep_index"),
-                   "overrides": item.get("overrides"), "status": status}
-            if sort is not None:
-                row["value"] = None if status in UNSTARTED else self._result_value(item["job_id"], sort)
-            rows.append(row)
+            value = None if sort is None or status in UNSTARTED else self._result_value(item["job_id"], sort)
+            rows.append({"job_id": item["job_id"], "sweep_index": item.get("sweep_index"),
+                         "overrides": item.get("overrides"), "status": status, "value": value})
         counts = Counter(row["status"] for row in rows)
         if sort is not None:
             rows = sort_jobs(rows, order)
