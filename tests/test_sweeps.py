@@ -210,6 +210,22 @@ def test_a_sweep_after_a_job_waits_for_it(client, server):
     assert client.get(f"/status/{sweep['job_ids'][0]}").json()["status"] == "waiting"
 
 
+@pytest.mark.parametrize("pretraining", ["finished", "failed"])
+def test_a_whole_sweep_runs_after_its_pretraining_job_or_is_canceled_when_that_fails(client, pretraining):
+    crash = {"fail_at_step": 1} if pretraining == "failed" else {}
+    first = client.post("/run-simulation", json={"config": demo_config(steps=2, step_seconds=0.001, **crash),
+                                                 "target_host": "local"}).json()["job_id"]
+    sweep = client.post("/sweeps", json={"config": demo_config(steps=2, step_seconds=0.001), "target_host": "local",
+                                         "after": [first], "grid": {"demo.steps": [1, 2, 3]}}).json()
+    wait_for_status(client, first, pretraining, timeout=30)
+    ending = "finished" if pretraining == "finished" else "canceled"
+    for job_id in sweep["job_ids"]:
+        wait_for_status(client, job_id, ending, timeout=30)
+    if ending == "canceled":
+        assert client.get(f"/job-info/{sweep['job_ids'][0]}").json()["reason"] == "dependency_failed"
+    assert client.get(f"/sweeps/{sweep['sweep_id']}").json()["counts"] == {ending: 3}
+
+
 # ----- running, sorting, stopping, deleting ---------------------------------------------------
 
 @pytest.mark.parametrize("settings", [{"capacity": 1}], indirect=True)
