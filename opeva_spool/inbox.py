@@ -3,16 +3,16 @@
 A folder is accepted exactly like ``POST /run-simulation`` with job.json as the body and
 the folder's name as the job id (unless job.json names one). A folder holding ``sweep.json``
 instead is a sweep, accepted like ``POST /sweeps`` with the folder's name as the sweep id
-(unless sweep.json names one), and handled below just as a job's folder. Anything the inbox will not
-take is set aside into ``spool/rejected/<folder>.<hex>/`` with a ``reason.json``; one
-folder never blocks the rest, whatever it holds.
+(unless sweep.json names one), and otherwise handled as a job's folder. Anything the inbox
+will not take is set aside into ``spool/rejected/<folder>.<hex>/`` with a ``reason.json``;
+one folder never blocks the rest, whatever it holds.
 
 Ingestion is idempotent for the folder itself, and only for it: before publishing, the
 inbox writes an ingest token into the folder and records ``<folder>.<token>`` in the job
-(job_info ``inbox_folder``). If the server dies after publishing but before removing the
-folder, the next scan finds the job carrying this folder's token and only removes the
-folder; any other folder whose job id is taken (a later folder of the same name too) is
-rejected with "job id taken".
+(job_info ``inbox_folder``; a sweep's manifest for a sweep). If the server dies after
+publishing but before removing the folder, the next scan finds the job carrying this
+folder's token and only removes the folder; any other folder whose job id is taken (a later
+folder of the same name too) is rejected with "job id taken".
 
 The folder, job.json and the config are opened without following links: a link could
 point anywhere on the server's host, and its content would be published into configs/.
