@@ -50,6 +50,7 @@ class JobService:
         self.on_publish = on_publish or (lambda entry: None)
         self._hosts, self._hosts_at = (), None
         self._ended_seen = {}  # job id -> (monotonic time, ended); see ENDED_CHECK_TTL
+        self.queue = None  # the server's queue.QueueView: /status of a queued job tells its place and why it waits
 
     def known_hosts(self, target: str | None = None) -> tuple[str, ...]:
         """Configured hosts and those with a running/ on the share, listed at most every second
@@ -145,7 +146,7 @@ class JobService:
 
     def status(self, job_id: str) -> dict:
         job = self.lookup(job_id)
-        return {
+        status = {
             "job_id": job.entry.job_id,
             "status": job.state.value,
             "host": job.host,
@@ -153,6 +154,9 @@ class JobService:
             "attempt": job.entry.attempt,
             "priority": job.entry.priority,
         }
+        if job.state == JobState.QUEUED and self.queue is not None:
+            status.update(self.queue.place(job.entry))  # queue_position, waiting_reason
+        return status
 
     def job_info(self, job_id: str) -> dict:
         """job_info.json (which the training image merges into) plus what the owner recorded."""
