@@ -52,8 +52,8 @@ RETRY_MS = 2000
 JOB, HOST, RESET = "job", "host", "reset"
 DELETED = "deleted"
 # How far along its attempt a job is: an event is only emitted forwards (see TransitionTracker.job_changed).
-STAGE = {JobState.QUEUED: 0, JobState.DISPATCHED: 1, JobState.RUNNING: 2,
-         JobState.FINISHED: 3, JobState.FAILED: 3, JobState.STOPPED: 3, JobState.CANCELED: 3}
+STAGE = {JobState.WAITING: 0, JobState.QUEUED: 1, JobState.DISPATCHED: 2, JobState.RUNNING: 3,
+         JobState.FINISHED: 4, JobState.FAILED: 4, JobState.STOPPED: 4, JobState.CANCELED: 4}
 ACTIVE_STATES = (JobState.DISPATCHED.value, JobState.RUNNING.value)
 
 

@@ -22,12 +22,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from .spool import DONE, QUEUED, RUNNING, Entry, JobStatus, Location
+from .spool import DONE, QUEUED, RUNNING, WAITING, Entry, JobStatus, Location
 from .states import JobState
 
 # Coarse buckets the index can tell from locations alone; "active" is everything in a running/.
 ACTIVE = "active"
 STATUS_BUCKET = {
+    JobState.WAITING: WAITING,
     JobState.QUEUED: QUEUED,
     JobState.DISPATCHED: ACTIVE,
     JobState.RUNNING: ACTIVE,
@@ -53,7 +54,7 @@ class IndexedJob:
             return ACTIVE
         if self.location.kind == DONE:
             return self.location.detail
-        return QUEUED
+        return self.location.kind  # queued or waiting
 
     @property
     def order_key(self) -> tuple[int, str]:
@@ -280,5 +281,5 @@ def _remove_sorted(keys, key):
 
 
 def _stage(location):
-    return {QUEUED: 0, RUNNING: 1, DONE: 2}[location.kind]
+    return {WAITING: 0, QUEUED: 1, RUNNING: 2, DONE: 3}[location.kind]
 

@@ -15,6 +15,8 @@ from .exceptions import BadRequest
 MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = -100, 100, 0
 MAX_RETRIES_LIMIT = 20
 MAX_ENV_VARS = 200
+MAX_DEPENDENCIES = 1000
+MAX_TARGET_HOSTS = 64
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 UNSAFE_IN_JOB_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 ANY_HOST = "any"
@@ -77,11 +79,21 @@ class JobSpec:
     experiment_name: str = ""
     run_name: str = ""
     config_sha256: str = ""  # of the snapshot jobs/<id>/config.yaml; "" for a job without a config
+    target_hosts: list = field(default_factory=list)  # a request's list of hosts (target_host is then "any")
+    after: list = field(default_factory=list)  # job ids that must end finished before this one is queued
+    after_any: list = field(default_factory=list)  # job ids that must end, however, before it is queued
+    retry_on_failure: bool = False  # a non-zero exit is retried (up to max_retries, with a backoff)
+    sweep: str | None = None  # the id of the sweep this job belongs to
+    sweep_index: int | None = None
+    overrides: dict = field(default_factory=dict)  # the sweep's dotted-key overrides applied to its config
 
     def to_dict(self):
         # Not dataclasses.asdict: its deep copy is a tenth of a submission's CPU time.
         data = dict(self.__dict__)
         data["env"] = dict(self.env)
+        data["overrides"] = dict(self.overrides)
+        for key in ("target_hosts", "after", "after_any"):
+            data[key] = list(data[key])
         if isinstance(self.command, list):
             data["command"] = list(self.command)
         return data
@@ -188,17 +200,74 @@ class JobConfig(NamedTuple):
         return self.text.encode("utf-8")
 
 
-def build_spec(body: dict, known_hosts, *, job_id: str, config: JobConfig | None = None,
-               origin: str = "api", inbox_folder: str = "") -> JobSpec:
-    """A validated JobSpec from a submission body and the job's config (None for a job without one)."""
-    target = body.get("target_host") or EMBEDDED_HOST
+def _targets(value, known_hosts):
+    """(target_host, target_hosts) from a request's target_host: a host, "any", or a list of hosts."""
+    if isinstance(value, list):
+        hosts = list(dict.fromkeys(value))  # a host named twice counts once
+        if not hosts or len(hosts) > MAX_TARGET_HOSTS or not all(isinstance(host, str) for host in hosts):
+            raise BadRequest(f"'target_host' must be a host, 'any', or a list of 1 to {MAX_TARGET_HOSTS} hosts",
+                             field="target_host")
+        if len(hosts) == 1:
+            value = hosts[0]
+        else:
+            for host in hosts:
+                _known_host(host, known_hosts)
+            return ANY_HOST, hosts
+    target = value or EMBEDDED_HOST
+    if not isinstance(target, str):
+        raise BadRequest("'target_host' must be a host, 'any', or a list of hosts", field="target_host")
     if target != ANY_HOST:
-        names.host(target)
-        if target not in known_hosts:
-            raise BadRequest(
-                f"unknown target_host {target!r}; known hosts: {sorted(known_hosts)} or 'any'",
-                field="target_host",
-            )
+        _known_host(target, known_hosts)
+    return target, []
+
+
+def _known_host(host, known_hosts):
+    names.host(host)
+    if host not in known_hosts:
+        raise BadRequest(f"unknown target_host {host!r}; known hosts: {sorted(known_hosts)} or 'any'",
+                         field="target_host")
+
+
+def _job_ids(body, key):
+    value = body.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_DEPENDENCIES or not all(isinstance(i, str) for i in value):
+        raise BadRequest(f"{key!r} must be a list of at most {MAX_DEPENDENCIES} job ids", field=key)
+    for job_id in value:
+        names.job_id(job_id)
+    return list(dict.fromkeys(value))
+
+
+def check_gpus_fit(gpus, eligible, gpu_counts):
+    """400 when no host the job may run on has ``gpus`` GPUs. ``gpu_counts``: {host: GPUs it reported};
+    a host that never reported may have any number, so it is given the benefit of the doubt."""
+    if not gpus or any(host not in gpu_counts for host in eligible):
+        return
+    wanted = 1 if gpus == "all" else gpus
+    if not any(gpu_counts[host] >= wanted for host in eligible):
+        have = ", ".join(f"{host} has {gpu_counts[host]}" for host in sorted(eligible)) or "none is known"
+        raise BadRequest(f"no host this job may run on has {wanted} GPU{'s' * (wanted != 1)}: {have}",
+                         field="gpus")
+
+
+def build_spec(body: dict, known_hosts, *, job_id: str, config: JobConfig | None = None,
+               origin: str = "api", inbox_folder: str = "", gpu_counts: dict | None = None) -> JobSpec:
+    """A validated JobSpec from a submission body and the job's config (None for a job without one).
+
+    ``gpu_counts`` ({host: GPUs}, from heartbeats) lets a job that no eligible host could ever
+    run be refused now rather than wait forever.
+    """
+    target, target_hosts = _targets(body.get("target_host"), known_hosts)
+    gpus = _gpus(body.get("gpus"))
+    eligible = target_hosts or (known_hosts if target == ANY_HOST else [target])
+    check_gpus_fit(gpus, eligible, gpu_counts or {})
+    retry_on_failure = body.get("retry_on_failure", False)
+    if not isinstance(retry_on_failure, bool):
+        raise BadRequest("'retry_on_failure' must be true or false", field="retry_on_failure")
+    after, after_any = _job_ids(body, "after"), _job_ids(body, "after_any")
+    if job_id in after or job_id in after_any:
+        raise BadRequest(f"job {job_id!r} cannot wait for itself", field="after")
     values = config.values if config is not None else None
     job_name = _optional_str(body, "job_name", 128)
     experiment_name, run_name = experiment_fields(values)
@@ -212,7 +281,7 @@ def build_spec(body: dict, known_hosts, *, job_id: str, config: JobConfig | None
         env=_env(body.get("env")),
         priority=_int_in(body, "priority", DEFAULT_PRIORITY, MIN_PRIORITY, MAX_PRIORITY),
         max_retries=_int_in(body, "max_retries", 0, 0, MAX_RETRIES_LIMIT),
-        gpus=_gpus(body.get("gpus")),
+        gpus=gpus,
         submitted_by=_optional_str(body, "submitted_by"),
         submitted_at=utc_now(),
         origin=origin,
@@ -220,6 +289,10 @@ def build_spec(body: dict, known_hosts, *, job_id: str, config: JobConfig | None
         experiment_name=experiment_name,
         run_name=run_name,
         config_sha256=hashlib.sha256(config.data).hexdigest() if config is not None else "",
+        target_hosts=target_hosts,
+        after=after,
+        after_any=after_any,
+        retry_on_failure=retry_on_failure,
     )
 
 

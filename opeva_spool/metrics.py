@@ -54,7 +54,7 @@ class SpoolCollector:
         by_state = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs by state.", labels=["state"])
         counts = self.index.counts()
         for state in JobState:
-            if state.terminal or state == JobState.QUEUED:
+            if state.terminal or state in (JobState.QUEUED, JobState.WAITING):
                 by_state.add_metric([state.value], counts.get(state.value, 0))
         # The index tells claimed jobs by location alone; dispatched or running is in each attempt record,
         # read once per job here.

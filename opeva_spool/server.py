@@ -19,6 +19,7 @@ from .api import sites as sites_api
 from .api import system as system_api
 from .api import ui as ui_api
 from .events import EventBus, EventJournal, TransitionTracker
+from .fairshare import FairShare
 from .hosts import LivenessMonitor
 from .inbox import Inbox
 from .index import JobIndex
@@ -66,7 +67,12 @@ class Server:
         removed = self.spool.recover_orphans(self.index.job_ids())
         if removed:
             log.warning("moved %d half-published job folders to the trash: %s", len(removed), removed[:10])
-        self.jobs = JobService(settings, self.spool, self.index, on_publish=self._wake_embedded_worker)
+        self.fairshare = FairShare()
+        self.jobs = JobService(settings, self.spool, self.index, on_publish=self._wake_embedded_worker,
+                               fairshare=self.fairshare)
+        self._upgrade_legacy_entries()
+        self.fairshare.restore(((job.entry, job.location.kind) for job in self.index.jobs()),
+                               self._submitter)
         # A requeue renames the entry (attempt + 1): the index learns the new name at once.
         self.monitor = LivenessMonitor(self.spool, settings.hosts, settings.offline_after, on_moved=self.index.place)
         self.jobs.queue = QueueView(self.spool, self.monitor)
@@ -80,7 +86,7 @@ class Server:
         self.transitions = TransitionTracker(self.events, self.index, self.monitor, listeners)
         # Before anything else can change the index: what happened while the server was down comes first.
         self.transitions.reconcile()
-        self.index.on_change = self.transitions.job_changed
+        self.index.on_change = self._job_changed
         ctx = api_app.Context(settings, spool=self.spool, index=self.index, jobs=self.jobs, monitor=self.monitor,
                               sitedata=sitedata, datasets=datasets, events=self.events, metrics=self.metrics,
                               dependency_checks=dependency_checks(settings, sitedata))
@@ -101,6 +107,18 @@ class Server:
         self.streams = None  # the StreamGate, once listening
 
     # ----- events and maintenance ---------------------------------------------------------
+
+    def _job_changed(self, job_id, job):
+        self.fairshare.observe(job_id, job.entry if job else None, job.location.kind if job else None)
+        self.transitions.job_changed(job_id, job)
+
+    def _submitter(self, entry, kind):
+        spec = self.spool.read_spec(Location(kind), entry)
+        return spec.submitted_by if spec else ""
+
+    def _upgrade_legacy_entries(self):
+        for entry in self.spool.upgrade_legacy_queued():
+            self.index.place(Location(QUEUED), entry)
 
     def _wake_embedded_worker(self, entry):
         # The server published it, so it can tell its own worker at once, before the worker's
@@ -151,6 +169,7 @@ class Server:
             ("reclaim offline hosts", self.monitor.reclaim_offline),
             ("inbox", self.inbox.scan),
             ("unreadable entries", self._set_aside_unreadable_entries),
+            ("legacy entries", self._upgrade_legacy_entries),
             ("trash", self.spool.empty_trash),
             ("stop requests", self._clear_answered_stop_requests),
             ("events", self.transitions.maintain),

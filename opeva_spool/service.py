@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterator
 from . import fsio, jobs, logs, names, progress
 from .configs import ConfigStore, WriteMode
 from .exceptions import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from .fairshare import FairShare
 from .index import IndexedJob, JobIndex
 from .jobs import JobConfig
 from .settings import Settings
-from .spool import DONE, QUEUED, Entry, JobStatus, Location, Spool
+from .spool import DONE, WAITING, Entry, JobStatus, Location, Spool, publish_location
 from .states import JobState, check_transition
 
 # Listing spool/ for host names on every submission costs more than the submission's fsync.
@@ -34,7 +35,7 @@ IMAGE_ENDINGS = {"completed": JobState.FINISHED, "failed": JobState.FAILED}
 MAX_DELETE_TRIES = 20
 # What a resubmission copies from the old job's spec, and what its request may change.
 RESUBMITTED_FIELDS = {"job_name", "target_host", "command", "image", "env", "priority", "max_retries", "gpus",
-                      "submitted_by"}
+                      "submitted_by", "retry_on_failure"}
 RESUBMIT_OVERRIDES = {"target_host", "priority"}
 # The fields of an attempt record that /job-info lists per attempt.
 ATTEMPT_FIELDS = ("host", "state", "claimed_at", "started_at", "ended_at", "exit_code", "reason")
@@ -42,13 +43,15 @@ MAX_CONFIG_SNAPSHOT_BYTES = 16 * 1024 * 1024
 
 class JobService:
     def __init__(self, settings: Settings, spool: Spool, index: JobIndex,
-                 on_publish: Callable[[Entry], None] | None = None) -> None:
+                 on_publish: Callable[[Entry], None] | None = None, fairshare: FairShare | None = None) -> None:
         self.settings = settings
         self.spool = spool
         self.index = index
+        self.fairshare = fairshare or FairShare()
         self.configs = ConfigStore(spool.configs_dir)
         self.on_publish = on_publish or (lambda entry: None)
         self._hosts, self._hosts_at = (), None
+        self._gpu_counts = {}
         self._ended_seen = {}  # job id -> (monotonic time, ended); see ENDED_CHECK_TTL
         self.queue = None  # the server's queue.QueueView: /status of a queued job tells its place and why it waits
 
@@ -58,8 +61,24 @@ class JobService:
         now = time.monotonic()
         if self._hosts_at is None or now - self._hosts_at > KNOWN_HOSTS_TTL or target not in (None, *self._hosts):
             self._hosts = tuple(sorted(set(self.settings.hosts) | set(self.spool.worker_hosts())))
+            self._gpu_counts = self._read_gpu_counts(self._hosts)
             self._hosts_at = now
         return self._hosts
+
+    def host_gpu_counts(self) -> dict[str, int]:
+        """{host: how many GPUs it hands out} for the known hosts whose heartbeat says so (refreshed
+        with known_hosts). A heartbeat stays on the share while its agent is down, so a host that
+        ever ran is known."""
+        self.known_hosts()
+        return self._gpu_counts
+
+    def _read_gpu_counts(self, hosts):
+        counts = {}
+        for host in hosts:
+            beat = fsio.read_json_object(self.spool.heartbeat_path(host)) or {}
+            if isinstance(beat.get("gpu_ids"), list):
+                counts[host] = len(beat["gpu_ids"])
+        return counts
 
     # ----- submit -------------------------------------------------------------------------
 
@@ -75,19 +94,18 @@ class JobService:
         config, inline = (config, False) if config is not None else self._config_for(body, job_id)
         if config is None and body.get("command") is None:
             raise BadRequest("give 'config_path', an inline 'config', or a 'command'")
-        target = body.get("target_host")
-        hosts = self.known_hosts(target if isinstance(target, str) and target != jobs.ANY_HOST else None)
-        spec = jobs.build_spec(body, hosts, job_id=job_id, config=config, origin=origin,
-                               inbox_folder=inbox_folder)
+        spec = self.build_spec(body, job_id=job_id, config=config, origin=origin, inbox_folder=inbox_folder)
         if inline:
             self.configs.write(config.file_name, config.text,
                                WriteMode.REPLACE if body.get("overwrite") is True else WriteMode.SAME)
-        entry = self.spool.publish(spec, config.data if config is not None else None)
-        self.index.place(Location(QUEUED), entry)
+        [rank] = self.fairshare.ranks(spec.priority, spec.submitted_by)
+        entry = self.spool.publish(spec, config.data if config is not None else None, rank)
+        location = publish_location(spec)
+        self.index.place(location, entry)
         self.on_publish(entry)
         return {
             "job_id": spec.job_id,
-            "status": JobState.QUEUED.value,
+            "status": JobState.WAITING.value if location.kind == WAITING else JobState.QUEUED.value,
             "host": spec.target_host,
             "job_name": spec.job_name,
             "config_path": f"configs/{spec.config_file}" if spec.config_file else None,
@@ -95,6 +113,17 @@ class JobService:
             "priority": spec.priority,
             "submitted_at": spec.submitted_at,
         }
+
+    def build_spec(self, body: dict, **how) -> jobs.JobSpec:
+        """A validated JobSpec for a submission (``how``: build_spec's keywords), its dependencies known."""
+        target = body.get("target_host")
+        hosts = self.known_hosts(target if isinstance(target, str) and target != jobs.ANY_HOST else None)
+        spec = jobs.build_spec(body, hosts, gpu_counts=self.host_gpu_counts(), **how)
+        unknown = [job_id for job_id in (*spec.after, *spec.after_any) if job_id not in self.index]
+        if unknown:
+            raise BadRequest(f"unknown job ids in 'after'/'after_any': {unknown[:10]}", field="after",
+                             unknown=unknown[:100])
+        return spec
 
     def _config_for(self, body, job_id):
         """(the job's JobConfig or None, whether it came inline and is to be saved under configs/)."""
@@ -344,10 +373,10 @@ class JobService:
     # ----- changes ------------------------------------------------------------------------
 
     def stop(self, job_id: str, by: str = "") -> dict:
-        """Cancel a queued job at once; ask the owner of a running one to stop it."""
+        """Cancel a queued or waiting job at once; ask the owner of a running one to stop it."""
         job = self.lookup(job_id)
-        if job.state == JobState.QUEUED:
-            if self.spool.cancel_queued(job.entry):
+        if job.state in (JobState.QUEUED, JobState.WAITING):
+            if self.spool.cancel_queued(job.entry, job.location):
                 self.index.place(Location(DONE, JobState.CANCELED.value), job.entry)
                 return {"message": f"job {job_id} canceled before it started", "status": JobState.CANCELED.value}
             job = self._refound(job)  # a host claimed it meanwhile, or a delete took it

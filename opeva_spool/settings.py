@@ -34,6 +34,9 @@ DEFAULT_MONGO_TIMEOUT_MS = 2000
 JOB_USER = re.compile(r"^\d+:\d+$")  # numeric: the ids must mean the same on the share as in the container
 DEFAULT_MAX_STREAMS = 256
 DEFAULT_MAX_STREAMS_PER_CLIENT = 32
+DEFAULT_GPU_RESERVE_AFTER = 60.0
+DEFAULT_RETRY_BACKOFF = 10.0
+DEFAULT_RETRY_BACKOFF_MAX = 600.0
 
 
 @dataclass
@@ -61,6 +64,10 @@ class Settings:
     lock_dir: str = ""
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     offline_after: float = DEFAULT_OFFLINE_AFTER
+    gpu_reserve_after: float = DEFAULT_GPU_RESERVE_AFTER
+    # --- retries ---
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
     # --- docker runtime ---
     docker_host: str = ""
     docker_data_mount: str = ""
@@ -99,6 +106,10 @@ DESCRIPTIONS = {
     "lock_dir": "Local (not NFS) directory for same-host lock files; default: the system temp dir.",
     "heartbeat_interval": "Seconds between an agent's heartbeat rewrites.",
     "offline_after": "Seconds without a heartbeat change before a host counts as offline.",
+    "gpu_reserve_after": "Seconds a job that fits this host's GPUs but finds too few free may wait before the "
+                         "agent stops starting GPU jobs behind it, so that its GPUs drain to it.",
+    "retry_backoff": "Seconds before the first retry of a failed `retry_on_failure` job; doubles each attempt.",
+    "retry_backoff_max": "Longest wait before a retry, in seconds.",
     "docker_host": "Docker engine URL (else the DOCKER_HOST environment variable).",
     "docker_data_mount": "Host path mounted at /data in containers (default: shared_root).",
     "docker_network_mode": "Network mode for job containers (empty: engine default).",

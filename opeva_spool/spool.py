@@ -1,6 +1,7 @@
 """The on-disk protocol; docs/spool.md is its prose twin and must change with it.
 
     <root>/spool/staging/<uuid>/      submissions being built (same filesystem as the queue)
+    <root>/spool/waiting/<entry>      published, waiting for its dependencies (only the server moves it on)
     <root>/spool/queued/<entry>       published, waiting for a claim
     <root>/spool/<host>/running/<entry>   claimed by <host> (one rename from queued/)
     <root>/spool/<host>/heartbeat.json    written by <host>'s agent
@@ -13,10 +14,13 @@
     <root>/jobs/<job_id>/             the job's data; never moves while the job exists
     <root>/jobs/<job_id>/config.yaml  the job's config, snapshotted at submit (configs/ is the store's)
 
-An entry's name is ``PPP_TTTTTTTTTTTTTTTTTTT_<target>_AAA_<job_id>.json``: PPP is
-100 - priority, T the submit time in ns, A the attempt. A sorted listing of queued/
-is therefore the dispatch order, and the attempt in the name is what fences a
-superseded attempt (its owner's renames fail, its records are not the current one).
+An entry's name is ``PPP_RRRRRRRRRRRR_TTTTTTTTTTTTTTTTTTT_<target>_GG_AAA_<job_id>.json``:
+PPP is 100 - priority, R the fair-share rank (fairshare.py), T the submit time in ns, GG
+the GPUs asked (GPUS_ALL for "all"), A the attempt. A sorted listing of queued/ is
+therefore the dispatch order, an agent can decide from names alone whether a job is for
+it and fits, and the attempt in the name is what fences a superseded attempt (its
+owner's renames fail, its records are not the current one). Names of the older format
+``PPP_T19_<target>_AAA_<job_id>.json`` still parse (Entry.legacy).
 """
 
 import errno
@@ -37,6 +41,9 @@ from .states import TERMINAL_STATES, JobState, check_transition
 log = logging.getLogger(__name__)
 
 ENTRY_SUFFIX = ".json"
+RANK_DIGITS = 12
+GPUS_ALL = 99  # the GPU field of an entry name for a job asking for "all" of its host's GPUs
+WAITING = "waiting"
 QUEUED = "queued"
 DONE = "done"
 RUNNING = "running"
@@ -56,34 +63,62 @@ class Entry(NamedTuple):
     target: str
     attempt: int
     job_id: str
+    rank: int = 0  # the fair-share rank (fairshare.py): round-robin between submitters within a priority
+    gpus: int = 0  # GPUs asked: a count, or GPUS_ALL
+    legacy: bool = False  # a name from before ranks and GPUs were in it: rendered back as it was
 
     @property
     def name(self) -> str:
+        if self.legacy:
+            return (f"{MAX_PRIORITY - self.priority:03d}_{self.submit_ns:019d}_{self.target}"
+                    f"_{self.attempt:03d}_{self.job_id}{ENTRY_SUFFIX}")
         return (
-            f"{MAX_PRIORITY - self.priority:03d}_{self.submit_ns:019d}_{self.target}"
-            f"_{self.attempt:03d}_{self.job_id}{ENTRY_SUFFIX}"
+            f"{MAX_PRIORITY - self.priority:03d}_{self.rank:0{RANK_DIGITS}d}_{self.submit_ns:019d}_{self.target}"
+            f"_{self.gpus:02d}_{self.attempt:03d}_{self.job_id}{ENTRY_SUFFIX}"
         )
 
     @classmethod
     def parse(cls, name: str) -> "Entry | None":
-        """The Entry a file name encodes, or None for anything else (temp files, strays)."""
+        """The Entry a file name encodes, or None for anything else (temp files, strays).
+
+        The second field's width tells the two formats apart: a rank has RANK_DIGITS digits,
+        the submit time of a legacy name 19.
+        """
         if not name.endswith(ENTRY_SUFFIX) or name.startswith("."):
             return None
-        parts = name[: -len(ENTRY_SUFFIX)].split("_", 4)
-        if len(parts) != 5:
-            return None
-        prio, ts, target, attempt, job_id = parts
-        if not (prio.isdigit() and ts.isdigit() and attempt.isdigit()):
+        stem = name[: -len(ENTRY_SUFFIX)]
+        head = stem.split("_", 2)
+        if len(head) == 3 and len(head[1]) == RANK_DIGITS:
+            parts = stem.split("_", 6)
+            if len(parts) != 7:
+                return None
+            prio, rank, ts, target, gpus, attempt, job_id = parts
+            legacy = False
+        else:
+            parts = stem.split("_", 4)
+            if len(parts) != 5:
+                return None
+            prio, ts, target, attempt, job_id = parts
+            rank, gpus, legacy = "0", "00", True
+        if not (prio.isdigit() and rank.isdigit() and ts.isdigit() and attempt.isdigit()
+                and gpus.isdigit() and len(gpus) == 2):
             return None
         if not names.JOB_ID.match(job_id) or not names.HOST.match(target):
             return None
-        return cls(MAX_PRIORITY - int(prio), int(ts), target, int(attempt), job_id)
+        return cls(MAX_PRIORITY - int(prio), int(ts), target, int(attempt), job_id, int(rank), int(gpus), legacy)
 
     @staticmethod
     def target_of(name: str) -> str | None:
         """The target field of an entry name, cheaply (None if it has none); parse() validates."""
-        parts = name.split("_", 3)
-        return parts[2] if len(parts) == 4 else None
+        parts = name.split("_", 4)
+        if len(parts) < 4:
+            return None
+        return parts[3] if len(parts[1]) == RANK_DIGITS else parts[2]
+
+    @property
+    def gpus_wanted(self) -> int | str:
+        """What the job asks for as its spec says it: 0, a count, or "all"."""
+        return "all" if self.gpus == GPUS_ALL else self.gpus
 
     def next_attempt(self) -> "Entry":
         return self._replace(attempt=self.attempt + 1)
@@ -92,7 +127,7 @@ class Entry(NamedTuple):
 class Location(NamedTuple):
     """Where an entry sits: kind is queued | running | done; host for running, state for done."""
 
-    kind: str
+    kind: str  # waiting | queued | running | done
     detail: str = ""
 
 
@@ -114,6 +149,7 @@ class Spool:
         self.datasets_dir = os.path.join(self.root, "datasets")
         self.staging_dir = os.path.join(self.spool_dir, "staging")
         self.queued_dir = os.path.join(self.spool_dir, QUEUED)
+        self.waiting_dir = os.path.join(self.spool_dir, WAITING)
         self.done_dir = os.path.join(self.spool_dir, DONE)
         self.requests_dir = os.path.join(self.spool_dir, "requests")
         self.trash_dir = os.path.join(self.spool_dir, "trash")
@@ -127,7 +163,7 @@ class Spool:
 
     def ensure_layout(self) -> None:
         for path in (self.jobs_dir, self.configs_dir, self.datasets_dir, self.staging_dir,
-                     self.queued_dir, self.requests_dir, self.trash_dir, self.inbox_dir,
+                     self.queued_dir, self.waiting_dir, self.requests_dir, self.trash_dir, self.inbox_dir,
                      self.rejected_dir, *(self.done_path(state) for state in TERMINAL_DIRS)):
             fsio.makedirs(path)
 
@@ -159,6 +195,8 @@ class Spool:
         """The Location a directory holds entries for, or None (the inverse of location_dir)."""
         if directory == self.queued_dir:
             return Location(QUEUED)
+        if directory == self.waiting_dir:
+            return Location(WAITING)
         parent, leaf = os.path.split(directory)
         if leaf == RUNNING and os.path.dirname(parent) == self.spool_dir:
             return Location(RUNNING, os.path.basename(parent))
@@ -169,6 +207,8 @@ class Spool:
     def location_dir(self, location: Location) -> str:
         if location.kind == QUEUED:
             return self.queued_dir
+        if location.kind == WAITING:
+            return self.waiting_dir
         if location.kind == RUNNING:
             return self.running_dir(location.detail)
         return self.done_path(location.detail)
@@ -190,6 +230,7 @@ class Spool:
     def locations(self) -> Iterator[Location]:
         """Every place an entry can be, queue first."""
         yield Location(QUEUED)
+        yield Location(WAITING)
         for host in self.worker_hosts():
             yield Location(RUNNING, host)
         for state in TERMINAL_DIRS:
@@ -221,12 +262,14 @@ class Spool:
     def state_at(self, location: Location, entry: Entry) -> JobState:
         """A job's state: where its entry is, and for an entry on a host, its attempt record.
 
-        queued/ means queued and done/<state>/ that state. In a running/ the record tells
+        queued/ means queued, waiting/ waiting and done/<state>/ that state. In a running/ the record tells
         dispatched (none yet), running, or ended-but-not-yet-moved (a crash between finish's
         record and its rename); a record that cannot be understood is ``unknown``.
         """
         if location.kind == QUEUED:
             return JobState.QUEUED
+        if location.kind == WAITING:
+            return JobState.WAITING
         if location.kind == DONE:
             return JobState(location.detail)
         attempt = self.read_attempt(entry)
@@ -249,13 +292,14 @@ class Spool:
 
     # ----- publish ------------------------------------------------------------------------
 
-    def publish(self, spec: JobSpec, config: bytes | None = None) -> Entry:
-        """Make a job visible atomically; returns its Entry.
+    def publish(self, spec: JobSpec, config: bytes | None = None, rank: int = 0) -> Entry:
+        """Make a job visible atomically; returns its Entry (``rank``: its fair-share rank).
 
         The job folder (``staging/<uuid>/``, with job_info.json and the snapshot of its
         ``config``, config.yaml) and the entry (``staging/<uuid>.entry``) are built in
         staging/; the folder is renamed to jobs/<id> (refused if the id exists: a rename onto
-        a non-empty directory fails), then the entry is renamed into queued/. That last rename
+        a non-empty directory fails), then the entry is renamed into queued/ (waiting/ for a
+        job with dependencies: ``publish_location``). That last rename
         is the commit point: until then the job is not in the queue, and a crash in between
         leaves a folder with no entry, which ``recover_orphans`` removes. The output
         sub-folders are made by the agent that runs the job (``Runner``), not here:
@@ -265,7 +309,8 @@ class Spool:
         if os.path.exists(target):
             raise Conflict(f"job {spec.job_id!r} already exists", job_id=spec.job_id)
         stage = os.path.join(self.staging_dir, uuid.uuid4().hex)
-        entry = Entry(spec.priority, time.time_ns(), spec.target_host, 1, spec.job_id)
+        entry = entry_for(spec, time.time_ns(), rank)
+        location = publish_location(spec)
         entry_stage = stage + ".entry"
         try:
             # Staging is private to this call, so files are written in place (no temp + rename).
@@ -286,8 +331,11 @@ class Spool:
                 raise
             if config is not None:
                 self._jobs_syncer.sync()
-            os.rename(entry_stage, os.path.join(self.queued_dir, entry.name))
-            self._queued_syncer.sync()
+            os.rename(entry_stage, self.entry_path(location, entry))
+            if location.kind == QUEUED:
+                self._queued_syncer.sync()
+            else:
+                fsio.fsync_dir(self.waiting_dir)
             return entry
         except BaseException:
             # Nothing was committed: leave no staging leftovers (the folder, if renamed, is
@@ -295,6 +343,27 @@ class Spool:
             shutil.rmtree(stage, ignore_errors=True)
             fsio.unlink_quietly(entry_stage)
             raise
+
+    def upgrade_legacy_queued(self) -> list[Entry]:
+        """Rename queued entries of the older name format (no rank, no GPUs) into the current one; returns
+        the new entries. They get rank 0: queued before fair sharing, they stay ahead within their priority.
+
+        Race: an agent may claim the old name meanwhile; then this rename fails and the claim stands.
+        """
+        upgraded = []
+        for name in fsio.listdir(self.queued_dir):
+            entry = Entry.parse(name)
+            if entry is None or not entry.legacy:
+                continue
+            spec = self.read_spec(Location(QUEUED), entry)
+            if spec is None:
+                continue  # claimed meanwhile, or garbage that reject_unreadable_queued sets aside
+            new = entry_for(spec, entry.submit_ns, 0)._replace(attempt=entry.attempt)
+            if fsio.rename_claim(os.path.join(self.queued_dir, name), self.entry_path(Location(QUEUED), new)):
+                upgraded.append(new)
+        if upgraded:
+            self._queued_syncer.sync()
+        return upgraded
 
     def read_spec(self, location: Location, entry: Entry) -> JobSpec | None:
         """The entry's JobSpec, or None if the entry is gone or is not one (see ``_read_entry``)."""
@@ -400,12 +469,36 @@ class Spool:
 
     # ----- requests from the API ----------------------------------------------------------
 
-    def cancel_queued(self, entry: Entry) -> bool:
-        """Cancel a queued entry by winning the rename race against claimers; True if canceled."""
-        src = os.path.join(self.queued_dir, entry.name)
+    def cancel_queued(self, entry: Entry, location: Location | None = None) -> bool:
+        """Cancel a queued (or, given its ``location``, waiting) entry by winning the rename race against
+        claimers (or the dependency resolver's release); True if canceled."""
+        src = self.entry_path(location or Location(QUEUED), entry)
         moved = fsio.rename_claim(src, os.path.join(self.done_path(JobState.CANCELED.value), entry.name))
         # Ambiguous (NFS retransmit) means the target exists: only this call moves to canceled/.
         return moved is not False
+
+    def release_waiting(self, entry: Entry) -> bool:
+        """Move a waiting entry into queued/ (its dependencies are met); True if it moved.
+
+        Only the server moves entries out of waiting/ (release, cancel, delete), so the rename
+        races only a stop or delete of the same job; whichever rename wins decides.
+        """
+        moved = fsio.rename_claim(self.entry_path(Location(WAITING), entry),
+                                  self.entry_path(Location(QUEUED), entry))
+        if moved is False:
+            return False
+        self._queued_syncer.sync()
+        return True
+
+    def cancel_waiting(self, entry: Entry, reason: str, **details) -> bool:
+        """End a waiting entry as canceled with ``reason`` (a dependency failed); True if it moved.
+
+        The server writes the attempt record (it acts as the owner of an attempt that never
+        ran) before the rename: a crash between the two leaves a waiting entry, which the next
+        resolution cancels again. If a stop or delete won the rename, the record's reason is moot.
+        """
+        self.write_attempt(entry, "", "", JobState.CANCELED, reason=reason, ended_at=utc_now(), **details)
+        return self.cancel_queued(entry, Location(WAITING))
 
     def stop_request_path(self, job_id: str) -> str:
         return os.path.join(self.requests_dir, f"{job_id}.stop")
@@ -585,6 +678,17 @@ class Spool:
         except OSError as exc:
             return f"the shared root is not writable: {exc}"
         return None
+
+
+def entry_for(spec: JobSpec, submit_ns: int, rank: int) -> Entry:
+    """The first attempt's Entry of a job being published."""
+    gpus = GPUS_ALL if spec.gpus == "all" else int(spec.gpus or 0)
+    return Entry(spec.priority, submit_ns, spec.target_host, 1, spec.job_id, rank, gpus)
+
+
+def publish_location(spec: JobSpec) -> Location:
+    """Where a job's entry is published: waiting/ while it has dependencies, else queued/."""
+    return Location(WAITING) if spec.after or spec.after_any else Location(QUEUED)
 
 
 def _read_entry(path, entry):

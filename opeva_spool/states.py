@@ -1,9 +1,13 @@
 """The job lifecycle in one place: the states, which transitions are allowed, and why attempts end.
 
-    queued -> dispatched -> running -> finished | failed | stopped
-      |          |            |
-      +-> canceled            +-> queued (requeue after a lost host, attempt + 1)
+    waiting -> queued -> dispatched -> running -> finished | failed | stopped
+      |          |          |            |
+      +----------+-> canceled            +-> queued (requeue after a lost host, or a retry
+                                             after a failure, attempt + 1)
                  (and dispatched -> failed | stopped | queued)
+
+``waiting``: published with dependencies (``after``/``after_any``) not yet met; the server
+releases it into the queue, or cancels it when a dependency failed.
 
 ``not_found`` and ``unknown`` are answers, not states a job is ever put in.
 """
@@ -14,6 +18,7 @@ from .exceptions import IllegalTransition
 
 
 class JobState(str, enum.Enum):
+    WAITING = "waiting"
     QUEUED = "queued"
     DISPATCHED = "dispatched"
     RUNNING = "running"
@@ -40,6 +45,7 @@ class JobState(str, enum.Enum):
 TERMINAL_STATES = frozenset({JobState.FINISHED, JobState.FAILED, JobState.STOPPED, JobState.CANCELED})
 
 ALLOWED = {
+    JobState.WAITING: {JobState.QUEUED, JobState.CANCELED},
     JobState.QUEUED: {JobState.DISPATCHED, JobState.CANCELED},
     JobState.DISPATCHED: {JobState.RUNNING, JobState.FAILED, JobState.STOPPED, JobState.QUEUED},
     JobState.RUNNING: {JobState.FINISHED, JobState.FAILED, JobState.STOPPED, JobState.QUEUED},
@@ -72,6 +78,8 @@ class EndReason(str, enum.Enum):
     AGENT_SHUTDOWN = "agent_shutdown"  # the agent was stopped and the runtime cannot outlive it
     ENTRY_REMOVED = "entry_removed"  # its entry was deleted or requeued by the server: no ending is written
     AGENT_ERROR = "agent_error"  # a bug or an I/O error in the agent while it supervised the job
+    # It never ran.
+    DEPENDENCY_FAILED = "dependency_failed"  # a job it ran ``after`` ended otherwise than finished, or was deleted
     # The runtime could not start it.
     BAD_COMMAND = "bad_command"
     IMAGE_MISSING = "image_missing"

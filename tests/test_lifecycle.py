@@ -5,6 +5,7 @@ import os
 import pytest
 
 from opeva_spool.server import Server
+from opeva_spool.spool import Entry
 
 from .clients import WsgiClient
 from .conftest import PYTHON, demo_config, make_settings, wait_for, wait_for_status
@@ -126,7 +127,7 @@ def test_priority_orders_the_queue(client, server):
     low = client.post("/run-simulation", json={"command": "true", "target_host": "gpu-a", "priority": -5}).json()
     high = client.post("/run-simulation", json={"command": "true", "target_host": "gpu-a", "priority": 7}).json()
     mid = client.post("/run-simulation", json={"command": "true", "target_host": "gpu-a"}).json()
-    order = [name.split("_", 4)[4][:-5] for name in sorted(os.listdir(server.spool.queued_dir))]
+    order = [Entry.parse(name).job_id for name in sorted(os.listdir(server.spool.queued_dir))]
     assert order == [high["job_id"], mid["job_id"], low["job_id"]]
 
 

@@ -6,6 +6,7 @@ from opeva_spool.exceptions import IllegalTransition
 from opeva_spool.states import ALLOWED, TERMINAL_STATES, JobState, check_transition
 
 EXPECTED_ALLOWED = {
+    ("waiting", "queued"), ("waiting", "canceled"),
     ("queued", "dispatched"), ("queued", "canceled"),
     ("dispatched", "running"), ("dispatched", "failed"), ("dispatched", "stopped"), ("dispatched", "queued"),
     ("running", "finished"), ("running", "failed"), ("running", "stopped"), ("running", "queued"),
