@@ -22,7 +22,7 @@ from .progress import ProgressRecorder
 from .queue import Dispatcher
 from .runtimes.base import Execution, Launch, Lease, Runtime
 from .settings import Settings
-from .spool import QUEUED, RUNNING, Entry, Location, Spool
+from .spool import RUNNING, Entry, Location, Spool
 from .states import EndReason, JobState
 from .watching import DirectoryWatcher
 

@@ -130,7 +130,6 @@ class Dispatcher:
         self.reserved_for: str | None = None  # the job this host keeps its GPUs for, as of the last full pass
         self._queued: dict[str, _Queued | None] = {}  # name -> what it is here; None: never for this host
         self._blocked_since: dict[str, float] = {}  # name -> when a pass first found it fitting but blocked
-        self._retry_at: dict[str, dt.datetime | None] = {}  # name -> not claimable before (retry backoff)
 
     def candidates(self, free_gpus: Callable[[], int]) -> Iterator[tuple[Entry, object]]:
         """(entry, JobSpec) of each entry this host may claim now, in dispatch order.
@@ -148,8 +147,6 @@ class Dispatcher:
             if queued is None:
                 continue
             entry, need = queued.entry, queued.need
-            if entry.attempt > 1 and self._backing_off(name, entry):
-                continue
             if need and reserved_for is not None:
                 continue  # the reservation rule: no GPU job behind the one this host keeps GPUs for
             if need > free_gpus():
@@ -189,19 +186,11 @@ class Dispatcher:
             return None
         return spec
 
-    def _backing_off(self, name: str, entry: Entry) -> bool:
-        """True while a retry's backoff runs (Spool.retry_at; the previous attempt's record is final once
-        its entry was requeued, so it is read once per name). Its time is the failed owner's clock."""
-        if name not in self._retry_at:
-            self._retry_at[name] = self.spool.retry_at(entry)
-        retry_at = self._retry_at[name]
-        return retry_at is not None and retry_at > dt.datetime.now(dt.timezone.utc)
-
     def _prune(self, names: list[str]) -> None:
-        if max(len(self._queued), len(self._blocked_since), len(self._retry_at)) <= len(names) + PRUNE_SLACK:
+        if max(len(self._queued), len(self._blocked_since)) <= len(names) + PRUNE_SLACK:
             return
         listed = set(names)
-        for cache in (self._queued, self._blocked_since, self._retry_at):
+        for cache in (self._queued, self._blocked_since):
             for name in [name for name in cache if name not in listed]:
                 del cache[name]
 
@@ -287,7 +276,6 @@ class QueueView:
         # reading the same name store the same value. Pruning replaces a dict whole.
         self._parsed: dict[str, Entry | None] = {}
         self._facts: dict[str, dict] = {}  # name -> what a row takes from the spec
-        self._retry_at: dict[str, dt.datetime | None] = {}
 
     def rows(self, limit: int) -> tuple[list[dict], int]:
         """(the first ``limit`` queued jobs in dispatch order as /queue rows, how many entries are queued)."""
@@ -326,11 +314,10 @@ class QueueView:
 
     def _names(self, fresh: bool = False) -> list[str]:
         names = self.listing.names(fresh)
-        if max(len(self._parsed), len(self._facts), len(self._retry_at)) > len(names) + PRUNE_SLACK:
+        if max(len(self._parsed), len(self._facts)) > len(names) + PRUNE_SLACK:
             listed = set(names)
             self._parsed = {name: entry for name, entry in self._parsed.items() if name in listed}
             self._facts = {name: facts for name, facts in self._facts.items() if name in listed}
-            self._retry_at = {name: when for name, when in self._retry_at.items() if name in listed}
         return names
 
     def _parse(self, names: list[str]) -> Iterator[Entry | None]:
@@ -356,18 +343,10 @@ class QueueView:
                 "submitted_at": spec.submitted_at, "gpus": spec.gpus}
         return facts
 
-    def _retry_of(self, entry: Entry) -> dt.datetime | None:
-        if entry.attempt < 2:
-            return None
-        if entry.name not in self._retry_at:
-            self._retry_at[entry.name] = self.spool.retry_at(entry)
-        return self._retry_at[entry.name]
-
     def _row(self, entry: Entry, facts: dict, position: int, ahead: _Ahead, hosts: list[str], views: dict) -> dict:
         wanted = facts["gpus"]
         eligible = eligible_hosts(entry.target, facts["target_hosts"], hosts)
-        reason = waiting_reason(entry, wanted, eligible, views, ahead.for_hosts(entry.target, eligible),
-                                self._retry_of(entry))
+        reason = waiting_reason(entry, wanted, eligible, views, ahead.for_hosts(entry.target, eligible))
         return {"job_id": entry.job_id, "position": position, "target_host": entry.target,
                 "target_hosts": facts["target_hosts"], "priority": entry.priority, "gpus": wanted,
                 "submitted_by": facts["submitted_by"], "submitted_at": facts["submitted_at"],
