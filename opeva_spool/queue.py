@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+from .hosts import OFFLINE, ONLINE
 from .jobs import ANY_HOST
 from .spool import QUEUED, Entry, Location, Spool
 
@@ -36,8 +37,6 @@ SERVER_LISTING_AGE = 1.0
 PRUNE_SLACK = 1024
 # A waiting reason names at most this many hosts, then "and N more".
 MAX_HOSTS_NAMED = 5
-# Host states as LivenessMonitor.describe reports them.
-ONLINE = "online"
 
 
 class QueueListing:
@@ -204,8 +203,10 @@ def host_obstacle(view: Mapping, wanted: int | str) -> str | None:
     """What keeps host ``view`` (as LivenessMonitor.describe gives it) from taking a job asking
     ``wanted`` GPUs now, as a phrase starting with the host's name; None if nothing does."""
     host = view["host"]
-    if view.get("state") != ONLINE:
-        return f"{host} is {view.get('state') or 'offline'}"
+    # A host never seen is "suspect" to the monitor for a while after the server starts; to a job it is offline.
+    state = view.get("state") if view.get("seconds_since_seen") is not None else OFFLINE
+    if state != ONLINE:
+        return f"{host} is {state}"
     if view.get("draining"):
         return f"{host} is draining"
     gpu_total, free = len(view.get("gpu_ids") or ()), len(view.get("free_gpus") or ())
@@ -239,7 +240,7 @@ def waiting_reason(entry: Entry, wanted: int | str, hosts: Sequence[str], views:
     if retry_at is not None and retry_at > now:
         when = retry_at.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         return f"retry {entry.attempt - 1} not before {when}"
-    obstacles = [host_obstacle(views.get(host) or {"host": host, "state": "offline"}, wanted) for host in hosts]
+    obstacles = [host_obstacle(views.get(host) or {"host": host}, wanted) for host in hosts]
     if not hosts:
         return "no worker host has reported yet"
     if all(obstacles):

@@ -3,22 +3,27 @@
 import datetime as dt
 import os
 import sys
+import time
 
 import pytest
 
 from opeva_spool import fsio
-from opeva_spool.queue import eligible_hosts, host_obstacle, waiting_reason
+from opeva_spool.agent import Agent, GpuPool
+from opeva_spool.jobs import build_spec
+from opeva_spool.queue import Dispatcher, QueueListing, eligible_hosts, host_obstacle, waiting_reason
+from opeva_spool.runtimes import make_runtime
 from opeva_spool.spool import Entry, Spool
 
-from .conftest import wait_for
+from .conftest import make_settings, wait_for, wait_for_status
 from .processes import start_agent, start_server, stop
 
 
 def view(host, state="online", gpus=0, free=None, capacity=4, running=0, draining=False):
     """A host as LivenessMonitor.describe reports it."""
     ids = [str(i) for i in range(gpus)]
-    return {"host": host, "state": state, "gpu_ids": ids, "free_gpus": ids if free is None else ids[:free],
-            "capacity": capacity, "running": [f"job-{i}" for i in range(running)], "draining": draining}
+    return {"host": host, "state": state, "seconds_since_seen": 0.4, "gpu_ids": ids,
+            "free_gpus": ids if free is None else ids[:free], "capacity": capacity,
+            "running": [f"job-{i}" for i in range(running)], "draining": draining}
 
 
 def queued(target="any", attempt=1):
@@ -83,6 +88,187 @@ def test_eligible_hosts_are_the_target_its_list_or_every_known_host():
     assert eligible_hosts("a", [], ["a", "b", "c"]) == ["a"]
     assert eligible_hosts("any", ["b", "c"], ["a", "b", "c"]) == ["b", "c"]
     assert eligible_hosts("any", [], ["a", "b", "c"]) == ["a", "b", "c"]
+
+
+# ----- what an agent offers to claim (queue.Dispatcher over a real spool) ------------------------
+
+HOSTS = ["local", "gpu-a", "gpu-b", "gpu-c"]
+
+
+class Clock:
+    """A hand-moved clock for the reservation rule's waiting time."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def publish(spool, job_id, target="any", gpus=0, rank=1, priority=0):
+    spec = build_spec({"command": "true", "target_host": target, "gpus": gpus, "priority": priority}, HOSTS,
+                      job_id=job_id)
+    return spool.publish(spec, rank=rank)
+
+
+def offered(dispatcher, free=0):
+    return [entry.job_id for entry, _spec in dispatcher.candidates(lambda: free)]
+
+
+@pytest.fixture
+def spool(tmp_path):
+    spool = Spool(str(tmp_path / "share"))
+    spool.ensure_layout()
+    return spool
+
+
+def dispatcher_for(spool, host="gpu-a", gpus=2, clock=None):
+    return Dispatcher(spool, host, [str(i) for i in range(gpus)], reserve_after=60.0, max_listing_age=5.0,
+                      clock=clock or Clock())
+
+
+def test_dispatcher_offers_its_own_and_any_jobs_in_dispatch_order(spool):
+    publish(spool, "for-b", target="gpu-b", rank=1)
+    publish(spool, "for-a", target="gpu-a", rank=2)
+    publish(spool, "urgent", priority=5, rank=9)
+    publish(spool, "listed-without-a", target=["gpu-b", "gpu-c"], rank=1)
+    publish(spool, "listed-with-a", target=["gpu-c", "gpu-a"], rank=3)
+    publish(spool, "anywhere", rank=4)
+    dispatcher = dispatcher_for(spool)
+    assert offered(dispatcher) == ["urgent", "for-a", "listed-with-a", "anywhere"]
+    assert offered(dispatcher_for(spool, host="gpu-b")) == ["urgent", "for-b", "listed-without-a", "anywhere"]
+    # The verdict on a list without this host was read from its spec once and is kept for its name.
+    listed_without = next(name for name in os.listdir(spool.queued_dir) if name.endswith("_listed-without-a.json"))
+    assert listed_without in dispatcher._queued and dispatcher._queued[listed_without] is None
+
+
+def test_dispatcher_fits_gpus_from_the_name_and_backfills_until_the_reservation_rule(spool):
+    publish(spool, "wide", gpus=2, rank=1)
+    publish(spool, "narrow", gpus=1, rank=2)
+    publish(spool, "cpu", rank=3)
+    clock = Clock()
+    dispatcher = dispatcher_for(spool, clock=clock)
+    assert offered(dispatcher, free=2) == ["wide", "narrow", "cpu"]  # the caller takes no GPUs here
+    # One GPU free: the 2-GPU job is blocked, the 1-GPU job behind it may take the GPU (backfill).
+    assert offered(dispatcher, free=1) == ["narrow", "cpu"]
+    assert dispatcher.reserved_for is None
+    clock.now += 59.0
+    assert offered(dispatcher, free=1) == ["narrow", "cpu"]
+    # Blocked for gpu_reserve_after: no GPU job behind it is claimed; jobs without GPUs still are.
+    clock.now += 1.0
+    assert offered(dispatcher, free=1) == ["cpu"]
+    assert dispatcher.reserved_for == "wide"
+    assert offered(dispatcher, free=2) == ["wide", "narrow", "cpu"]
+    assert dispatcher.reserved_for is None
+
+
+def test_dispatcher_counts_free_gpus_again_after_each_claim(spool):
+    for n in range(3):
+        publish(spool, f"one-{n}", gpus=1, rank=n + 1)
+    pool = GpuPool(["0", "1"])
+    claimed = []
+    for entry, spec in dispatcher_for(spool).candidates(lambda: len(pool.free())):
+        assert pool.take(spec.gpus) is not None
+        claimed.append(entry.job_id)
+    assert claimed == ["one-0", "one-1"]
+
+
+def test_dispatcher_never_holds_gpus_for_a_job_this_host_cannot_run(spool):
+    publish(spool, "too-wide", gpus=4, rank=1)
+    publish(spool, "all-of-them", gpus="all", rank=2)
+    publish(spool, "narrow", gpus=1, rank=3)
+    clock = Clock()
+    dispatcher = dispatcher_for(spool, clock=clock)
+    assert offered(dispatcher, free=1) == ["narrow"]
+    clock.now += 3600
+    # "all" on a 2-GPU host needs both: it is the one waited for; 4 GPUs never fit here.
+    assert offered(dispatcher, free=1) == []
+    assert dispatcher.reserved_for == "all-of-them"
+    assert offered(dispatcher_for(spool, gpus=0), free=0) == []  # a host without GPUs runs no GPU job
+
+
+def test_dispatcher_reads_the_gpus_of_an_older_name_from_its_spec(spool):
+    entry = publish(spool, "old-style", gpus=2, rank=1)
+    legacy = entry._replace(rank=0, gpus=0, legacy=True)
+    os.rename(os.path.join(spool.queued_dir, entry.name), os.path.join(spool.queued_dir, legacy.name))
+    assert offered(dispatcher_for(spool), free=1) == []
+    assert offered(dispatcher_for(spool), free=2) == ["old-style"]
+
+
+def test_queue_listing_sees_an_entry_that_arrives_just_after_a_look(spool):
+    listing = QueueListing(spool.queued_dir, max_age=60.0)
+    publish(spool, "first", rank=1)
+    assert len(listing.names()) == 1
+    # In the same tick of the directory's mtime as the look above: the listing must not be reused.
+    publish(spool, "second", rank=2)
+    assert [Entry.parse(name).job_id for name in listing.names()] == ["first", "second"]
+    version = listing.version
+    time.sleep(0.06)  # past MTIME_SETTLE: the next look lists once, then the stat suffices
+    listing.names()
+    assert listing.names() and listing.version == version + 1
+
+
+# ----- GET /queue and /status of a queued job (in-process server) --------------------------------
+
+def submit(client, **body):
+    response = client.post("/run-simulation", json={"command": "true", **body})
+    assert response.status == 200, response.text
+    return response.json()["job_id"]
+
+
+def test_queue_is_a_bare_array_in_dispatch_order_with_why_each_job_waits(client):
+    alice = [submit(client, target_host="gpu-a", submitted_by="alice", job_name=f"a{n}") for n in range(3)]
+    bob = submit(client, target_host="gpu-a", submitted_by="bob")
+    urgent = submit(client, target_host=["gpu-a", "gpu-b"], submitted_by="alice", priority=10, gpus=1)
+    response = client.get("/queue")
+    assert response.status == 200 and response.headers["X-Total-Count"] == "5"
+    rows = response.json()
+    assert isinstance(rows, list)
+    assert [row["job_id"] for row in rows] == [urgent, alice[0], bob, alice[1], alice[2]]
+    assert [row["position"] for row in rows] == [1, 2, 3, 4, 5]
+    first, second = rows[0], rows[1]
+    assert first["target_host"] == "any" and first["target_hosts"] == ["gpu-a", "gpu-b"]
+    assert (first["priority"], first["gpus"], first["submitted_by"], first["attempt"]) == (10, 1, "alice", 1)
+    assert first["waiting_reason"] == "no host with 1 free GPU: gpu-a is offline, gpu-b is offline"
+    assert second["target_hosts"] == [] and second["submitted_at"]
+    assert second["waiting_reason"] == "gpu-a is offline"
+    assert [row["job_id"] for row in client.get("/queue?limit=2").json()] == [urgent, alice[0]]
+    bad = client.get("/queue?limit=0")
+    assert bad.status == 400 and bad.json()["error"] == "bad_request"
+
+
+def test_status_of_a_queued_job_tells_its_place_and_why_it_waits(client):
+    ahead = submit(client, target_host="gpu-b")
+    job_id = submit(client, target_host="gpu-b")
+    status = client.get(f"/status/{job_id}").json()
+    assert status["status"] == "queued" and status["queue_position"] == 2
+    assert status["waiting_reason"] == "gpu-b is offline"
+    assert client.get(f"/status/{ahead}").json()["queue_position"] == 1
+    done = submit(client, target_host="local")
+    wait_for_status(client, done, "finished")
+    assert "queue_position" not in client.get(f"/status/{done}").json()
+
+
+def test_waiting_reason_follows_the_gpus_a_real_agent_reports(server, client, tmp_path):
+    settings = make_settings(tmp_path, host="gpu-a", gpu_ids=("0", "1"), capacity=4)
+    agent = Agent(settings, server.spool, make_runtime(settings), host="gpu-a").start()
+    try:
+        wait_for(lambda: server.jobs.host_gpu_counts().get("gpu-a") == 2, message="gpu-a's heartbeat")
+        sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+        holder = submit(client, command=sleeper, target_host="gpu-a", gpus=1)
+        wait_for_status(client, holder, "running")
+        wide = submit(client, command=sleeper, target_host=["gpu-a", "gpu-b"], gpus=2)
+
+        def reason():
+            said = client.get(f"/status/{wide}").json()["waiting_reason"]
+            return said if "has 1 free" in said else None
+        assert wait_for(reason, message="the reason to see gpu-a's free GPU") == (
+            "no host with 2 free GPUs: gpu-a has 1 free, gpu-b is offline")
+        refused = client.post("/run-simulation", json={"command": "true", "target_host": "gpu-a", "gpus": 3})
+        assert refused.status == 400
+        assert refused.json()["detail"] == "no host this job may run on has 3 GPUs: gpu-a has 2"
+    finally:
+        agent.shutdown(timeout=10)
 
 
 # ----- two real agent processes with 2 GPUs each ------------------------------------------------
