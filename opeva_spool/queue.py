@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # A directory's mtime moves at the filesystem's clock tick (a few ms on ext4, the NFS server's
 # clock on NFS): a listing is reused only if it was made this long after the mtime it saw.
 MTIME_SETTLE_NS = 50_000_000
+# Up to this many names arriving or leaving between two looks are sorted in one by one, more by a full sort.
+INCREMENTAL_SORT_LIMIT = 256
 # The server's /queue and /status share one listing of queued/ for at most this long.
 SERVER_LISTING_AGE = 1.0
 # Caches keyed by entry name are pruned to the current listing once they hold this many extra names.
@@ -56,8 +58,9 @@ class QueueListing:
         self.path = path
         self.max_age = max_age
         self.clock = clock
-        self.version = 0  # bumped at each new listing (callers prune their caches by it)
+        self.version = 0  # bumped at each new listing
         self._names: list[str] = []
+        self._listed: set[str] = set()
         self._mtime_ns = None
         self._listed_at = float("-inf")
         self._lock = threading.Lock()
@@ -73,13 +76,28 @@ class QueueListing:
             reusable = (not fresh and mtime_ns == self._mtime_ns and self.clock() - self._listed_at < self.max_age)
             if not reusable:
                 started = self.clock()
-                self._names = sorted(name for name in os.listdir(self.path) if not name.startswith("."))
+                self._relist()
                 settled = now_ns - mtime_ns >= MTIME_SETTLE_NS
                 # An unsettled mtime is not remembered: the next look lists again.
                 self._mtime_ns = mtime_ns if settled else None
                 self._listed_at = started
                 self.version += 1
             return self._names
+
+    def _relist(self) -> None:
+        listed = set(os.listdir(self.path))  # with temp files (".name"), so that they count as seen
+        added, gone = listed - self._listed, self._listed - listed
+        if len(added) + len(gone) > INCREMENTAL_SORT_LIMIT:
+            names = sorted(name for name in listed if not name.startswith("."))
+        else:  # a few arrivals and claims since the last look: cheaper than sorting 10k names again
+            names = list(self._names)  # a new list: callers may still be iterating the old one
+            for name in gone:
+                if not name.startswith("."):
+                    del names[bisect.bisect_left(names, name)]
+            for name in added:
+                if not name.startswith("."):
+                    bisect.insort(names, name)
+        self._names, self._listed = names, listed
 
 
 def gpus_needed(wanted: int | str, gpu_total: int) -> int | None:
@@ -133,12 +151,14 @@ class Dispatcher:
     def candidates(self, free_gpus: Callable[[], int]) -> Iterator[tuple[Entry, object]]:
         """(entry, JobSpec) of each entry this host may claim now, in dispatch order.
 
-        ``free_gpus()`` is asked again before each decision: the caller takes GPUs between yields.
+        ``free_gpus()`` is asked at the start and after each yield: the caller takes GPUs in between.
+        (A runner giving GPUs back meanwhile wakes the agent for another pass.)
         """
         names = self.listing.names()
         self._prune(names)
         now = self.clock()
         reserved_for = None
+        free = free_gpus()
         for name in names:
             queued = self._queued.get(name, _UNSEEN)
             if queued is _UNSEEN:
@@ -148,7 +168,7 @@ class Dispatcher:
             entry, need = queued.entry, queued.need
             if need and reserved_for is not None:
                 continue  # the reservation rule: no GPU job behind the one this host keeps GPUs for
-            if need > free_gpus():
+            if need > free:
                 since = self._blocked_since.setdefault(name, now)
                 if now - since >= self.reserve_after and self._read_spec_for_me(name, entry) is not None:
                     reserved_for = entry.job_id
@@ -159,6 +179,7 @@ class Dispatcher:
             spec = self._read_spec_for_me(name, entry)
             if spec is not None:
                 yield entry, spec
+                free = free_gpus()
         self.reserved_for = reserved_for
 
     def _look(self, name: str) -> _Queued | None:
