@@ -122,10 +122,10 @@ def cmd_drain(args):
     if not os.path.isdir(spool.queued_dir):
         raise BadRequest(f"{spool.root} is not an initialised shared root (it has no spool/queued/); "
                          f"give the root the server uses with --root or the shared_root setting")
-    known = set(settings.hosts) | set(spool.worker_hosts())
+    known = spool.known_hosts(settings.hosts)
     if host not in known and not (args.undo and os.path.exists(spool.drain_path(host))):
         raise BadRequest(f"unknown host {host!r}: not in the hosts setting and no agent ever ran for it on "
-                         f"{spool.root} (known: {', '.join(sorted(known)) or 'none'})")
+                         f"{spool.root} (known: {', '.join(known) or 'none'})")
     spool.request_drain(host, undo=args.undo)
     print(f"host {host}: drain {'lifted' if args.undo else 'requested'}")
     return 0

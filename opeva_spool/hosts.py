@@ -158,7 +158,7 @@ class LivenessMonitor:
                     self._views[host] = HostView(key, now, doc)
 
     def hosts(self):
-        return sorted(set(self.configured_hosts) | set(self.spool.worker_hosts()))
+        return self.spool.known_hosts(self.configured_hosts)
 
     def age(self, host):
         """Seconds since the server saw this host's heartbeat change (since start-up if never)."""

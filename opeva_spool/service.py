@@ -60,7 +60,7 @@ class JobService:
         (and at once when ``target`` is not among them: a new agent is known immediately)."""
         now = time.monotonic()
         if self._hosts_at is None or now - self._hosts_at > KNOWN_HOSTS_TTL or target not in (None, *self._hosts):
-            self._hosts = tuple(sorted(set(self.settings.hosts) | set(self.spool.worker_hosts())))
+            self._hosts = tuple(self.spool.known_hosts(self.settings.hosts))
             self._gpu_counts = self._read_gpu_counts(self._hosts)
             self._hosts_at = now
         return self._hosts

@@ -30,7 +30,7 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from . import fsio, names
@@ -226,6 +226,10 @@ class Spool:
             if names.HOST.match(name) and name not in names.RESERVED_HOSTS
             and os.path.isdir(self.running_dir(name))
         )
+
+    def known_hosts(self, configured: Iterable[str]) -> list[str]:
+        """The hosts jobs may name: the ``configured`` ones and those whose agent ever ran on this share."""
+        return sorted(set(configured) | set(self.worker_hosts()))
 
     def locations(self) -> Iterator[Location]:
         """Every place an entry can be, queue first."""

@@ -15,8 +15,6 @@ from opeva_spool.spool import GPUS_ALL, QUEUED, Entry
 from .clients import WsgiClient
 from .conftest import make_settings, wait_for_status
 
-pytestmark = pytest.mark.core
-
 
 @pytest.mark.parametrize("entry", [
     Entry(5, 123, "any", 1, "a_b-c", rank=7, gpus=2),

@@ -10,8 +10,6 @@ from opeva_spool.spool import Entry
 
 from .conftest import wait_for_status
 
-pytestmark = pytest.mark.core
-
 
 def report_gpus(server, host, count):
     """A heartbeat on the share, as host's agent leaves it (it stays there while the agent is down)."""
