@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from .hosts import OFFLINE, ONLINE
-from .jobs import ANY_HOST
+from .jobs import ANY_HOST, JobSpec
 from .spool import QUEUED, Entry, Location, Spool
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class Dispatcher:
         self._queued: dict[str, _Queued | None] = {}  # name -> what it is here; None: never for this host
         self._blocked_since: dict[str, float] = {}  # name -> when a pass first found it fitting but blocked
 
-    def candidates(self, free_gpus: Callable[[], int]) -> Iterator[tuple[Entry, object]]:
+    def candidates(self, free_gpus: Callable[[], int]) -> Iterator[tuple[Entry, JobSpec]]:
         """(entry, JobSpec) of each entry this host may claim now, in dispatch order.
 
         ``free_gpus()`` is asked at the start and after each yield: the caller takes GPUs in between.
@@ -162,7 +162,7 @@ class Dispatcher:
         for name in names:
             queued = self._queued.get(name, _UNSEEN)
             if queued is _UNSEEN:
-                queued = self._queued[name] = self._look(name)
+                queued = self._look(name)
             if queued is None:
                 continue
             entry, need = queued.entry, queued.need
@@ -183,20 +183,22 @@ class Dispatcher:
         self.reserved_for = reserved_for
 
     def _look(self, name: str) -> _Queued | None:
-        """What a name means to this host, from the name alone (a legacy name's GPUs from its spec)."""
+        """What a name means to this host, from the name alone (a legacy name's GPUs from its spec); kept."""
         entry = Entry.parse(name)
-        if entry is None or entry.target not in (self.host, ANY_HOST):
-            return None
-        wanted = entry.gpus_wanted
-        if entry.legacy:  # old names carry no GPU count
-            spec = self.spool.read_spec(Location(QUEUED), entry)
-            if spec is None:
-                return None  # gone, or garbage the server sets aside; a new look if it is listed again
-            wanted = spec.gpus
-        need = gpus_needed(wanted, self.gpu_total)
-        return None if need is None else _Queued(entry, need)
+        queued = None
+        if entry is not None and entry.target in (self.host, ANY_HOST):
+            wanted = entry.gpus_wanted
+            if entry.legacy:  # old names carry no GPU count
+                spec = self.spool.read_spec(Location(QUEUED), entry)
+                if spec is None:
+                    return None  # claimed meanwhile, or garbage the server sets aside: looked at again if listed
+                wanted = spec.gpus
+            need = gpus_needed(wanted, self.gpu_total)
+            queued = None if need is None else _Queued(entry, need)
+        self._queued[name] = queued
+        return queued
 
-    def _read_spec_for_me(self, name: str, entry: Entry):
+    def _read_spec_for_me(self, name: str, entry: Entry) -> JobSpec | None:
         """The entry's spec if this host is among its targets, else None (a list without it is remembered)."""
         spec = self.spool.read_spec(Location(QUEUED), entry)
         if spec is None:
