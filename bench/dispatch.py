@@ -38,7 +38,7 @@ import run as bench  # noqa: E402 - bench/run.py: percentiles, machine facts
 from opeva_spool import fsio  # noqa: E402
 from opeva_spool.fairshare import FairShare  # noqa: E402
 from opeva_spool.jobs import build_spec  # noqa: E402
-from opeva_spool.queue import Dispatcher  # noqa: E402
+from opeva_spool.queue import MTIME_SETTLE_NS, Dispatcher  # noqa: E402
 from opeva_spool.spool import Entry, Spool  # noqa: E402
 
 HOST = "bench-gpu"
@@ -104,7 +104,7 @@ def decision(workdir, count, repeats):
         wrong += found != expected
     warm = dispatcher()
     decide(warm)
-    time.sleep(0.1)  # past the listing's mtime settling time (queue.MTIME_SETTLE_NS)
+    time.sleep(MTIME_SETTLE_NS / 1e9 + 0.1)  # past the listing's mtime settling time
     decide(warm)
     for _ in range(repeats):
         seconds, found = decide(warm)

@@ -28,9 +28,9 @@ from .spool import QUEUED, Entry, Location, Spool
 
 log = logging.getLogger(__name__)
 
-# A directory's mtime moves at the filesystem's clock tick (a few ms on ext4, the NFS server's
-# clock on NFS): a listing is reused only if it was made this long after the mtime it saw.
-MTIME_SETTLE_NS = 50_000_000
+# A directory's mtime moves at the filesystem's clock tick (a few ms on ext4, a whole second on some
+# filesystems and NFS exports): a listing is reused only if it was made this long after the mtime it saw.
+MTIME_SETTLE_NS = 1_000_000_000
 # Up to this many names arriving or leaving between two looks are sorted in one by one, more by a full sort.
 INCREMENTAL_SORT_LIMIT = 256
 # The server's /queue and /status share one listing of queued/ for at most this long.

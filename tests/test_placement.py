@@ -10,7 +10,7 @@ import pytest
 from opeva_spool import fsio
 from opeva_spool.agent import Agent, GpuPool
 from opeva_spool.jobs import build_spec
-from opeva_spool.queue import Dispatcher, QueueListing, eligible_hosts, host_obstacle, waiting_reason
+from opeva_spool.queue import MTIME_SETTLE_NS, Dispatcher, QueueListing, eligible_hosts, host_obstacle, waiting_reason
 from opeva_spool.runtimes import make_runtime
 from opeva_spool.spool import Entry, Spool
 
@@ -203,7 +203,7 @@ def test_queue_listing_sees_an_entry_that_arrives_just_after_a_look(spool):
     publish(spool, "second", rank=2)
     assert [Entry.parse(name).job_id for name in listing.names()] == ["first", "second"]
     version = listing.version
-    time.sleep(0.06)  # past MTIME_SETTLE: the next look lists once, then the stat suffices
+    time.sleep(MTIME_SETTLE_NS / 1e9 + 0.05)  # the next look lists once, then the stat suffices
     listing.names()
     assert listing.names() and listing.version == version + 1
 
