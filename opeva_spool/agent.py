@@ -111,6 +111,11 @@ class GpuPool:
             return [gpu for gpu in self.ids if gpu not in self._held]
 
 
+def retry_delay(attempt: int, first: float, longest: float) -> float:
+    """Seconds before a failed ``attempt``'s retry: ``first``, doubled per attempt before it, at most ``longest``."""
+    return min(longest, first * 2 ** (attempt - 1))
+
+
 class Runner(threading.Thread):
     """Runs one claimed attempt to its end and records how it ended."""
 
@@ -155,8 +160,8 @@ class Runner(threading.Thread):
                 log.info("job %s was deleted before attempt %s started", entry.job_id, entry.attempt)
                 return None
             if entry.attempt > 1 and os.path.exists(folder.log):
-                # Keep every attempt's log: the previous attempt's output moves aside.
-                os.replace(folder.log, folder.attempt_log(entry.attempt - 1))
+                # Keep every attempt's log: the output of the attempt that wrote it moves aside, under its number.
+                os.replace(folder.log, folder.attempt_log(agent.spool.log_attempt(entry)))
             try:
                 self.execution = agent.runtime.start(agent.launch_for(entry, self.spec, folder.log, self.gpus))
             except RuntimeFailure as failure:
@@ -182,8 +187,7 @@ class Runner(threading.Thread):
                     # the exit code is the guard's doing, not the job's failure.
                     self._note_if_current(folder, f"{EndReason.LEASE_LOST}: the guard ended the job, exit code {code}")
                     return self._after_stop(EndReason.LEASE_LOST, code)
-                return self._finish(JobState.FAILED, {"exit_code": code, "reason": EndReason.EXIT_CODE,
-                                                      "error": f"the job exited with code {code}"})
+                return self._failed(folder, code)
             reason = self.stop_reason()
             if reason == EndReason.AGENT_SHUTDOWN and agent.runtime.survives_agent:
                 return execution.detach()  # the restarted agent re-attaches (Runtime.adopt)
@@ -197,6 +201,22 @@ class Runner(threading.Thread):
                                               f"exit code {code}")
                 return self._after_stop(reason, code)
             self.stop_event.wait(POLL_SECONDS)
+
+    def _failed(self, folder, code):
+        """The job exited non-zero on its own: retry it if its spec asks and retries are left, else end it failed."""
+        agent, entry, spec = self.agent, self.entry, self.spec
+        details = {"exit_code": code, "reason": EndReason.EXIT_CODE, "error": f"the job exited with code {code}"}
+        # A stop asked for meanwhile wins: a retry would only be stopped again.
+        if not (spec.retry_on_failure and entry.attempt <= spec.max_retries
+                and not agent.spool.stop_requested(entry.job_id)):
+            return self._finish(JobState.FAILED, details)
+        delay = retry_delay(entry.attempt, agent.settings.retry_backoff, agent.settings.retry_backoff_max)
+        # Noted before the requeue: once the entry is queued, the next attempt may take the log over.
+        self._note_if_current(folder, f"exit code {code}: attempt {entry.attempt + 1} of "
+                                      f"{spec.max_retries + 1} in {delay:g}s (retry_on_failure)")
+        if agent.spool.retry(entry, agent.host, agent.agent_id, delay, **details) is None:
+            log.warning("job %s attempt %s was superseded; its retry is not queued", entry.job_id, entry.attempt)
+        return None
 
     def _record_progress(self):
         try:
@@ -380,7 +400,7 @@ class Agent:
 
     def _claim_loop(self):
         while not self.stopping.is_set():
-            self.wake.wait(self.settings.scan_interval)
+            self.wake.wait(self._until_next_look())
             self.wake.clear()
             if self.stopping.is_set():
                 break
@@ -391,6 +411,12 @@ class Agent:
                     self.claim_ready()
             except OSError:
                 log.exception("claiming on %s failed; retrying at the next scan", self.host)
+
+    def _until_next_look(self) -> float:
+        """scan_interval, or less when a retry skipped for its backoff is due sooner (nothing else wakes us then)."""
+        due = self.dispatcher.retry_due
+        left = due - self.dispatcher.clock() if due is not None else 0.0
+        return min(self.settings.scan_interval, left) if left > 0 else self.settings.scan_interval
 
     def wants(self, name: str) -> bool:
         """Whether a queued entry name is for this host (by its target field, without parsing it all)."""

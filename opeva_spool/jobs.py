@@ -44,9 +44,10 @@ def utc_now():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def utc_now_precise() -> str:
-    """UTC now with microseconds, fixed width: events and progress points a moment apart never share a time."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def utc_now_precise(later: float = 0.0) -> str:
+    """UTC now (plus ``later`` seconds) with microseconds, fixed width: events and progress points a moment
+    apart never share a time."""
+    return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=later)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_utc(text: object) -> dt.datetime | None:

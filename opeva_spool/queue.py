@@ -145,8 +145,10 @@ class Dispatcher:
         self.clock = clock
         self.listing = QueueListing(spool.queued_dir, max_listing_age, clock)
         self.reserved_for: str | None = None  # the job this host keeps its GPUs for, as of the last full pass
+        self.retry_due: float | None = None  # on ``clock``: when the first retry skipped in the last full pass is due
         self._queued: dict[str, _Queued | None] = {}  # name -> what it is here; None: never for this host
         self._blocked_since: dict[str, float] = {}  # name -> when a pass first found it fitting but blocked
+        self._retry_at: dict[str, dt.datetime | None] = {}  # name -> not to be claimed before (a retry's backoff)
 
     def candidates(self, free_gpus: Callable[[], int]) -> Iterator[tuple[Entry, JobSpec]]:
         """(entry, JobSpec) of each entry this host may claim now, in dispatch order.
@@ -157,7 +159,7 @@ class Dispatcher:
         names = self.listing.names()
         self._prune(names)
         now = self.clock()
-        reserved_for = None
+        reserved_for = retry_due = None
         free = free_gpus()
         for name in names:
             queued = self._queued.get(name, _UNSEEN)
@@ -166,6 +168,10 @@ class Dispatcher:
             if queued is None:
                 continue
             entry, need = queued.entry, queued.need
+            backoff = self._backoff_left(name, entry) if entry.attempt > 1 else 0.0
+            if backoff > 0:
+                retry_due = min(retry_due or float("inf"), now + backoff)
+                continue  # a retry waits out its backoff; it holds nothing back meanwhile
             if need and reserved_for is not None:
                 continue  # the reservation rule: no GPU job behind the one this host keeps GPUs for
             if need > free:
@@ -180,7 +186,7 @@ class Dispatcher:
             if spec is not None:
                 yield entry, spec
                 free = free_gpus()
-        self.reserved_for = reserved_for
+        self.reserved_for, self.retry_due = reserved_for, retry_due
 
     def _look(self, name: str) -> _Queued | None:
         """What a name means to this host, from the name alone (a legacy name's GPUs from its spec); kept."""
@@ -208,11 +214,20 @@ class Dispatcher:
             return None
         return spec
 
+    def _backoff_left(self, name: str, entry: Entry) -> float:
+        """Seconds until a retry's backoff ends (0 if it has). Spool.retry_at is read once per name: the
+        previous attempt's record is final once the entry was requeued. Its time is from the failed
+        attempt's host's clock, compared with ours: a skew between hosts shifts the backoff, no more."""
+        if name not in self._retry_at:
+            self._retry_at[name] = self.spool.retry_at(entry)
+        retry_at = self._retry_at[name]
+        return (retry_at - dt.datetime.now(dt.timezone.utc)).total_seconds() if retry_at is not None else 0.0
+
     def _prune(self, names: list[str]) -> None:
-        if max(len(self._queued), len(self._blocked_since)) <= len(names) + PRUNE_SLACK:
+        if max(len(self._queued), len(self._blocked_since), len(self._retry_at)) <= len(names) + PRUNE_SLACK:
             return
         listed = set(names)
-        for cache in (self._queued, self._blocked_since):
+        for cache in (self._queued, self._blocked_since, self._retry_at):
             for name in [name for name in cache if name not in listed]:
                 del cache[name]
 
@@ -300,6 +315,7 @@ class QueueView:
         # reading the same name store the same value. Pruning replaces a dict whole.
         self._parsed: dict[str, Entry | None] = {}
         self._facts: dict[str, dict] = {}  # name -> what a row takes from the spec
+        self._retry_at: dict[str, dt.datetime | None] = {}  # name -> its retry's backoff end (Spool.retry_at)
 
     def rows(self, limit: int) -> tuple[list[dict], int]:
         """(the first ``limit`` queued jobs in dispatch order as /queue rows, how many entries are queued)."""
@@ -338,10 +354,11 @@ class QueueView:
 
     def _names(self, fresh: bool = False) -> list[str]:
         names = self.listing.names(fresh)
-        if max(len(self._parsed), len(self._facts)) > len(names) + PRUNE_SLACK:
+        if max(len(self._parsed), len(self._facts), len(self._retry_at)) > len(names) + PRUNE_SLACK:
             listed = set(names)
             self._parsed = {name: entry for name, entry in self._parsed.items() if name in listed}
             self._facts = {name: facts for name, facts in self._facts.items() if name in listed}
+            self._retry_at = {name: when for name, when in self._retry_at.items() if name in listed}
         return names
 
     def _parse(self, names: list[str]) -> Iterator[Entry | None]:
@@ -367,10 +384,18 @@ class QueueView:
                 "submitted_at": spec.submitted_at, "gpus": spec.gpus}
         return facts
 
+    def _retry_of(self, entry: Entry) -> dt.datetime | None:
+        if entry.attempt < 2:
+            return None
+        if entry.name not in self._retry_at:
+            self._retry_at[entry.name] = self.spool.retry_at(entry)
+        return self._retry_at[entry.name]
+
     def _row(self, entry: Entry, facts: dict, position: int, ahead: _Ahead, hosts: list[str], views: dict) -> dict:
         wanted = facts["gpus"]
         eligible = eligible_hosts(entry.target, facts["target_hosts"], hosts)
-        reason = waiting_reason(entry, wanted, eligible, views, ahead.for_hosts(entry.target, eligible))
+        reason = waiting_reason(entry, wanted, eligible, views, ahead.for_hosts(entry.target, eligible),
+                                self._retry_of(entry))
         return {"job_id": entry.job_id, "position": position, "target_host": entry.target,
                 "target_hosts": facts["target_hosts"], "priority": entry.priority, "gpus": wanted,
                 "submitted_by": facts["submitted_by"], "submitted_at": facts["submitted_at"],

@@ -18,6 +18,7 @@ from .api import queue as queue_api
 from .api import sites as sites_api
 from .api import system as system_api
 from .api import ui as ui_api
+from .dependencies import DependencyResolver
 from .events import EventBus, EventJournal, TransitionTracker
 from .fairshare import FairShare
 from .hosts import LivenessMonitor
@@ -82,7 +83,9 @@ class Server:
         self.events = EventBus(EventJournal(os.path.join(self.spool.spool_dir, "events")))
         self.metrics = Metrics(self.index, self.monitor, self.events, datasets)
         self.webhook = WebhookSender(settings.webhook_url, self.spool) if settings.webhook_url else None
-        listeners = (self.metrics.on_job_event,) + ((self.webhook.on_job_event,) if self.webhook else ())
+        self.dependencies = DependencyResolver(self.spool, self.index, on_release=self._wake_embedded_worker)
+        listeners = (self.metrics.on_job_event, self.dependencies.on_job_event) + (
+            (self.webhook.on_job_event,) if self.webhook else ())
         self.transitions = TransitionTracker(self.events, self.index, self.monitor, listeners)
         # Before anything else can change the index: what happened while the server was down comes first.
         self.transitions.reconcile()
@@ -100,6 +103,8 @@ class Server:
         self._maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
         self._active_watch = threading.Thread(target=self.transitions.watch_active, args=(self.stopping,),
                                               name="active-jobs", daemon=True)
+        self._resolver = threading.Thread(target=self.dependencies.run, args=(self.stopping,), name="dependencies",
+                                          daemon=True)
         # A plain flag, not an Event: shutdown() runs in signal handlers, and Event.set takes a lock
         # that the handler of an earlier signal, interrupted inside Event.set, may be holding.
         self._shutdown_requested = False
@@ -173,6 +178,7 @@ class Server:
             ("trash", self.spool.empty_trash),
             ("stop requests", self._clear_answered_stop_requests),
             ("events", self.transitions.maintain),
+            ("dependencies", self.dependencies.maintain),
         )
         for name, step in steps:
             try:
@@ -221,6 +227,7 @@ class Server:
         self.watcher.start()
         self._maintenance.start()
         self._active_watch.start()
+        self._resolver.start()
         self.inbox.scan()
         return self
 
@@ -289,6 +296,7 @@ class Server:
         self.stopping.set()
         self.nudge.set()
         self.watcher.stop()
+        self.dependencies.wake()  # its thread sees stopping now instead of after its idle wait
         if self.agent:
             self.agent.shutdown(timeout=self.settings.stop_grace + 5)
         if self.webhook:

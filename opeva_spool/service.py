@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from . import fsio, jobs, logs, names, progress
+from . import dependencies, fsio, jobs, logs, names, progress
 from .configs import ConfigStore, WriteMode
 from .exceptions import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from .fairshare import FairShare
@@ -38,7 +38,7 @@ RESUBMITTED_FIELDS = {"job_name", "target_host", "command", "image", "env", "pri
                       "submitted_by", "retry_on_failure"}
 RESUBMIT_OVERRIDES = {"target_host", "priority"}
 # The fields of an attempt record that /job-info lists per attempt.
-ATTEMPT_FIELDS = ("host", "state", "claimed_at", "started_at", "ended_at", "exit_code", "reason")
+ATTEMPT_FIELDS = ("host", "state", "claimed_at", "started_at", "ended_at", "exit_code", "reason", "retry_at")
 MAX_CONFIG_SNAPSHOT_BYTES = 16 * 1024 * 1024
 
 class JobService:
@@ -175,7 +175,7 @@ class JobService:
 
     def status(self, job_id: str) -> dict:
         job = self.lookup(job_id)
-        status = {
+        answer = {
             "job_id": job.entry.job_id,
             "status": job.state.value,
             "host": job.host,
@@ -184,8 +184,15 @@ class JobService:
             "priority": job.entry.priority,
         }
         if job.state == JobState.QUEUED and self.queue is not None:
-            status.update(self.queue.place(job.entry))  # queue_position, waiting_reason
-        return status
+            answer.update(self.queue.place(job.entry))  # queue_position, waiting_reason
+        if job.state == JobState.WAITING:
+            spec = self.spool.read_spec(job.location, job.entry)
+            answer["waiting_for"] = self._waiting_for(spec.to_dict() if spec else {})  # {}: it moved meanwhile
+        return answer
+
+    def _waiting_for(self, fields: dict) -> list[dict]:
+        """The dependencies a waiting job still waits for, of those its spec (or job_info) names."""
+        return dependencies.waiting_for(self.index, fields.get("after") or (), fields.get("after_any") or ())
 
     def job_info(self, job_id: str) -> dict:
         """job_info.json (which the training image merges into) plus what the owner recorded."""
@@ -204,16 +211,29 @@ class JobService:
                     exit_code=attempt.get("exit_code"), reason=attempt.get("reason"),
                     started_at=attempt.get("started_at"), ended_at=attempt.get("ended_at"),
                     attempts=self.attempts(job))
+        if job.state == JobState.WAITING:
+            info["waiting_for"] = self._waiting_for(info)
+        if attempt.get("dependency"):  # canceled for it (dependency_failed): which one, and how it ended
+            info["dependency"] = attempt["dependency"]
         return info
 
     def attempts(self, job: JobStatus) -> list[dict]:
         """Every attempt's record, oldest first, in the fields a person reads (missing ones are None:
-        an attempt requeued before its runner wrote anything has only its number)."""
-        records = []
-        for number in range(1, job.entry.attempt + 1):
-            record = self.spool.read_attempt(job.entry._replace(attempt=number)) or {}
-            records.append({"attempt": number, **{key: record.get(key) for key in ATTEMPT_FIELDS}})
-        return records
+        an attempt requeued before its runner wrote anything has only its number), with ``log``, the
+        path of that attempt's log under the job's folder (None while it has none)."""
+        folder = self.spool.folder(job.entry.job_id)
+        records = [self.spool.read_attempt(job.entry._replace(attempt=number)) or {}
+                   for number in range(1, job.entry.attempt + 1)]
+        claimed = bool(records[-1])
+        listed = []
+        for number, record in enumerate(records, 1):
+            if number < job.entry.attempt:
+                path = self._earlier_log(job, folder, number, claimed)
+            else:
+                path = folder.log if claimed else None  # unclaimed, the job's log is still the previous attempt's
+            listed.append({"attempt": number, **{key: record.get(key) for key in ATTEMPT_FIELDS},
+                           "log": os.path.relpath(path, folder.path) if path and os.path.lexists(path) else None})
+        return listed
 
     def job_config(self, job_id: str) -> bytes:
         """The config snapshot the job runs with (jobs/<id>/config.yaml)."""
@@ -433,14 +453,23 @@ class JobService:
         if attempt is not None and not 1 <= attempt <= job.entry.attempt:
             raise NotFound(f"job {job_id} has no attempt {attempt} (its attempts are 1 to {job.entry.attempt})",
                            job_id=job_id)
-        path = folder.log if attempt in (None, job.entry.attempt) else folder.attempt_log(attempt)
-        if attempt == job.entry.attempt - 1 and not os.path.lexists(path):
-            path = folder.log  # the next attempt has not started yet, so this one's log is not moved aside yet
+        if attempt in (None, job.entry.attempt):
+            path = folder.log
+        else:
+            path = self._earlier_log(job, folder, attempt, self.spool.read_attempt(job.entry) is not None)
         with self._serving(path):
             handle = fsio.open_inside(path, folder.path)
         if handle is not None:
             handle.close()
         return job, path
+
+    def _earlier_log(self, job: JobStatus, folder: jobs.JobFolder, attempt: int, current_claimed: bool) -> str:
+        """Where an earlier ``attempt``'s log is. The runner of the current attempt moves it aside (``Runner``)
+        once that attempt is claimed; until then, the job's log is still the last one that ran's."""
+        path = folder.attempt_log(attempt)
+        if not current_claimed and not os.path.lexists(path) and attempt == self.spool.log_attempt(job.entry):
+            return folder.log
+        return path
 
     def log_stream(self, job_id: str, tail: int | None = None, follow: bool = False,
                    gone: Callable[[], bool] | None = None, attempt: int | None = None) -> Iterator[bytes]:

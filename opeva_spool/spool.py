@@ -23,6 +23,7 @@ owner's renames fail, its records are not the current one). Names of the older f
 ``PPP_T19_<target>_AAA_<job_id>.json`` still parse (Entry.legacy).
 """
 
+import datetime as dt
 import errno
 import logging
 import os
@@ -35,7 +36,7 @@ from typing import NamedTuple
 
 from . import fsio, names
 from .exceptions import Conflict
-from .jobs import ANY_HOST, CONFIG_SNAPSHOT, MAX_PRIORITY, JobFolder, JobSpec, utc_now
+from .jobs import ANY_HOST, CONFIG_SNAPSHOT, MAX_PRIORITY, JobFolder, JobSpec, parse_utc, utc_now, utc_now_precise
 from .states import TERMINAL_STATES, JobState, check_transition
 
 log = logging.getLogger(__name__)
@@ -268,7 +269,8 @@ class Spool:
 
         queued/ means queued, waiting/ waiting and done/<state>/ that state. In a running/ the record tells
         dispatched (none yet), running, or ended-but-not-yet-moved (a crash between finish's
-        record and its rename); a record that cannot be understood is ``unknown``.
+        record and its rename), except that an ending asking for a retry means queued (a crash
+        between retry's record and its rename); a record that cannot be understood is ``unknown``.
         """
         if location.kind == QUEUED:
             return JobState.QUEUED
@@ -279,6 +281,8 @@ class Spool:
         attempt = self.read_attempt(entry)
         if attempt is None:
             return JobState.DISPATCHED
+        if asks_retry(attempt):
+            return JobState.QUEUED  # its retry's rename is pending (see retry): the job is not over
         try:
             return JobState(attempt.get("state"))
         except ValueError:
@@ -454,8 +458,11 @@ class Spool:
         return True
 
     def recorded_ending(self, entry: Entry) -> JobState | None:
-        """The terminal state the attempt's record holds, or None (no record yet, or not ended)."""
+        """The terminal state the attempt's record holds, or None (no record yet, not ended, or ended
+        asking for a retry: such an entry is requeued, never moved to done/ by its record)."""
         record = self.read_attempt(entry) or {}
+        if asks_retry(record):
+            return None
         try:
             state = JobState(record.get("state"))
         except ValueError:
@@ -531,6 +538,42 @@ class Spool:
         moved = fsio.rename_claim(os.path.join(self.running_dir(host), entry.name),
                                   os.path.join(self.queued_dir, new.name))
         return new if moved is not False else None
+
+    def retry(self, entry: Entry, host: str, agent_id: str, delay: float, **details) -> Entry | None:
+        """End a failed attempt asking for a retry ``delay`` seconds from now, and requeue the job.
+
+        The owner writes the attempt's record ``failed`` with ``retry_at`` first, then renames
+        running/<entry> to queued/<entry attempt+1> (``requeue``: one rename, with its fencing).
+        In that order no agent can claim the next attempt before ``retry_at`` is on disk for it to
+        see (``retry_at``). A crash between the two leaves a running entry whose record asks for
+        a retry: readers call the job queued (``state_at``), and the entry is requeued like an
+        attempt of a lost host, by the restarted agent or the server. If the rename finds the
+        entry gone, this attempt was superseded (requeued after a lost lease, or deleted):
+        returns None, and the record, of a stale attempt, is history only. (A requeue by the
+        server aims at the same name, attempt+1, so the job is queued once either way.)
+        """
+        if self.write_attempt(entry, host, agent_id, JobState.FAILED, ended_at=utc_now(),
+                              retry_at=utc_now_precise(delay), **details) is None:
+            return None  # the job is deleted
+        return self.requeue(entry, host)
+
+    def retry_at(self, entry: Entry) -> dt.datetime | None:
+        """When a queued ``entry`` may be claimed: the ``retry_at`` its previous attempt's record asks
+        for (an attempt > 1 after a failure with retry_on_failure); None if at any time."""
+        if entry.attempt <= 1:
+            return None
+        record = self.read_attempt(entry._replace(attempt=entry.attempt - 1)) or {}
+        return parse_utc(record.get("retry_at"))
+
+    def log_attempt(self, entry: Entry) -> int:
+        """The earlier attempt whose output the job's log holds until ``entry``'s runner moves it aside: the newest
+        that started (or ended: one that could not start notes why in the log). One requeued before it started
+        wrote nothing."""
+        for number in range(entry.attempt - 1, 0, -1):
+            record = self.read_attempt(entry._replace(attempt=number)) or {}
+            if record.get("started_at") or record.get("ended_at"):
+                return number
+        return entry.attempt - 1
 
     def recover_lost(self, entry: Entry, host: str, reason: str) -> tuple[Location, Entry] | None:
         """A running attempt whose agent is gone: requeue it if the job's max_retries allow, else fail it.
@@ -682,6 +725,11 @@ class Spool:
         except OSError as exc:
             return f"the shared root is not writable: {exc}"
         return None
+
+
+def asks_retry(record: dict) -> bool:
+    """Whether an attempt record ended failed asking for a retry (``Spool.retry``)."""
+    return record.get("state") == JobState.FAILED.value and bool(record.get("retry_at"))
 
 
 def entry_for(spec: JobSpec, submit_ns: int, rank: int) -> Entry:

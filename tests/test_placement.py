@@ -195,6 +195,25 @@ def test_dispatcher_reads_the_gpus_of_an_older_name_from_its_spec(spool):
     assert offered(dispatcher_for(spool), free=2) == ["old-style"]
 
 
+def running_entry(spool, job_id, host="gpu-a"):
+    return next(entry for entry in map(Entry.parse, os.listdir(spool.running_dir(host))) if entry.job_id == job_id)
+
+
+def test_dispatcher_skips_a_retry_until_its_backoff_ends_and_says_when_it_is_due(spool):
+    fsio.makedirs(spool.running_dir("gpu-a"))
+    for job_id in ("flaky", "steady"):
+        entry = publish(spool, job_id, rank=1)
+        assert spool.claim(entry, "gpu-a", "gpu-a:test")
+    # Both attempts failed asking for a retry (what a runner does with retry_on_failure): one in 30 s, one now.
+    flaky = spool.retry(running_entry(spool, "flaky"), "gpu-a", "gpu-a:test", delay=30.0)
+    steady = spool.retry(running_entry(spool, "steady"), "gpu-a", "gpu-a:test", delay=0.0)
+    assert (flaky.attempt, steady.attempt) == (2, 2)
+    clock = Clock()
+    dispatcher = dispatcher_for(spool, clock=clock)
+    assert offered(dispatcher) == ["steady"]
+    assert 29.0 < dispatcher.retry_due - clock.now <= 30.0
+
+
 def test_queue_listing_sees_an_entry_that_arrives_just_after_a_look(spool):
     listing = QueueListing(spool.queued_dir, max_age=60.0)
     publish(spool, "first", rank=1)
@@ -247,6 +266,21 @@ def test_status_of_a_queued_job_tells_its_place_and_why_it_waits(client):
     done = submit(client, target_host="local")
     wait_for_status(client, done, "finished")
     assert "queue_position" not in client.get(f"/status/{done}").json()
+
+
+@pytest.mark.parametrize("settings", [{"retry_backoff": 30.0}], indirect=True)
+def test_a_retry_in_its_backoff_stays_queued_and_says_until_when(client):
+    job_id = submit(client, command=["sh", "-c", "exit 3"], target_host="local", retry_on_failure=True, max_retries=1)
+
+    def retried():
+        status = client.get(f"/status/{job_id}").json()
+        return status if status["status"] == "queued" and status["attempt"] == 2 else None
+    status = wait_for(retried, message="the failed attempt to be queued for a retry")
+    assert status["queue_position"] == 1
+    assert status["waiting_reason"].startswith("retry 1 not before 20")  # an ISO time about 30 s from now
+    time.sleep(1.0)  # the embedded worker looks again (scan_interval 0.5 s) and leaves it queued
+    assert client.get(f"/status/{job_id}").json()["status"] == "queued"
+    assert client.get("/queue").json()[0]["waiting_reason"] == status["waiting_reason"]
 
 
 def test_waiting_reason_follows_the_gpus_a_real_agent_reports(server, client, tmp_path):
