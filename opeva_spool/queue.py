@@ -278,9 +278,9 @@ def waiting_reason(entry: Entry, wanted: int | str, hosts: Sequence[str], views:
     if retry_at is not None and retry_at > now:
         when = retry_at.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         return f"retry {entry.attempt - 1} not before {when}"
-    obstacles = [host_obstacle(views.get(host) or {"host": host}, wanted) for host in hosts]
     if not hosts:
         return "no worker host has reported yet"
+    obstacles = [host_obstacle(views.get(host) or {"host": host}, wanted) for host in hosts]
     if all(obstacles):
         if len(hosts) == 1 and entry.target != ANY_HOST:
             return obstacles[0]
@@ -394,7 +394,7 @@ class QueueView:
     def _row(self, entry: Entry, facts: dict, position: int, ahead: _Ahead, hosts: list[str], views: dict) -> dict:
         wanted = facts["gpus"]
         eligible = eligible_hosts(entry.target, facts["target_hosts"], hosts)
-        reason = waiting_reason(entry, wanted, eligible, views, ahead.for_hosts(entry.target, eligible),
+        reason = waiting_reason(entry, wanted, eligible, views, ahead.for_hosts(eligible),
                                 self._retry_of(entry))
         return {"job_id": entry.job_id, "position": position, "target_host": entry.target,
                 "target_hosts": facts["target_hosts"], "priority": entry.priority, "gpus": wanted,
@@ -418,9 +418,7 @@ class _Ahead:
         else:
             self.by_host[entry.target] = self.by_host.get(entry.target, 0) + 1
 
-    def for_hosts(self, target: str, hosts: Sequence[str]) -> int:
-        if target == ANY_HOST and not hosts:
-            return self.any + sum(self.by_host.values())
+    def for_hosts(self, hosts: Sequence[str]) -> int:
         return self.any + sum(self.by_host.get(host, 0) for host in hosts)
 
 
