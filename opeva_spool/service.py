@@ -31,8 +31,8 @@ ENDED_CHECK_TTL = 0.5
 ENDED_CACHE_LIMIT = 1024
 # The image's words for an ended run in the "status" of result.json and progress.json.
 IMAGE_ENDINGS = {"completed": JobState.FINISHED, "failed": JobState.FAILED}
-# A delete retries after its entry moved (claim, end, requeue): a job makes few moves, so this is plenty.
-MAX_DELETE_TRIES = 20
+# A delete or stop retries after its entry moved (release, claim, end, requeue): a job makes few moves.
+MAX_MOVE_TRIES = 20
 # What a resubmission copies from the old job's spec, and what its request may change.
 RESUBMITTED_FIELDS = {"job_name", "target_host", "command", "image", "env", "priority", "max_retries", "gpus",
                       "submitted_by", "retry_on_failure"}
@@ -395,11 +395,15 @@ class JobService:
     def stop(self, job_id: str, by: str = "") -> dict:
         """Cancel a queued or waiting job at once; ask the owner of a running one to stop it."""
         job = self.lookup(job_id)
-        if job.state in (JobState.QUEUED, JobState.WAITING):
+        # A waiting job can be released into queued/ while we cancel it, and a queued one claimed: each
+        # lost rename re-finds the job, and a job still not started is canceled where it is now.
+        for _ in range(MAX_MOVE_TRIES):
+            if job.state not in (JobState.QUEUED, JobState.WAITING):
+                break
             if self.spool.cancel_queued(job.entry, job.location):
                 self.index.place(Location(DONE, JobState.CANCELED.value), job.entry)
                 return {"message": f"job {job_id} canceled before it started", "status": JobState.CANCELED.value}
-            job = self._refound(job)  # a host claimed it meanwhile, or a delete took it
+            job = self._refound(job)  # released, claimed meanwhile, or a delete took it
         if job.state == JobState.NOT_FOUND:
             raise _no_such_job(job_id)
         check_transition(job.state, JobState.STOPPED)  # 409 unless dispatched or running
@@ -418,7 +422,7 @@ class JobService:
         (Runner.stop_reason ``entry_removed``); its late record write finds no folder.
         """
         job = self.lookup(job_id)
-        for _ in range(MAX_DELETE_TRIES):
+        for _ in range(MAX_MOVE_TRIES):
             if job.state == JobState.NOT_FOUND:
                 raise _no_such_job(job_id)  # another delete won
             if job.state.active and not force:
