@@ -97,7 +97,7 @@ def decision(workdir, count, repeats):
     def dispatcher():  # reserve_after far away: the rule would skip GPU jobs, this measures the full scan
         return Dispatcher(spool, HOST, ("0", "1"), reserve_after=3600.0, max_listing_age=3600.0)
 
-    cold, unchanged, changed, wrong = [], [], [], 0
+    cold, unchanged, changed, listing, wrong = [], [], [], [], 0
     for _ in range(repeats):
         seconds, found = decide(dispatcher())
         cold.append(seconds)
@@ -119,9 +119,12 @@ def decision(workdir, count, repeats):
         seconds, found = decide(warm)
         changed.append(seconds)
         wrong += found != expected
+        started = time.perf_counter()  # for reference: what the listing alone costs
+        os.listdir(spool.queued_dir)
+        listing.append(time.perf_counter() - started)
     shutil.rmtree(spool.root, ignore_errors=True)
     return {"queued": count, "cold": bench.summary_ms(cold), "unchanged": bench.summary_ms(unchanged),
-            "changed": bench.summary_ms(changed), "wrong_choices": wrong}
+            "changed": bench.summary_ms(changed), "listdir_alone": bench.summary_ms(listing), "wrong_choices": wrong}
 
 
 # ----- 2. claims with fair sharing by 4 agents ----------------------------------------------------
@@ -194,8 +197,9 @@ def main():
     args = parser.parse_args()
     cfg = QUICK if args.quick else FULL
     workdir = tempfile.mkdtemp(prefix="opeva-bench-dispatch-")
+    load_at_start = os.getloadavg()[0]
     try:
-        raw = {"machine": bench.machine_facts(workdir), "config": cfg,
+        raw = {"machine": bench.machine_facts(workdir), "config": cfg, "load_at_start": load_at_start,
                "decision": decision(workdir, cfg["queued"], cfg["repeats"]),
                "claims": claims(workdir, cfg["claims"], [f"bench-{n}" for n in range(4)])}
     finally:
@@ -205,7 +209,9 @@ def main():
         (f"dispatch decision, {d['queued']:,} queued, unchanged queue", d["unchanged"], DECISION_TARGET_MS),
         (f"dispatch decision, {d['queued']:,} queued, one entry arrived", d["changed"], DECISION_TARGET_MS),
         (f"dispatch decision, {d['queued']:,} queued, cold (new agent)", d["cold"], None),
+        (f"  for reference: os.listdir of {d['queued']:,} names alone", d["listdir_alone"], None),
     ]
+    print(f"load average {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at end ({os.cpu_count()} CPUs)")
     print(f"{'figure':58} {'p50':>9} {'p95':>9}  target")
     for label, summary, target in rows:
         verdict = "" if target is None else ("PASS" if summary["p95_ms"] <= target else "MISS")
