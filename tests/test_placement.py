@@ -267,7 +267,7 @@ def test_status_of_a_queued_job_tells_its_place_and_why_it_waits(client):
 
 
 @pytest.mark.parametrize("settings", [{"retry_backoff": 30.0}], indirect=True)
-def test_a_retry_in_its_backoff_stays_queued_and_says_until_when(client):
+def test_a_retry_in_its_backoff_stays_queued_and_says_until_when(server, client):
     job_id = submit(client, command=["sh", "-c", "exit 3"], target_host="local", retry_on_failure=True, max_retries=1)
 
     def retried():
@@ -276,7 +276,9 @@ def test_a_retry_in_its_backoff_stays_queued_and_says_until_when(client):
     status = wait_for(retried, message="the failed attempt to be queued for a retry")
     assert status["queue_position"] == 1
     assert status["waiting_reason"].startswith("retry 1 not before 20")  # an ISO time about 30 s from now
-    time.sleep(1.0)  # the embedded worker looks again (scan_interval 0.5 s) and leaves it queued
+    # The embedded worker looked at it, left it queued, and will look again when it is due.
+    due = wait_for(lambda: server.agent.dispatcher.retry_due, message="the worker to skip the retry")
+    assert 25 < due - time.monotonic() <= 30
     assert client.get(f"/status/{job_id}").json()["status"] == "queued"
     assert client.get("/queue").json()[0]["waiting_reason"] == status["waiting_reason"]
 
