@@ -14,6 +14,7 @@ from .api import app as api_app
 from .api import configs as configs_api
 from .api import events as events_api
 from .api import jobs as jobs_api
+from .api import queue as queue_api
 from .api import sites as sites_api
 from .api import sweeps as sweeps_api
 from .api import system as system_api
@@ -26,6 +27,7 @@ from .inbox import Inbox
 from .index import JobIndex
 from .jobs import EMBEDDED_HOST
 from .metrics import Metrics
+from .queue import QueueView
 from .runtimes import make_runtime
 from .service import JobService
 from .sitedata.mongo import SiteData
@@ -80,6 +82,7 @@ class Server:
                                self._submitter)
         # A requeue renames the entry (attempt + 1): the index learns the new name at once.
         self.monitor = LivenessMonitor(self.spool, settings.hosts, settings.offline_after, on_moved=self.index.place)
+        self.jobs.queue = QueueView(self.spool, self.monitor)
         self.sweeps = sweeps.SweepService(self.spool, self.index, self.jobs)
         self.inbox = Inbox(self.spool, self.jobs, self.sweeps)
         sitedata = SiteData(settings)
@@ -97,7 +100,7 @@ class Server:
         ctx = api_app.Context(settings, spool=self.spool, index=self.index, jobs=self.jobs, monitor=self.monitor,
                               sitedata=sitedata, datasets=datasets, events=self.events, metrics=self.metrics,
                               sweeps=self.sweeps, dependency_checks=dependency_checks(settings, sitedata))
-        self.app = api_app.make_app(ctx, [jobs_api, configs_api, system_api, sites_api, events_api, ui_api,
+        self.app = api_app.make_app(ctx, [jobs_api, queue_api, configs_api, system_api, sites_api, events_api, ui_api,
                                           sweeps_api])
         self.agent = None
         if settings.embedded_worker:

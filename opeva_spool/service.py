@@ -53,6 +53,7 @@ class JobService:
         self._hosts, self._hosts_at = (), None
         self._gpu_counts = {}
         self._ended_seen = {}  # job id -> (monotonic time, ended); see ENDED_CHECK_TTL
+        self.queue = None  # the server's queue.QueueView: /status of a queued job tells its place and why it waits
 
     def known_hosts(self, target: str | None = None) -> tuple[str, ...]:
         """Configured hosts and those with a running/ on the share, listed at most every second
@@ -182,6 +183,8 @@ class JobService:
             "attempt": job.entry.attempt,
             "priority": job.entry.priority,
         }
+        if job.state == JobState.QUEUED and self.queue is not None:
+            answer.update(self.queue.place(job.entry))  # queue_position, waiting_reason
         if job.state == JobState.WAITING:
             spec = self.spool.read_spec(job.location, job.entry)
             answer["waiting_for"] = self._waiting_for(spec.to_dict() if spec else {})  # {}: it moved meanwhile
