@@ -91,7 +91,7 @@ class JobService:
         (a resubmission's snapshot) is used as it is, instead of the body's.
         """
         job_id = names.job_id(job_id) if job_id else str(uuid.uuid4())
-        config, inline = (config, False) if config is not None else self._config_for(body, job_id)
+        config, inline = (config, False) if config is not None else self.config_for(body, job_id)
         if config is None and body.get("command") is None:
             raise BadRequest("give 'config_path', an inline 'config', or a 'command'")
         spec = self.build_spec(body, job_id=job_id, config=config, origin=origin, inbox_folder=inbox_folder)
@@ -125,7 +125,7 @@ class JobService:
                              unknown=unknown[:100])
         return spec
 
-    def _config_for(self, body, job_id):
+    def config_for(self, body, job_id):
         """(the job's JobConfig or None, whether it came inline and is to be saved under configs/)."""
         inline, path = body.get("config"), body.get("config_path")
         if inline is not None and path:

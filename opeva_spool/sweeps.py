@@ -419,7 +419,7 @@ class SweepService:
         if os.path.lexists(self._dir(sweep_id)):
             raise Conflict(f"sweep {sweep_id!r} already exists", sweep_id=sweep_id)
         override_sets = expand(body.get("grid"), body.get("runs"))
-        config, inline = self.jobs._config_for(body, sweep_id)
+        config, inline = self.jobs.config_for(body, sweep_id)
         if config is None:
             raise BadRequest("a sweep needs a base config: give 'config_path' or an inline 'config'")
         specs = self._specs(body, sweep_id, name, config, override_sets, allow_new_keys, origin, inbox_folder)
