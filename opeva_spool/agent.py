@@ -19,9 +19,10 @@ from . import fsio, hosts, locks
 from .exceptions import Conflict, RuntimeFailure
 from .jobs import ANY_HOST, CONFIG_SNAPSHOT, DATA_SUBDIRS, JobFolder, JobSpec, utc_now
 from .progress import ProgressRecorder
+from .queue import Dispatcher
 from .runtimes.base import Execution, Launch, Lease, Runtime
 from .settings import Settings
-from .spool import QUEUED, RUNNING, Entry, Location, Spool
+from .spool import RUNNING, Entry, Location, Spool
 from .states import EndReason, JobState
 from .watching import DirectoryWatcher
 
@@ -267,6 +268,8 @@ class Agent:
         self.agent_id = f"{self.host}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.capacity = settings.capacity
         self.gpu_pool = GpuPool(settings.gpu_ids)
+        self.dispatcher = Dispatcher(spool, self.host, self.gpu_pool.ids, settings.gpu_reserve_after,
+                                     max_listing_age=settings.scan_interval)
         self.presence = HostPresence(settings.lock_dir, spool.root, self.host)
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -397,7 +400,7 @@ class Agent:
 
     def _claim_loop(self):
         while not self.stopping.is_set():
-            self.wake.wait(self.settings.scan_interval)
+            self.wake.wait(self._until_next_look())
             self.wake.clear()
             if self.stopping.is_set():
                 break
@@ -408,6 +411,12 @@ class Agent:
                     self.claim_ready()
             except OSError:
                 log.exception("claiming on %s failed; retrying at the next scan", self.host)
+
+    def _until_next_look(self) -> float:
+        """scan_interval, or less when a retry skipped for its backoff is due sooner (nothing else wakes us then)."""
+        due = self.dispatcher.retry_due
+        left = due - self.dispatcher.clock() if due is not None else 0.0
+        return min(self.settings.scan_interval, left) if left > 0 else self.settings.scan_interval
 
     def wants(self, name: str) -> bool:
         """Whether a queued entry name is for this host (by its target field, without parsing it all)."""
@@ -422,18 +431,12 @@ class Agent:
             self.wake.set()
 
     def claim_ready(self) -> None:
-        """Claim queued jobs for this host (or any host) while there is room, in queue order."""
+        """Claim queued jobs for this host while there is room, in dispatch order (queue.Dispatcher decides which)."""
         if self.draining or self.heartbeat.lease_expired() or len(self.runners()) >= self.capacity:
             return
-        for name in sorted(filter(self.wants, fsio.listdir(self.spool.queued_dir))):
+        for entry, spec in self.dispatcher.candidates(lambda: len(self.gpu_pool.free())):
             if self.stopping.is_set() or len(self.runners()) >= self.capacity:
                 return
-            entry = Entry.parse(name)
-            if entry is None:
-                continue
-            spec = self.spool.read_spec(Location(QUEUED), entry)
-            if spec is None:
-                continue  # claimed meanwhile, or not readable yet: the next scan sees it
             gpus = self.gpu_pool.take(spec.gpus)
             if gpus is None:
                 continue  # not enough free GPUs here now; a later job may fit

@@ -1,16 +1,18 @@
 """Job folders dropped onto the share: ``spool/inbox/<folder>/job.json`` (+ optional config).
 
 A folder is accepted exactly like ``POST /run-simulation`` with job.json as the body and
-the folder's name as the job id (unless job.json names one). Anything the inbox will not
-take is set aside into ``spool/rejected/<folder>.<hex>/`` with a ``reason.json``; one
-folder never blocks the rest, whatever it holds.
+the folder's name as the job id (unless job.json names one). A folder holding ``sweep.json``
+instead is a sweep, accepted like ``POST /sweeps`` with the folder's name as the sweep id
+(unless sweep.json names one), and otherwise handled as a job's folder. Anything the inbox
+will not take is set aside into ``spool/rejected/<folder>.<hex>/`` with a ``reason.json``;
+one folder never blocks the rest, whatever it holds.
 
 Ingestion is idempotent for the folder itself, and only for it: before publishing, the
 inbox writes an ingest token into the folder and records ``<folder>.<token>`` in the job
-(job_info ``inbox_folder``). If the server dies after publishing but before removing the
-folder, the next scan finds the job carrying this folder's token and only removes the
-folder; any other folder whose job id is taken (a later folder of the same name too) is
-rejected with "job id taken".
+(job_info ``inbox_folder``; a sweep's manifest for a sweep). If the server dies after
+publishing but before removing the folder, the next scan finds the job carrying this
+folder's token and only removes the folder; any other folder whose job id is taken (a later
+folder of the same name too) is rejected with "job id taken".
 
 The folder, job.json and the config are opened without following links: a link could
 point anywhere on the server's host, and its content would be published into configs/.
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = "inbox"
 JOB_FILE = "job.json"
+SWEEP_FILE = "sweep.json"
 CONFIG_FILES = ("config.yaml", "config.yml")
 TOKEN_FILE = ".ingest-token"
 TOKEN = re.compile(r"^[0-9a-f]{12}$")
@@ -45,9 +48,10 @@ class Refused(Exception):
 
 
 class Inbox:
-    def __init__(self, spool, jobs):
+    def __init__(self, spool, jobs, sweeps=None):
         self.spool = spool
         self.jobs = jobs
+        self.sweeps = sweeps  # a SweepService, or None: sweep.json folders are then not taken
         self._lock = threading.Lock()  # one scan at a time (start-up and maintenance both scan)
 
     def scan(self):
@@ -84,47 +88,53 @@ class Inbox:
             os.close(dir_fd)
 
     def _ingest_folder(self, folder, path, dir_fd):
-        body = self._job_body(path, dir_fd)
+        sweep = self.sweeps is not None and _present(dir_fd, SWEEP_FILE)
+        kind, file_name = ("sweep", SWEEP_FILE) if sweep else ("job", JOB_FILE)
+        body = self._body(path, dir_fd, file_name)
         if body is None:
             return None
-        job_id = body.get("job_id") or folder
+        item_id = body.get(f"{kind}_id") or folder
         try:
-            names.job_id(job_id)
+            names.job_id(item_id)
             body = dict(body, **self._config_from_folder(dir_fd, body))
             drop = f"{folder}.{_token(dir_fd)}"
-            response = self.jobs.submit(body, origin=SOURCE, job_id=job_id, inbox_folder=drop)
+            if sweep:
+                self.sweeps.submit(dict(body, sweep_id=item_id), origin=SOURCE, inbox_folder=drop)
+            else:
+                self.jobs.submit(body, origin=SOURCE, job_id=item_id, inbox_folder=drop)
         except Conflict as exc:
-            info = fsio.read_json_object(self.spool.folder(job_id).job_info)
-            if info is None:
+            record = (self.sweeps.manifest(item_id) if sweep
+                      else fsio.read_json_object(self.spool.folder(item_id).job_info))
+            if record is None:
                 raise Refused(exc.detail) from None  # not the id: a config name taken with other content
-            if info.get("inbox_folder") != drop:
-                raise Refused(f"job id taken: job {job_id!r} already exists") from None
-            response = {"job_id": job_id}  # this very folder was published before a crash
+            if record.get("inbox_folder") != drop:
+                raise Refused(f"{kind} id taken: {kind} {item_id!r} already exists") from None
+            # else this very folder was published before a crash
         except SpoolError as exc:
             raise Refused(exc.detail) from None
         self.spool.trash(path)
-        log.info("inbox folder %s accepted as job %s", folder, job_id)
-        return response["job_id"]
+        log.info("inbox folder %s accepted as %s %s", folder, kind, item_id)
+        return item_id
 
-    def _job_body(self, path, dir_fd):
-        """job.json's object; None while the folder may still be arriving."""
-        handle = _open_plain(dir_fd, JOB_FILE)
+    def _body(self, path, dir_fd, file_name):
+        """The object in job.json or sweep.json (``file_name``); None while the folder may still be arriving."""
+        handle = _open_plain(dir_fd, file_name)
         if handle is None:
             if fsio.age(path) < SETTLE_SECONDS:
                 return None
-            raise Refused(f"no {JOB_FILE} in the folder")
+            raise Refused(f"no {file_name} in the folder")
         with handle:
-            data = _read_limited(handle, JOB_FILE, self.jobs.settings.max_body_bytes)
+            data = _read_limited(handle, file_name, self.jobs.settings.max_body_bytes)
         try:
             body = json.loads(data)
         except (ValueError, UnicodeDecodeError):
-            if fsio.age(os.path.join(path, JOB_FILE)) < SETTLE_SECONDS:
+            if fsio.age(os.path.join(path, file_name)) < SETTLE_SECONDS:
                 return None
-            raise Refused(f"{JOB_FILE} is not valid JSON") from None
+            raise Refused(f"{file_name} is not valid JSON") from None
         except RecursionError:
-            raise Refused(f"{JOB_FILE} is nested too deeply") from None
+            raise Refused(f"{file_name} is nested too deeply") from None
         if not isinstance(body, dict):
-            raise Refused(f"{JOB_FILE} must hold a JSON object")
+            raise Refused(f"{file_name} must hold a JSON object")
         return body
 
     def _config_from_folder(self, dir_fd, body):
@@ -170,6 +180,15 @@ def _open_plain(dir_fd, name):
         handle.close()
         raise Refused(f"{name} is not a regular file")
     return handle
+
+
+def _present(dir_fd, name):
+    """Whether the folder has an entry ``name`` (of any kind: _open_plain judges it when it is read)."""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _read_limited(handle, name, limit):

@@ -56,6 +56,7 @@ class JobService:
         self._ended_seen = {}  # job id -> (monotonic time, ended); see ENDED_CHECK_TTL
         self.ledger = AttemptLedger(spool)  # queue wait and run time of each job, from its attempt records
         self.usage = Usage(index, self.ledger, lambda job: self.meta(job)[0])
+        self.queue = None  # the server's queue.QueueView: /status of a queued job tells its place and why it waits
 
     def known_hosts(self, target: str | None = None) -> tuple[str, ...]:
         """Configured hosts and those with a running/ on the share, listed at most every second
@@ -93,7 +94,7 @@ class JobService:
         (a resubmission's snapshot) is used as it is, instead of the body's.
         """
         job_id = names.job_id(job_id) if job_id else str(uuid.uuid4())
-        config, inline = (config, False) if config is not None else self._config_for(body, job_id)
+        config, inline = (config, False) if config is not None else self.config_for(body, job_id)
         if config is None and body.get("command") is None:
             raise BadRequest("give 'config_path', an inline 'config', or a 'command'")
         spec = self.build_spec(body, job_id=job_id, config=config, origin=origin, inbox_folder=inbox_folder)
@@ -127,7 +128,7 @@ class JobService:
                              unknown=unknown[:100])
         return spec
 
-    def _config_for(self, body, job_id):
+    def config_for(self, body, job_id):
         """(the job's JobConfig or None, whether it came inline and is to be saved under configs/)."""
         inline, path = body.get("config"), body.get("config_path")
         if inline is not None and path:
@@ -185,6 +186,8 @@ class JobService:
             "attempt": job.entry.attempt,
             "priority": job.entry.priority,
         }
+        if job.state == JobState.QUEUED and self.queue is not None:
+            answer.update(self.queue.place(job.entry))  # queue_position, waiting_reason
         if job.state == JobState.WAITING:
             spec = self.spool.read_spec(job.location, job.entry)
             answer["waiting_for"] = self._waiting_for(spec.to_dict() if spec else {})  # {}: it moved meanwhile

@@ -26,6 +26,7 @@ from ..settings import Settings
 from ..sitedata.mongo import SiteData
 from ..sitedata.store import DatasetStore
 from ..spool import Spool
+from ..sweeps import SweepService
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Context:
     datasets: DatasetStore | None = None
     events: EventBus | None = None
     metrics: Metrics | None = None
+    sweeps: SweepService | None = None
     # name -> check for /health: None when reachable, else a sentence (or it raises)
     dependency_checks: dict[str, Callable[[], str | None]] = field(default_factory=dict)
 
