@@ -427,13 +427,7 @@ def test_jobs_and_job_pages_read_on_a_phone(ui):
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
-# ----- issue 9: accounting, the queue, dependencies, sweeps ------------------------------------------
-
-def needs_route(server, rule, part):
-    """Skip a test of a page whose API route comes with another part of issue 9, until that part is merged."""
-    if not any(route.rule == rule for route in server.app.routes):
-        pytest.skip(f"needs {rule} from {part}")
-
+# ----- accounting, the queue, dependencies, sweeps ------------------------------------------
 
 def finished_command_job(http, submitted_by, seconds=1.1):
     job_id = http.post("/run-simulation", json={"command": [PYTHON, "-c", f"import time; time.sleep({seconds})"],
@@ -480,8 +474,7 @@ def test_job_page_and_jobs_list_show_queue_wait_run_time_and_each_attempts_log(u
     assert row.find_elements("css selector", "td")[-1].text.endswith("s")  # ran: "1 s" or "2 s"
 
 
-def test_queue_page_lists_queued_jobs_in_dispatch_order_with_why_each_waits(ui, served):
-    needs_route(served[0], "/queue", "H-place")
+def test_queue_page_lists_queued_jobs_in_dispatch_order_with_why_each_waits(ui):
     browser = ui.browser
     http = ui.http
     ids = [http.post("/run-simulation", json={"command": "true", "target_host": "gpu-a", "priority": priority,
@@ -520,10 +513,8 @@ def test_a_job_submitted_after_another_waits_with_its_badge_and_links_it_until_i
     find(browser, "#submit-button").click()
     wait_for(lambda: "/ui/job?id=" in browser.current_url, BROWSER_WAIT, message="the submitted job's page")
     waiting = browser.current_url.split("id=")[1]
-    if http.get(f"/status/{waiting}").json()["status"] != "waiting":
-        http.post(f"/stop/{first}", headers=AUTH)
-        pytest.skip("needs dependencies (the issue 9 foundation and H-deps)")
-    assert http.get(f"/job-info/{waiting}").json()["after"] == [first]
+    info = http.get(f"/job-info/{waiting}").json()
+    assert info["status"] == "waiting" and info["after"] == [first]
     ui.open("/ui/?status=waiting&submitter=dashboard")
     wait_css(browser, f"#jobs tr[data-job-id='{waiting}'] .badge.waiting", message="the waiting badge")
     ui.open(f"/ui/job?id={waiting}")
@@ -538,8 +529,7 @@ def test_a_job_submitted_after_another_waits_with_its_badge_and_links_it_until_i
     assert not find(browser, "#job-waiting").is_displayed()
 
 
-def test_a_sweep_submitted_from_the_sweeps_page_opens_its_page_and_a_bad_key_or_line_is_refused(ui, served):
-    needs_route(served[0], "/sweeps", "H-sweeps")
+def test_a_sweep_submitted_from_the_sweeps_page_opens_its_page_and_a_bad_key_or_line_is_refused(ui):
     browser = ui.browser
     http = ui.http
     ui.open("/ui/sweeps")
@@ -569,8 +559,7 @@ def test_a_sweep_submitted_from_the_sweeps_page_opens_its_page_and_a_bad_key_or_
         {"demo.steps": 2, "demo.episodes": 1}, {"demo.steps": 3, "demo.episodes": 1}]  # numbers stay numbers
 
 
-def test_sweep_pages_list_a_sweep_sort_its_jobs_by_a_result_value_link_its_jobs_and_delete_it(ui, served):
-    needs_route(served[0], "/sweeps", "H-sweeps")
+def test_sweep_pages_list_a_sweep_sort_its_jobs_by_a_result_value_link_its_jobs_and_delete_it(ui):
     browser = ui.browser
     http = ui.http
     answer = http.post("/sweeps", json={"config_path": "demo.yaml", "grid": {"demo.steps": [2, 3, 4]},
