@@ -17,8 +17,8 @@ DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # MongoDB database names: no /\. "$*<>:|? and space; we are stricter still.
 SITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
-RESERVED_HOSTS = {"any", "queued", "done", "staging", "requests", "trash", "inbox", "rejected", "hosts", "events",
-                  "sweeps"}
+RESERVED_HOSTS = {"any", "queued", "waiting", "done", "staging", "requests", "trash", "inbox", "rejected", "hosts",
+                  "events", "sweeps"}
 
 
 def _check(kind, pattern, value):
