@@ -22,7 +22,6 @@ Targets: decision <= 10 ms; >= 1,000 claims/s; 0 double claims.
 
 import argparse
 import json
-import multiprocessing
 import os
 import shutil
 import sys
@@ -155,16 +154,7 @@ def claims(workdir, count, hosts):
         fsio.makedirs(spool.running_dir(host))
     names = seed(spool, count, lambda i: "any", lambda i: 0)
     submitter_of = {name: SUBMITTERS[i % len(SUBMITTERS)] for i, name in enumerate(names)}
-    ctx = multiprocessing.get_context("fork")
-    barrier, queue = ctx.Barrier(len(hosts)), ctx.Queue()
-    procs = [ctx.Process(target=_claimer, args=(spool.root, host, f"{host}:bench:{n}", barrier, queue))
-             for n, host in enumerate(hosts)]
-    for proc in procs:
-        proc.start()
-    results = [queue.get(timeout=600) for _ in procs]
-    for proc in procs:
-        proc.join(30)
-    wall = max(r["t_end"] for r in results) - min(r["t_start"] for r in results)
+    results, wall = bench.race(spool.root, hosts, _claimer)
     where, winners = {}, {}
     for host in hosts:
         for name in fsio.listdir(spool.running_dir(host)):

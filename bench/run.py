@@ -387,6 +387,21 @@ def _claimer(root, host, agent_id, barrier, queue):
                "t_end": t_end})
 
 
+def race(root, hosts, claimer):
+    """Run ``claimer(root, host, agent_id, barrier, queue)`` in one process per host, started together at a
+    barrier; returns (what each put on the queue, wall seconds from the first start to the last end)."""
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(len(hosts)), ctx.Queue()
+    procs = [ctx.Process(target=claimer, args=(root, host, f"{host}:bench:{n}", barrier, queue))
+             for n, host in enumerate(hosts)]
+    for proc in procs:
+        proc.start()
+    results = [queue.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    return results, max(r["t_end"] for r in results) - min(r["t_start"] for r in results)
+
+
 def claim_race(workdir, count, hosts):
     root = tempfile.mkdtemp(prefix="claims-", dir=workdir)
     spool = Spool(root)
@@ -402,16 +417,7 @@ def claim_race(workdir, count, hosts):
         with open(os.path.join(spool.queued_dir, entry.name), "wb") as handle:
             handle.write(b'{"job_id": "%s"}\n' % job_id.encode())
         entry_names.append(entry.name)
-    ctx = multiprocessing.get_context("fork")
-    barrier, queue = ctx.Barrier(len(hosts)), ctx.Queue()
-    procs = [ctx.Process(target=_claimer, args=(root, host, f"{host}:bench:{n}", barrier, queue))
-             for n, host in enumerate(hosts)]
-    for proc in procs:
-        proc.start()
-    results = [queue.get(timeout=600) for _ in procs]
-    for proc in procs:
-        proc.join(30)
-    wall = max(r["t_end"] for r in results) - min(r["t_start"] for r in results)
+    results, wall = race(root, hosts, _claimer)
     # Audit: every entry in exactly one running/ dir, won-sets disjoint and covering, records agree.
     where = {}
     for host in set(hosts):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import heapq
 import logging
 import os
 import threading
@@ -59,6 +60,8 @@ class QueueListing:
         self.max_age = max_age
         self.clock = clock
         self.version = 0  # bumped at each new listing
+        # (added, gone) entry names of the newest listing against the one before it; None after a full sort.
+        self.delta: tuple[list[str], list[str]] | None = None
         self._names: list[str] = []
         self._listed: set[str] = set()
         self._mtime_ns = None
@@ -86,17 +89,21 @@ class QueueListing:
 
     def _relist(self) -> None:
         listed = set(os.listdir(self.path))  # with temp files (".name"), so that they count as seen
-        added, gone = listed - self._listed, self._listed - listed
+        arrived = listed - self._listed
+        # Only arrivals (the common case between two looks) leave the sizes adding up: no second pass for departures.
+        departed = self._listed - listed if len(listed) - len(arrived) != len(self._listed) else ()
+        added = [name for name in arrived if not name.startswith(".")]
+        gone = [name for name in departed if not name.startswith(".")]
         if len(added) + len(gone) > INCREMENTAL_SORT_LIMIT:
             names = sorted(name for name in listed if not name.startswith("."))
+            self.delta = None
         else:  # a few arrivals and claims since the last look: cheaper than sorting 10k names again
             names = list(self._names)  # a new list: callers may still be iterating the old one
             for name in gone:
-                if not name.startswith("."):
-                    del names[bisect.bisect_left(names, name)]
+                del names[bisect.bisect_left(names, name)]
             for name in added:
-                if not name.startswith("."):
-                    bisect.insort(names, name)
+                bisect.insort(names, name)
+            self.delta = (added, gone)
         self._names, self._listed = names, listed
 
 
@@ -112,12 +119,13 @@ def _plural(count: int, word: str) -> str:
 
 
 class _Queued:
-    """What one agent keeps about a queued entry name: the Entry and the GPUs it would take here."""
+    """What one agent keeps about a queued entry name: the Entry, the GPUs it would take here, when it was
+    first seen (on the agent's clock: the reservation rule's wait counts from there)."""
 
-    __slots__ = ("entry", "need")
+    __slots__ = ("entry", "need", "seen_at")
 
-    def __init__(self, entry: Entry, need: int):
-        self.entry, self.need = entry, need
+    def __init__(self, entry: Entry, need: int, seen_at: float):
+        self.entry, self.need, self.seen_at = entry, need, seen_at
 
 
 class Dispatcher:
@@ -127,13 +135,18 @@ class Dispatcher:
     takes the GPUs and claims (one rename), and on losing a race simply goes on with the next.
 
     **The reservation rule** (so a job asking many GPUs is not starved by a stream of smaller
-    ones): when a GPU job that fits this host's GPUs, but not its free ones, has been seen
-    waiting for ``reserve_after`` seconds (on this agent's own clock, from the first pass that
-    found it blocked), this agent claims no GPU job behind it in the queue. Its running GPU jobs
-    end, their GPUs stay free, and the waiting job is claimed as soon as enough are free. Jobs
-    without GPUs are still claimed behind it: they take no GPU. Every agent that could run the
-    job applies the rule, so a job for ``any`` host goes to the first of them with enough free
-    GPUs, and the others take GPU jobs again once it left the queue.
+    ones): when a GPU job that fits this host's GPUs, but not its free ones, has been queued for
+    ``reserve_after`` seconds (on this agent's own clock, from the first look that saw it), this
+    agent claims no GPU job behind it in the queue. Its running GPU jobs end, their GPUs stay
+    free, and the waiting job is claimed as soon as enough are free. Jobs without GPUs are still
+    claimed behind it: they take no GPU. Every agent that could run the job applies the rule, so
+    a job for ``any`` host goes to the first of them with enough free GPUs, and the others take
+    GPU jobs again once it left the queue.
+
+    The entries for this host are kept per number of GPUs they take here, each list sorted by name
+    (= dispatch order) and updated name by name as the listing changes. A look then walks only the
+    lists that fit the free GPUs (merged back into dispatch order), and the heads of the others for
+    the reservation rule: it does not step over every entry that cannot be taken now.
     """
 
     def __init__(self, spool: Spool, host: str, gpu_ids: Sequence[str], reserve_after: float,
@@ -147,8 +160,11 @@ class Dispatcher:
         self.reserved_for: str | None = None  # the job this host keeps its GPUs for, as of the last full pass
         self.retry_due: float | None = None  # on ``clock``: when the first retry skipped in the last full pass is due
         self._queued: dict[str, _Queued | None] = {}  # name -> what it is here; None: never for this host
-        self._blocked_since: dict[str, float] = {}  # name -> when a pass first found it fitting but blocked
         self._retry_at: dict[str, dt.datetime | None] = {}  # name -> not to be claimed before (a retry's backoff)
+        self._indexed_version = None  # the listing version _by_need is of
+        self._by_need: dict[int, list[str]] = {}  # GPUs taken here -> the names of such entries, sorted
+        # GPUs taken -> no entry of that list was seen before this (a bound, made exact by each full scan of it)
+        self._first_seen: dict[int, float] = {}
 
     def candidates(self, free_gpus: Callable[[], int]) -> Iterator[tuple[Entry, JobSpec]]:
         """(entry, JobSpec) of each entry this host may claim now, in dispatch order.
@@ -157,36 +173,94 @@ class Dispatcher:
         (A runner giving GPUs back meanwhile wakes the agent for another pass.)
         """
         names = self.listing.names()
-        self._prune(names)
+        if self._indexed_version != self.listing.version:
+            self._index(names)
         now = self.clock()
-        reserved_for = retry_due = None
         free = free_gpus()
-        for name in names:
-            queued = self._queued.get(name, _UNSEEN)
-            if queued is _UNSEEN:
-                queued = self._look(name)
+        reserved_at, reserved_for = self._reservation(free, now)
+        retry_due = None
+        for name in heapq.merge(*(names for need, names in self._by_need.items() if need <= free)):
+            queued = self._queued.get(name)
             if queued is None:
-                continue
+                continue  # learned meanwhile to be for other hosts only
             entry, need = queued.entry, queued.need
+            if need > free:
+                continue  # GPUs taken by a job claimed earlier in this pass
+            if need and reserved_at is not None and name > reserved_at:
+                continue  # the reservation rule: no GPU job behind the one this host keeps GPUs for
             backoff = self._backoff_left(name, entry) if entry.attempt > 1 else 0.0
             if backoff > 0:
                 retry_due = min(retry_due or float("inf"), now + backoff)
                 continue  # a retry waits out its backoff; it holds nothing back meanwhile
-            if need and reserved_for is not None:
-                continue  # the reservation rule: no GPU job behind the one this host keeps GPUs for
-            if need > free:
-                since = self._blocked_since.setdefault(name, now)
-                if now - since >= self.reserve_after and self._read_spec_for_me(name, entry) is not None:
-                    reserved_for = entry.job_id
-                    if self.reserved_for != reserved_for:
-                        log.info("%s keeps its GPUs free for job %s (needs %d, waited %.0f s)", self.host,
-                                 entry.job_id, need, now - since)
-                continue
             spec = self._read_spec_for_me(name, entry)
             if spec is not None:
                 yield entry, spec
                 free = free_gpus()
         self.reserved_for, self.retry_due = reserved_for, retry_due
+
+    def _reservation(self, free: int, now: float) -> tuple[str | None, str | None]:
+        """(entry name, job id) of the first entry in dispatch order this host keeps its GPUs for, or (None, None):
+        a GPU job for this host, not in a retry's backoff, that does not fit the ``free`` GPUs and was seen
+        ``reserve_after`` ago. Each list is read from its head until such an entry (or a later one) is found."""
+        found = None
+        old_enough = now - self.reserve_after
+        for need, names in self._by_need.items():
+            if need <= free or self._first_seen.get(need, now) > old_enough:
+                continue
+            first_seen = now
+            for name in names:
+                if found is not None and name >= found.name:
+                    break
+                queued = self._queued.get(name)
+                if queued is None:
+                    continue
+                first_seen = min(first_seen, queued.seen_at)
+                if queued.seen_at > old_enough:
+                    continue
+                if queued.entry.attempt > 1 and self._backoff_left(name, queued.entry) > 0:
+                    continue
+                if self._read_spec_for_me(name, queued.entry) is not None:
+                    found = queued.entry
+                    break
+            else:
+                self._first_seen[need] = first_seen  # read to its end: the bound is exact again
+        if found is None:
+            return None, None
+        if self.reserved_for != found.job_id:
+            log.info("%s keeps its GPUs free for job %s (needs %d, queued %.0f s)", self.host, found.job_id,
+                     self._queued[found.name].need, now - self._queued[found.name].seen_at)
+        return found.name, found.job_id
+
+    def _index(self, names: list[str]) -> None:
+        """Bring the lists by GPUs up to the listing: name by name after a few changes, else all again."""
+        delta = self.listing.delta
+        self._prune(names)
+        if delta is not None and self._indexed_version == self.listing.version - 1:
+            added, gone = delta
+            for name in gone:
+                # Its list is not looked up through _queued: a name learned to be for other hosts is None there.
+                for entries in self._by_need.values():
+                    position = bisect.bisect_left(entries, name)
+                    if position < len(entries) and entries[position] == name:
+                        del entries[position]
+                        break
+            for name in added:
+                queued = self._look(name)
+                if queued is not None:
+                    bisect.insort(self._by_need.setdefault(queued.need, []), name)
+                    self._first_seen[queued.need] = min(self._first_seen.get(queued.need, queued.seen_at),
+                                                        queued.seen_at)
+        else:
+            by_need, first_seen = {}, {}
+            for name in names:
+                queued = self._queued.get(name, _UNSEEN)
+                if queued is _UNSEEN:
+                    queued = self._look(name)
+                if queued is not None:
+                    by_need.setdefault(queued.need, []).append(name)
+                    first_seen[queued.need] = min(first_seen.get(queued.need, queued.seen_at), queued.seen_at)
+            self._by_need, self._first_seen = by_need, first_seen
+        self._indexed_version = self.listing.version
 
     def _look(self, name: str) -> _Queued | None:
         """What a name means to this host, from the name alone (a legacy name's GPUs from its spec); kept."""
@@ -200,7 +274,7 @@ class Dispatcher:
                     return None  # claimed meanwhile, or garbage the server sets aside: looked at again if listed
                 wanted = spec.gpus
             need = gpus_needed(wanted, self.gpu_total)
-            queued = None if need is None else _Queued(entry, need)
+            queued = None if need is None else _Queued(entry, need, self.clock())
         self._queued[name] = queued
         return queued
 
@@ -224,10 +298,10 @@ class Dispatcher:
         return (retry_at - dt.datetime.now(dt.timezone.utc)).total_seconds() if retry_at is not None else 0.0
 
     def _prune(self, names: list[str]) -> None:
-        if max(len(self._queued), len(self._blocked_since), len(self._retry_at)) <= len(names) + PRUNE_SLACK:
+        if max(len(self._queued), len(self._retry_at)) <= len(names) + PRUNE_SLACK:
             return
         listed = set(names)
-        for cache in (self._queued, self._blocked_since, self._retry_at):
+        for cache in (self._queued, self._retry_at):
             for name in [name for name in cache if name not in listed]:
                 del cache[name]
 
