@@ -237,7 +237,6 @@ class Server:
         self.watcher.start()
         self._maintenance.start()
         self._active_watch.start()
-        threading.Thread(target=self.jobs.usage.warm, name="usage-warm-up", daemon=True).start()
         self._resolver.start()
         self.inbox.scan()
         return self
