@@ -10,6 +10,7 @@
 """
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -327,3 +328,22 @@ def age(path):
 
 def makedirs(path):
     os.makedirs(path, exist_ok=True)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)  # ctypes releases the GIL during a call
+
+
+def sync_filesystem(path: str) -> None:
+    """Make everything written on the filesystem of ``path`` durable: syncfs(2), one call for the
+    thousands of files of a sweep instead of an fsync each (os.sync where libc has no syncfs)."""
+    syncfs = getattr(_LIBC, "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), path)
+    finally:
+        os.close(fd)

@@ -19,7 +19,6 @@ once the sweep was stopped).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import itertools
 import math
@@ -269,25 +268,6 @@ def sweeps_dir(spool: Spool) -> str:
     return os.path.join(spool.spool_dir, SWEEPS)
 
 
-_LIBC = ctypes.CDLL(None, use_errno=True)  # ctypes releases the GIL during a call
-
-
-def sync_filesystem(path: str) -> None:
-    """Make everything written on the filesystem of ``path`` durable: syncfs(2), one call for the
-    thousands of files of a sweep instead of an fsync each (os.sync where libc has no syncfs)."""
-    syncfs = getattr(_LIBC, "syncfs", None)
-    if syncfs is None:
-        os.sync()
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if syncfs(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), path)
-    finally:
-        os.close(fd)
-
-
 def has_leftovers(directory: str) -> bool:
     """Whether a committed sweep still holds jobs to move out (roll_forward removes the folders it emptied)."""
     return any(os.path.isdir(os.path.join(directory, part)) for part in (JOBS, QUEUED, WAITING))
@@ -452,7 +432,7 @@ class SweepService:
                    for number, ((spec, _), rank) in enumerate(zip(plan.specs, ranks, strict=True))]
         try:
             self._write(plan, entries)
-            sync_filesystem(plan.stage)
+            fsio.sync_filesystem(plan.stage)
         except BaseException:
             shutil.rmtree(plan.stage, ignore_errors=True)  # nothing was committed
             raise
@@ -497,7 +477,7 @@ class SweepService:
     @staticmethod
     def _write(plan: Plan, entries: list[Entry]) -> None:
         """Write the whole sweep into its staging dir; private to this request, so in place and with no
-        fsync (sync_filesystem makes it all durable at once). (Threads creating the files side by side
+        fsync (fsio.sync_filesystem makes it all durable at once). (Threads creating the files side by side
         were measured no faster on a busy 2-core machine.)"""
         os.mkdir(plan.stage)
         folders, staged_entries = os.path.join(plan.stage, JOBS), os.path.join(plan.stage, plan.location.kind)

@@ -312,7 +312,7 @@ def test_a_failure_while_staging_leaves_nothing_behind(tmp_path, monkeypatch):
     def disk_fails(path):
         raise OSError(5, "Input/output error", path)
 
-    monkeypatch.setattr(sweeps, "sync_filesystem", disk_fails)
+    monkeypatch.setattr(fsio, "sync_filesystem", disk_fails)
     with pytest.raises(OSError):
         server.sweeps.submit(sweep_body(sweep_id="failing"))
     assert fsio.listdir(server.spool.staging_dir) == [] and fsio.listdir(server.sweeps.root) == []
