@@ -106,8 +106,11 @@ class JobIndex:
                 bisect.insort(self._order, job.order_key)
                 bisect.insort(self._buckets.setdefault(job.bucket, []), job.order_key)
                 return job
-            if location.kind == DONE and job.location.kind != DONE and entry.attempt < job.entry.attempt:
-                return job  # a superseded attempt's late move; the current attempt is what counts
+            if entry.submit_ns == job.entry.submit_ns and entry.attempt < job.entry.attempt:
+                # Race: news of an earlier attempt (a watcher event delivered late, e.g. the claim of an attempt
+                # requeued since, or a superseded attempt's late move) must not take the job back: attempts
+                # only ever grow, and readers hold this very IndexedJob.
+                return job
             self._unbucket(job)
             if job.location.kind == RUNNING:
                 job.ran_on = job.location.detail
@@ -177,8 +180,8 @@ class JobIndex:
         seen = {}
         for location, entry in self.spool.scan(include_done=include_done):
             previous = seen.get(entry.job_id)
-            # An entry moving during the listing can be seen twice; the later stage wins.
-            if previous is None or _stage(location) >= _stage(previous[0]):
+            # An entry moving during the listing can be seen twice; the later attempt, then the later stage wins.
+            if previous is None or (entry.attempt, _stage(location)) >= (previous[1].attempt, _stage(previous[0])):
                 seen[entry.job_id] = (location, entry)
         for location, entry in seen.values():
             job = self._jobs.get(entry.job_id)

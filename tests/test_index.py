@@ -172,3 +172,18 @@ def test_host_filter_finds_ended_any_jobs_by_the_host_that_ran_them_after_a_rest
     index.sync()
     assert [r.entry.job_id for r in index.page(host="gpu-b")[0]] == [entry.job_id]
     assert index.page(host="any")[0] == []
+
+
+def test_a_late_event_of_an_earlier_attempt_never_takes_a_requeued_job_back(spool):
+    [entry] = publish(spool, 1)
+    index = JobIndex(spool)
+    index.sync()
+    fsio.makedirs(spool.running_dir("gpu-a"))
+    assert spool.claim(entry, "gpu-a", "agent-a")
+    requeued = spool.requeue(entry, "gpu-a")
+    index.place(Location(QUEUED), requeued)
+    held = index.get(entry.job_id)  # what a request is about to read
+    index.place(Location(RUNNING, "gpu-a"), entry)  # the claim's event, delivered only now
+    index.sync()  # a listing cannot take it back either
+    assert held.entry == requeued and index.status_of(held).entry.attempt == 2
+    assert index.get(entry.job_id).location == Location(QUEUED)
