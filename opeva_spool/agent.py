@@ -17,7 +17,7 @@ import filelock
 
 from . import fsio, hosts, locks
 from .exceptions import Conflict, RuntimeFailure
-from .jobs import ANY_HOST, CONFIG_SNAPSHOT, DATA_SUBDIRS, JobFolder, JobSpec, utc_now
+from .jobs import ANY_HOST, CONFIG_SNAPSHOT, DATA_SUBDIRS, JobFolder, JobSpec, gpus_needed, utc_now
 from .progress import ProgressRecorder
 from .queue import Dispatcher
 from .runtimes.base import Execution, Launch, Lease, Runtime
@@ -88,10 +88,10 @@ class GpuPool:
         """Specific free ids for a job asking for ``wanted`` (0, N or "all"), now held; None if too few are free."""
         if not wanted:
             return ()
-        count = len(self.ids) if wanted == "all" else wanted
+        count = gpus_needed(wanted, len(self.ids))
         with self._lock:
             free = [gpu for gpu in self.ids if gpu not in self._held]
-            if count == 0 or len(free) < count:
+            if count is None or len(free) < count:
                 return None
             taken = tuple(free[:count])
             self._held.update(taken)

@@ -240,13 +240,20 @@ def _job_ids(body, key):
     return list(dict.fromkeys(value))
 
 
+def gpus_needed(wanted: int | str, gpu_total: int) -> int | None:
+    """GPUs a job asking ``wanted`` (0, N or "all") takes on a host with ``gpu_total``; None if it never fits there."""
+    if wanted == "all":
+        return gpu_total or None
+    return wanted if wanted <= gpu_total else None
+
+
 def check_gpus_fit(gpus, eligible, gpu_counts):
     """400 when no host the job may run on has ``gpus`` GPUs. ``gpu_counts``: {host: GPUs it reported};
     a host that never reported may have any number, so it is given the benefit of the doubt."""
     if not gpus or any(host not in gpu_counts for host in eligible):
         return
-    wanted = 1 if gpus == "all" else gpus
-    if not any(gpu_counts[host] >= wanted for host in eligible):
+    if not any(gpus_needed(gpus, gpu_counts[host]) is not None for host in eligible):
+        wanted = 1 if gpus == "all" else gpus
         have = ", ".join(f"{host} has {gpu_counts[host]}" for host in sorted(eligible)) or "none is known"
         raise BadRequest(f"no host this job may run on has {wanted} GPU{'s' * (wanted != 1)}: {have}",
                          field="gpus")

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from .hosts import OFFLINE, ONLINE
-from .jobs import ANY_HOST, JobSpec
+from .jobs import ANY_HOST, JobSpec, gpus_needed
 from .spool import QUEUED, Entry, Location, Spool
 
 log = logging.getLogger(__name__)
@@ -105,13 +105,6 @@ class QueueListing:
                 bisect.insort(names, name)
             self.delta = (added, gone)
         self._names, self._listed = names, listed
-
-
-def gpus_needed(wanted: int | str, gpu_total: int) -> int | None:
-    """GPUs a job asking ``wanted`` (0, N or "all") takes on a host with ``gpu_total``; None if it never fits there."""
-    if wanted == "all":
-        return gpu_total or None
-    return wanted if wanted <= gpu_total else None
 
 
 def _plural(count: int, word: str) -> str:
