@@ -79,8 +79,10 @@ class Server:
         self.jobs = JobService(settings, self.spool, self.index, on_publish=self._wake_embedded_worker,
                                fairshare=self.fairshare)
         self._upgrade_legacy_entries()
-        self.fairshare.restore(((job.entry, job.location.kind) for job in self.index.jobs()),
-                               self._submitter)
+        indexed = {job.entry.job_id: job for job in self.index.jobs()}
+        # The submitter of a queued job is read through JobService.meta, which keeps it for list filters too.
+        self.fairshare.restore(((job.entry, job.location.kind) for job in indexed.values()),
+                               lambda entry, kind: self.jobs.meta(indexed[entry.job_id])[0])
         # A requeue renames the entry (attempt + 1): the index learns the new name at once.
         self.monitor = LivenessMonitor(self.spool, settings.hosts, settings.offline_after, on_moved=self.index.place)
         self.jobs.queue = QueueView(self.spool, self.monitor)
@@ -125,10 +127,6 @@ class Server:
     def _job_changed(self, job_id, job):
         self.fairshare.observe(job_id, job.entry if job else None, job.location.kind if job else None)
         self.transitions.job_changed(job_id, job)
-
-    def _submitter(self, entry, kind):
-        spec = self.spool.read_spec(Location(kind), entry)
-        return spec.submitted_by if spec else ""
 
     def _upgrade_legacy_entries(self):
         for entry in self.spool.upgrade_legacy_queued():
