@@ -130,6 +130,14 @@ def find_all(browser, css):
     return browser.find_elements(By.CSS_SELECTOR, css)
 
 
+def read_all(browser, css, attribute=None):
+    """The text (or ``attribute``) of every element matching ``css``, read in one script: a list that
+    refreshes while it is read cannot hand back an element that is already gone."""
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]),"
+        " e => arguments[1] ? e.getAttribute(arguments[1]) : e.innerText)", css, attribute)
+
+
 def wait_css(browser, css, predicate=lambda element: element.is_displayed(), timeout=BROWSER_WAIT, message=None):
     """The first element matching ``css`` once ``predicate(element)`` holds."""
     def check():
@@ -340,17 +348,17 @@ def test_jobs_page_filters_pages_and_updates_live(ui):
         http.post("/run-simulation", json={"command": "true", "target_host": "gpu-a", "job_name": f"pager-{number}",
                                            "submitted_by": "pager"}, headers=AUTH)
     ui.open("/ui/?submitter=pager")
-    rows = lambda: find_all(browser, "#jobs tbody tr[data-job-id]")  # noqa: E731
+    rows = lambda: read_all(browser, "#jobs tbody tr[data-job-id]")  # noqa: E731
     wait_for(lambda: len(rows()) == 50, BROWSER_WAIT, message="a full first page")
-    assert "pager-54" in rows()[0].text  # newest first
+    assert "pager-54" in rows()[0]  # newest first
     assert find(browser, "#f-submitter").get_attribute("value") == "pager"
     find(browser, "#older").click()
-    wait_for(lambda: len(rows()) == 5 and "pager-4" in rows()[0].text, BROWSER_WAIT, message="the second page")
+    wait_for(lambda: len(rows()) == 5 and "pager-4" in rows()[0], BROWSER_WAIT, message="the second page")
     find(browser, "#newer").click()
     wait_for(lambda: len(rows()) == 50, BROWSER_WAIT, message="back to the first page")
     search = find(browser, "#f-q")
     search.send_keys("pager-17")
-    wait_for(lambda: len(rows()) == 1 and "pager-17" in rows()[0].text, BROWSER_WAIT, message="the text filter")
+    wait_for(lambda: len(rows()) == 1 and "pager-17" in rows()[0], BROWSER_WAIT, message="the text filter")
     assert "q=pager-17" in browser.current_url
     search.clear()
     search.send_keys("pager-live")
@@ -358,7 +366,7 @@ def test_jobs_page_filters_pages_and_updates_live(ui):
     # A job submitted elsewhere shows up without a reload (events, or polling before they exist).
     http.post("/run-simulation", json={"command": "true", "target_host": "gpu-a", "job_name": "pager-live",
                                        "submitted_by": "pager"}, headers=AUTH)
-    wait_for(lambda: len(rows()) == 1 and "pager-live" in rows()[0].text, BROWSER_WAIT,
+    wait_for(lambda: len(rows()) == 1 and "pager-live" in rows()[0], BROWSER_WAIT,
              message="the new job in the table without a reload")
 
 
@@ -377,9 +385,8 @@ def test_hosts_page_shows_liveness_and_drains_and_resumes_a_host(ui):
     browser = ui.browser
     http = ui.http
     ui.open("/ui/hosts")
-    row = wait_css(browser, f"#hosts tr[data-host='{EMBEDDED_HOST}'][data-state=online]",
-                   lambda e: "process" in e.text, message="the embedded worker online")
-    assert "online" in row.text
+    wait_css(browser, f"#hosts tr[data-host='{EMBEDDED_HOST}'][data-state=online]",
+             lambda e: "process" in e.text and "online" in e.text, message="the embedded worker online")
     shoot(browser, "hosts")
     button = f"button[data-host='{EMBEDDED_HOST}']"
     click(browser, button)
@@ -403,6 +410,9 @@ def test_datasets_page_says_site_data_is_unavailable_without_mongodb_and_keeps_w
 def test_jobs_and_job_pages_read_on_a_phone(ui):
     browser = ui.browser
     http = ui.http
+    job_id = http.post("/run-simulation", json={"config_path": "demo.yaml", "target_host": EMBEDDED_HOST},
+                       headers=AUTH).json()["job_id"]  # its own finished job: tests may run in any order
+    wait_for_status(http, job_id, "finished", timeout=BROWSER_WAIT)
     ui.open("/ui/")
     wait_css(browser, "#jobs[data-loaded]")
     shoot(browser, "jobs")
@@ -418,7 +428,6 @@ def test_jobs_and_job_pages_read_on_a_phone(ui):
         assert browser.execute_script("return document.documentElement.scrollWidth") <= PHONE_WINDOW[0]
         assert not find(browser, "#jobs th.hide-narrow").is_displayed()
         shoot(browser, "jobs-phone")
-        job_id = http.get("/jobs?status=finished&limit=1").json()[0]["job_id"]
         ui.open(f"/ui/job?id={job_id}")
         wait_css(browser, "#history-plot .plot-area", lambda e: int(e.get_attribute("data-points") or 0) > 0)
         assert browser.execute_script("return document.documentElement.scrollWidth") <= PHONE_WINDOW[0]
@@ -442,10 +451,10 @@ def test_usage_page_shows_each_users_and_each_hosts_jobs_and_hours_as_the_api_co
     http = ui.http
     finished_command_job(http, "usage-ui")
     ui.open("/ui/usage")
-    row = wait_css(browser, "#usage tr[data-name='usage-ui']", message="the user's row")
     api_row = next(r for r in http.get("/usage?by=user").json()["rows"] if r["user"] == "usage-ui")
-    cells = row.find_elements("css selector", "td")
-    assert [cell.text for cell in cells[:3]] == ["usage-ui", str(api_row["jobs"]), str(api_row["attempts"])]
+    wait_for(lambda: read_all(browser, "#usage tr[data-name='usage-ui'] td")[:3]
+             == ["usage-ui", str(api_row["jobs"]), str(api_row["attempts"])], BROWSER_WAIT,
+             message="the user's row as the API counts it")
     assert find(browser, "#window").text == "(all time)"
     shoot(browser, "usage")
     from selenium.webdriver.support.select import Select
@@ -464,14 +473,14 @@ def test_job_page_and_jobs_list_show_queue_wait_run_time_and_each_attempts_log(u
     info = http.get(f"/job-info/{job_id}").json()
     assert info["run_seconds"] >= 1 and info["queue_wait_seconds"] is not None
     ui.open(f"/ui/job?id={job_id}")
-    facts = wait_css(browser, "#job-facts", lambda e: "run time" in e.text, message="the job's times")
-    assert "queue wait" in facts.text
-    link = wait_css(browser, "#attempts a.attempt-log", message="the attempt's log link")
-    assert link.get_attribute("href").endswith(f"/logs/{job_id}?attempt=1")
+    wait_css(browser, "#job-facts", lambda e: "run time" in e.text and "queue wait" in e.text,
+             message="the job's times")
+    wait_css(browser, "#attempts a.attempt-log",
+             lambda e: e.get_attribute("href").endswith(f"/logs/{job_id}?attempt=1"), message="the attempt's log link")
     assert not find(browser, "#job-waiting").is_displayed()  # it ended: nothing to wait for
     ui.open(f"/ui/?q={job_id}")
-    row = wait_css(browser, f"#jobs tr[data-job-id='{job_id}']", message="the job in the list")
-    assert row.find_elements("css selector", "td")[-1].text.endswith("s")  # ran: "1 s" or "2 s"
+    wait_for(lambda: (read_all(browser, f"#jobs tr[data-job-id='{job_id}'] td") or [""])[-1].endswith("s"),
+             BROWSER_WAIT, message="the job's run time in the list")  # ran: "1 s" or "2 s"
 
 
 def test_queue_page_lists_queued_jobs_in_dispatch_order_with_why_each_waits(ui):
@@ -484,13 +493,15 @@ def test_queue_page_lists_queued_jobs_in_dispatch_order_with_why_each_waits(ui):
         order = [item for item in http.get("/queue").json() if item["job_id"] in ids]
         assert order[0]["job_id"] == ids[1]  # the higher priority first
         ui.open("/ui/queue")
-        wait_for(lambda: [row.get_attribute("data-job-id") for row in find_all(browser, "#queue tbody tr[data-job-id]")
-                          if row.get_attribute("data-job-id") in ids] == [item["job_id"] for item in order],
+        wait_for(lambda: [job_id for job_id in read_all(browser, "#queue tbody tr[data-job-id]", "data-job-id")
+                          if job_id in ids] == [item["job_id"] for item in order],
                  BROWSER_WAIT, message="the queued jobs in the API's order")
         for item in order:
-            row = find(browser, f"#queue tr[data-job-id='{item['job_id']}']")
-            assert item["waiting_reason"] and item["waiting_reason"] in row.text
-            assert row.get_attribute("data-position") == str(item["position"])
+            assert item["waiting_reason"]
+            wait_css(browser, f"#queue tr[data-job-id='{item['job_id']}']",
+                     lambda row, item=item: item["waiting_reason"] in row.text
+                     and row.get_attribute("data-position") == str(item["position"]),
+                     message=f"{item['job_id']}'s reason and position")
         shoot(browser, "queue")
         ui.open(f"/ui/job?id={order[0]['job_id']}")  # its page says the same, from /status
         wait_css(browser, "#waiting-reason", lambda e: e.text == order[0]["waiting_reason"], message="the reason")
@@ -518,10 +529,9 @@ def test_a_job_submitted_after_another_waits_with_its_badge_and_links_it_until_i
     ui.open("/ui/?status=waiting&submitter=dashboard")
     wait_css(browser, f"#jobs tr[data-job-id='{waiting}'] .badge.waiting", message="the waiting badge")
     ui.open(f"/ui/job?id={waiting}")
-    box = wait_css(browser, "#job-waiting", lambda e: e.is_displayed() and "waiting for" in e.text,
-                   message="what the job waits for")
-    assert box.find_element("css selector", "a").get_attribute("href").endswith(f"job?id={first}")
-    assert "queued" in box.text
+    wait_css(browser, "#job-waiting", lambda e: e.is_displayed() and "waiting for" in e.text and "queued" in e.text
+             and e.find_element("css selector", "a").get_attribute("href").endswith(f"job?id={first}"),
+             message="what the job waits for, linked")
     shoot(browser, "job-waiting")
     http.post(f"/stop/{first}", headers=AUTH)  # canceled: the dependant can never run
     wait_css(browser, "body[data-status=canceled]", message="the dependant canceled")
@@ -570,28 +580,28 @@ def test_sweep_pages_list_a_sweep_sort_its_jobs_by_a_result_value_link_its_jobs_
     wait_for(lambda: http.get(f"/sweeps/{sweep_id}").json()["counts"].get("finished") == 3, 60,
              message="the sweep's 3 jobs finished")
     ui.open("/ui/sweeps")
-    row = wait_css(browser, f"#sweeps tr[data-sweep-id='{sweep_id}']", message="the sweep in the list")
-    assert "ui-sweep" in row.text and "3 finished" in row.text
+    wait_css(browser, f"#sweeps tr[data-sweep-id='{sweep_id}']",
+             lambda e: "ui-sweep" in e.text and "3 finished" in e.text, message="the sweep in the list")
     shoot(browser, "sweeps")
     click(browser, f"#sweeps tr[data-sweep-id='{sweep_id}'] a.sweep-link")
     wait_css(browser, "#sweep-jobs[data-loaded]", message="the sweep's jobs")
     assert "demo.steps" in find(browser, "#sweep-jobs thead").text
     find(browser, "#sort-key").send_keys("kpis.average_reward")
     find(browser, "#sort-button").click()
-    shown = lambda: [r.get_attribute("data-job-id") for r in find_all(browser, "#sweep-jobs tbody tr")]  # noqa: E731
+    shown = lambda: read_all(browser, "#sweep-jobs tbody tr", "data-job-id")  # noqa: E731
     for order in ("desc", "asc"):
         wait_css(browser, f"#sweep-jobs[data-sort='kpis.average_reward:{order}']", message=f"sorted {order}")
         expected = [job["job_id"] for job in
                     http.get(f"/sweeps/{sweep_id}?sort=kpis.average_reward&order={order}").json()["jobs"]]
         wait_for(lambda expected=expected: shown() == expected, BROWSER_WAIT, message=f"the API's {order} order")
-        assert all(cell.text != "—" for cell in find_all(browser, "#sweep-jobs td.value"))
+        assert all(text != "—" for text in read_all(browser, "#sweep-jobs td.value"))
         if order == "desc":
             shoot(browser, "sweep")
             click(browser, "#value-header")  # reverses the order
     assert "sort=kpis.average_reward" in browser.current_url and "order=asc" in browser.current_url
     ui.open(f"/ui/?q={sweep_id}")
-    links = wait_css(browser, "#jobs tbody a.sweep-link", message="the sweep column's links")
-    assert links.get_attribute("href").endswith(f"sweep?id={sweep_id}")
+    wait_css(browser, "#jobs tbody a.sweep-link", lambda e: e.get_attribute("href").endswith(f"sweep?id={sweep_id}"),
+             message="the sweep column's links")
     ui.open(f"/ui/sweep?id={sweep_id}")
     wait_css(browser, "#sweep-jobs[data-loaded]")
     find(browser, "#delete-sweep").click()
@@ -625,8 +635,9 @@ def test_datasets_page_builds_a_dataset_with_its_progress_charts_site_data_and_d
     find(browser, "#build-button").click()
     wait_css(browser, ".build[data-name='ui-lab'] .state", lambda e: e.text == "ready", timeout=60,
              message="the build to finish, shown on the page")
-    row = wait_css(browser, "#datasets tr[data-name='ui-lab']", message="the new dataset in the list")
-    assert "60 min" in row.text and lab_site in row.text and "from the dashboard" in row.text
+    wait_css(browser, "#datasets tr[data-name='ui-lab']",
+             lambda e: "60 min" in e.text and lab_site in e.text and "from the dashboard" in e.text,
+             message="the new dataset in the list")
     assert find(browser, "#datasets tr[data-name='ui-lab'] a").get_attribute("href").endswith(
         "/dataset/download/ui-lab")
     # The seeded data is from 2024: the chart shows it with "all".
