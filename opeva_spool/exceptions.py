@@ -35,7 +35,7 @@ class Unauthorized(SpoolError):
 
 
 class Forbidden(SpoolError):
-    """A file the API will not serve, such as a job's link out of its folder."""
+    """A caller without the role an action needs, or a file the API will not serve (a job's link out of its folder)."""
 
     status = 403
     error = "forbidden"
@@ -67,6 +67,13 @@ class Unavailable(SpoolError):
 
     status = 503
     error = "unavailable"
+
+
+class InsufficientStorage(SpoolError):
+    """The shared root is full (ENOSPC, or over quota): nothing was published."""
+
+    status = 507
+    error = "insufficient_storage"
 
 
 class SettingsError(SpoolError):
