@@ -31,6 +31,9 @@ MAX_HISTORY_BYTES = 2 * 1024 * 1024  # ~10k points of a typical progress.json
 MAX_HISTORY_POINTS_READ = 10_000  # per request; a client pages on with ?since=
 MAX_METRICS_BYTES_READ = 1024 * 1024  # per request; a client pages on with ?offset=
 LAST_LINE_PROBE_BYTES = 64 * 1024
+# The names a progress.json gives its percentage: OPEVA's job image writes the first, the original's examples
+# (and its web UI, which reads it) the second. A client reading either finds it.
+PERCENT_NAMES = ("progress_pct", "percent")
 
 
 def history_path(folder: JobFolder) -> str:
@@ -115,6 +118,16 @@ class ProgressRecorder:
         half = len(lines) // 2
         kept = lines[:half:2] + lines[half:]
         fsio.replace_inside(self.path, self.folder.path, b"".join(kept))
+
+
+def with_both_percent_names(doc: object) -> object:
+    """``doc`` with both ``PERCENT_NAMES`` when it has a number under only one (the file itself is unchanged)."""
+    if not isinstance(doc, dict):
+        return doc
+    present = [name for name in PERCENT_NAMES if name in doc]
+    if len(present) != 1 or isinstance(doc[present[0]], bool) or not isinstance(doc[present[0]], (int, float)):
+        return doc
+    return {**doc, **{name: doc[present[0]] for name in PERCENT_NAMES}}
 
 
 def read_history(folder: JobFolder, since: datetime.datetime | None = None,

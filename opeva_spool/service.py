@@ -269,7 +269,7 @@ class JobService:
         return self._output(job_id, "result", {"status": "pending", "message": "Result not ready yet."})
 
     def progress(self, job_id: str) -> dict:
-        return self._output(job_id, "progress", {"progress": "No updates yet."})
+        return progress.with_both_percent_names(self._output(job_id, "progress", {"progress": "No updates yet."}))
 
     def _output(self, job_id, name, not_yet):
         """The job's result.json or progress.json (``name``: its JobFolder attribute): as written while

@@ -326,3 +326,74 @@ def write_csv(folder, file_name, frame):
 def write_schema(folder, schema):
     with open(os.path.join(folder, "schema.json"), "w", encoding="utf-8") as handle:
         json.dump(schema, handle, indent=2)
+
+
+BOOLEAN_SETTINGS = ("central_agent", "rolling_episode_split", "random_episode_split")
+# Keys of a building that name its data files: the build writes them, an override would point elsewhere.
+BUILDING_FILE_KEYS = ("energy_simulation", "weather", "carbon_intensity", "pricing")
+MAX_RANDOM_SEED = 2**32 - 1  # numpy's RandomState, which CityLearn seeds with it
+
+
+def check_overrides(overrides: dict, site_schema: dict, steps: int, period_minutes: int, start_date: str) -> None:
+    """Refuse ``citylearn_configs`` that CityLearn would refuse for a dataset of ``steps`` steps: raises
+    ``ValueError((key, reason))`` naming the first bad key (plan.py makes it a 400)."""
+    settings = {**{k: v for k, v in site_schema.items() if k not in SITE_KEYS}, **overrides}
+
+    def refuse(key, reason):
+        raise ValueError(key, reason)
+
+    def integer(key, minimum, maximum):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            refuse(key, f"must be an integer from {minimum} to {maximum} for a dataset of {steps} steps, "
+                        f"not {value!r}")
+        return value
+
+    last = steps - 1
+    if settings.get("root_directory") not in (None, ""):
+        refuse("root_directory", "must be empty: CityLearn would read the data files from there instead of "
+                                 "from the dataset's own folder")
+    start = integer("simulation_start_time_step", 0, last - 1) if "simulation_start_time_step" in settings else 0
+    if settings.get("simulation_end_time_step") is not None:
+        end = integer("simulation_end_time_step", start + 1, last)
+    else:
+        end = last
+    episodes = settings.get("episode_time_steps")
+    if isinstance(episodes, list):
+        for split in episodes:
+            if (not isinstance(split, list) or len(split) != 2 or any(isinstance(s, bool) or not isinstance(s, int)
+                                                                      for s in split)
+                    or not start <= split[0] <= split[1] <= end):
+                refuse("episode_time_steps", f"must list [first, last] steps within {start}..{end}, not {split!r}")
+    elif episodes is not None:
+        integer("episode_time_steps", 1, end - start + 1)
+    derived = {"seconds_per_time_step": period_minutes * 60, "start_date": start_date}
+    for key, value in derived.items():
+        if key in overrides and overrides[key] != value:
+            refuse(key, f"is set by the data ({value!r}); the dataset cannot say {overrides[key]!r}")
+    for key in BOOLEAN_SETTINGS:
+        if key in overrides and not isinstance(overrides[key], bool):
+            refuse(key, f"must be true or false, not {overrides[key]!r}")
+    if "random_seed" in overrides:
+        integer("random_seed", 0, MAX_RANDOM_SEED)
+    for key in ("observations", "actions"):
+        if key in overrides and not (isinstance(overrides[key], dict)
+                                     and all(isinstance(v, dict) for v in overrides[key].values())):
+            refuse(key, "must be an object of objects such as {\"hour\": {\"active\": false}}")
+    for key in ("agent", "reward_function"):
+        if key in overrides and not (isinstance(overrides[key], dict) and isinstance(overrides[key].get("type"), str)):
+            refuse(key, "must be an object with a \"type\" (a Python class path)")
+    buildings = overrides.get("buildings", {})
+    if not isinstance(buildings, dict):
+        refuse("buildings", "must be an object keyed by building id")
+    for building_id, building in buildings.items():
+        if building_id not in site_schema["buildings"]:
+            refuse(f"buildings.{building_id}", "is not a building of the site: CityLearn would find no data for it")
+        if not isinstance(building, dict):
+            refuse(f"buildings.{building_id}", "must be an object")
+        for key in BUILDING_FILE_KEYS:
+            if key in building:
+                refuse(f"buildings.{building_id}.{key}", "names a file the build writes; it cannot be overridden")
+    evs = overrides.get("electric_vehicles_def", {})
+    if not isinstance(evs, dict) or not all(isinstance(ev, dict) for ev in evs.values()):
+        refuse("electric_vehicles_def", "must be an object of objects keyed by EV id")

@@ -6,6 +6,7 @@ unreachable or unconfigured MongoDB becomes ``Unavailable`` (503) within
 """
 
 import base64
+import collections
 import contextlib
 import datetime as dt
 import math
@@ -13,6 +14,7 @@ import re
 import threading
 import uuid
 import zoneinfo
+from dataclasses import dataclass
 
 import pymongo
 import pymongo.errors
@@ -23,6 +25,8 @@ from ..exceptions import BadRequest, Conflict, InvalidName, NotFound, Unavailabl
 
 # MongoDB's own databases are never sites.
 SYSTEM_DATABASES = frozenset({"admin", "local", "config"})
+# A bucketed document's field holding how many documents it averages.
+BUCKET_COUNT_FIELD = "_count"
 # Collections of a site database that hold no sensor data.
 SCHEMA_COLLECTION = "schema"
 SCHEMA_ID = "schema"
@@ -128,6 +132,89 @@ def to_json(value):
     return value
 
 
+@dataclass(frozen=True)
+class Window:
+    """A time range on ``timestamp``: ``since`` inclusive, ``until`` exclusive, None for open."""
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+    def query(self, unbounded: dict | None = None) -> dict:
+        """The filter of this window; ``unbounded`` is the timestamp condition when it has no bounds."""
+        bounds = {}
+        if self.since is not None:
+            bounds["$gte"] = self.since
+        if self.until is not None:
+            bounds["$lt"] = self.until
+        bounds = bounds or unbounded
+        return {"timestamp": bounds} if bounds else {}
+
+
+@dataclass(frozen=True)
+class Page:
+    """One collection's page: ``documents`` in ascending time order, from position ``offset`` of ``total``."""
+
+    documents: list[dict]
+    total: int
+    offset: int
+
+
+def _document_page(collection, query: dict, limit: int, offset: int | None) -> Page:
+    total = collection.count_documents(query)
+    if offset is None:
+        # Documents inserted between the count and the find are simply not in this page: the tail
+        # ends a few documents early, and the next request sees them.
+        offset = max(0, total - limit)
+    cursor = collection.find(query).sort("timestamp", 1).skip(offset).limit(limit)
+    return Page([to_json(doc) for doc in cursor], total, offset)
+
+
+class _Bucket:
+    """The mean of each numeric field over the documents of one time bucket."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.count = 0
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, doc: dict) -> None:
+        self.count += 1
+        for key, value in doc.items():
+            if isinstance(value, Decimal128):
+                value = float(value.to_decimal())
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.sums[key] = self.sums.get(key, 0.0) + value
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+    def document(self) -> dict:
+        start = dt.datetime.fromtimestamp(self.start, dt.timezone.utc)
+        return {"timestamp": iso(start), BUCKET_COUNT_FIELD: self.count,
+                **{key: total / self.counts[key] for key, total in self.sums.items()}}
+
+
+def _bucket_page(collection, query: dict, minutes: int, limit: int, offset: int | None) -> Page:
+    """Buckets of ``minutes`` aligned on the Unix epoch (60: whole UTC hours), computed while the
+    documents stream by in time order: memory holds one page of buckets, never the documents.
+    (MongoDB's $dateTrunc/$group would do it server-side, but not on every server the API meets.)"""
+    width = minutes * 60
+    kept: collections.deque[_Bucket] | list[_Bucket] = collections.deque(maxlen=limit) if offset is None else []
+    total, current = 0, None
+    for doc in collection.find(query).sort("timestamp", 1):
+        stamp = doc.get("timestamp")
+        if not isinstance(stamp, dt.datetime):
+            continue  # the query matches dates only; this guards a server that brackets types differently
+        start = stamp.timestamp() // width * width
+        if current is None or start != current.start:
+            current = _Bucket(start)
+            total += 1
+            if offset is None or offset < total <= offset + limit:
+                kept.append(current)  # a deque drops the oldest kept: the tail stays
+        current.add(doc)
+    first = max(0, total - limit) if offset is None else offset
+    return Page([bucket.document() for bucket in kept], total, first)
+
+
 class SiteData:
     """Browsing of site databases and the site schema stored in each of them."""
 
@@ -137,29 +224,20 @@ class SiteData:
     def sites(self):
         return self.mongo.sites()
 
-    def real_time(self, site, minutes, limit, page):
-        """Per collection, newest first, the documents of the last ``minutes`` (all when None)."""
+    def pages(self, site: str, window: Window, limit: int, offset: int | None,
+              granularity_minutes: int | None = None) -> dict[str, Page]:
+        """Per data collection, in ascending time order, one page of the documents in ``window``
+        (or of their ``granularity_minutes`` buckets). ``offset`` counts from the oldest; None means
+        the newest ``limit`` (the tail a real-time view wants)."""
         db = self.mongo.site_db(site)
-        since = None if minutes is None else dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=minutes)
-        query = {} if since is None else {"timestamp": {"$gte": since}}
-        collections = {}
+        pages = {}
         with self.mongo.session():
             for name in self.mongo.data_collections(db):
-                total = db[name].count_documents(query)
-                cursor = db[name].find(query).sort("timestamp", -1).skip((page - 1) * limit).limit(limit)
-                collections[name] = {
-                    "documents": [to_json(doc) for doc in cursor],
-                    "total": total,
-                    "has_more": page * limit < total,
-                }
-        return {
-            "site": site,
-            "minutes": minutes,
-            "since": None if since is None else iso(since),
-            "page": page,
-            "limit": limit,
-            "collections": collections,
-        }
+                if granularity_minutes is None:
+                    pages[name] = _document_page(db[name], window.query(), limit, offset)
+                else:
+                    pages[name] = _bucket_page(db[name], window.query(ANY_DATE), granularity_minutes, limit, offset)
+        return pages
 
     def dates_available(self, site):
         """First and last ``timestamp`` of each collection (collections without dates are left out)."""

@@ -1,8 +1,9 @@
 """Request planning: a ``POST /dataset`` body checked against the site into a ``Plan``, or a 4xx.
 
 Everything a build could refuse is refused here, synchronously, before anything is written:
-the name, the period, the range, the site and its schema, and a building without data in the
-range. The build itself (builder.py) then only meets failures of the machine.
+the name, the period, the range, the site and its schema, ``citylearn_configs`` that CityLearn
+would refuse for the dataset being built, and a building without data in the range. The build
+itself (builder.py) then only meets failures of the machine.
 """
 
 import datetime as dt
@@ -13,6 +14,7 @@ from pymongo.database import Database
 
 from .. import names
 from ..exceptions import BadRequest, Conflict
+from . import citylearn
 from .mongo import SiteData, building_collection, iso, site_timezone
 
 MAX_STEPS = 200_000
@@ -83,6 +85,12 @@ def plan_build(body: dict, sitedata: SiteData, taken: Callable[[str], bool]) -> 
     if span % step:
         warnings.append(f"the range is not a whole number of periods: the last {span % step} are left out")
     end = start + steps * step
+    try:
+        citylearn.check_overrides(configs, schema, steps, period, start.astimezone(tz).date().isoformat())
+    except ValueError as refused:
+        key, reason = refused.args
+        named = f"citylearn_configs.{key}" if key.split(".")[0] in configs else f"{key} (from the site schema)"
+        raise BadRequest(f"{named} {reason}", field=f"citylearn_configs.{key}") from None
     buildings = list(schema["buildings"])
     with sitedata.mongo.session():
         empty = [b for b in buildings

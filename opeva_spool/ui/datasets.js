@@ -1,6 +1,6 @@
 // Datasets: list, build (with its progress), download, delete; a chart of a site's recent data.
 // Without MongoDB the site routes answer 503: the page says so and the rest keeps working.
-import {$, ApiError, Chart, api, apiUrl, bytes, confirmAction, describeError, el, localTime, numericFields, progressBar,
+import {$, ApiError, Chart, api, apiFetch, apiUrl, bytes, confirmAction, describeError, el, localTime, numericFields, progressBar,
   query, renderShell, showError, showMessage} from "./common.js";
 
 const BUILD_POLL_MS = 1000;
@@ -116,19 +116,24 @@ async function loadSites() {
   }
 }
 
+// The site's recent data as the original API answers it: {collection: [documents, oldest first]}, the newest
+// SITE_DATA_LIMIT of each; the per-collection totals come in a header (name=total&...).
 let siteAnswer = null;
+let siteTotals = new URLSearchParams();
 
 async function loadSiteData() {
   const site = $("#rt-site").value;
   if (!site) return;
   try {
-    siteAnswer = await api(`real-time-data/${encodeURIComponent(site)}` +
+    const response = await apiFetch(`real-time-data/${encodeURIComponent(site)}` +
       query({minutes: $("#rt-minutes").value, limit: SITE_DATA_LIMIT}));
+    siteAnswer = await response.json();
+    siteTotals = new URLSearchParams(response.headers.get("X-Collection-Totals") || "");
   } catch (err) {
     $("#site-plot").replaceChildren(el("p", {class: "muted"}, describeError(err)));
     return;
   }
-  const names = Object.keys(siteAnswer.collections || {});
+  const names = Object.keys(siteAnswer || {});
   const select = $("#rt-collection");
   const chosen = names.includes(select.value) ? select.value : names[0];
   select.replaceChildren(...names.map((name) => el("option", {value: name}, name)));
@@ -137,13 +142,15 @@ async function loadSiteData() {
 }
 
 function plotCollection() {
-  const collection = siteAnswer?.collections?.[$("#rt-collection").value];
+  const name = $("#rt-collection").value;
+  const documents = siteAnswer?.[name];
   const chart = new Chart($("#site-plot"), {time: true, xLabel: "time"});
-  if (!collection) return;
-  chart.add(collection.documents.map((doc) => ({x: Date.parse(doc.timestamp) / 1000, values: numericFields(doc)}))
+  if (!Array.isArray(documents)) return;
+  chart.add(documents.map((doc) => ({x: Date.parse(doc.timestamp) / 1000, values: numericFields(doc)}))
     .filter((row) => Number.isFinite(row.x)));
-  if (collection.has_more) {
-    $("#site-plot").append(el("p", {class: "muted"}, `newest ${collection.documents.length} of ${collection.total} shown`));
+  const total = Number(siteTotals.get(name));
+  if (total > documents.length) {
+    $("#site-plot").append(el("p", {class: "muted"}, `newest ${documents.length} of ${total} shown`));
   }
 }
 
