@@ -2,6 +2,7 @@
 
 import datetime as dt
 import time
+import urllib.parse
 import uuid
 
 import pytest
@@ -39,6 +40,10 @@ def test_sites_lists_site_databases_without_system_databases(client):
     assert not {"admin", "local", "config"} & set(sites)
 
 
+def test_energy_communities_is_the_site_list_under_the_successors_name(client):
+    assert client.get("/energy-communities").json() == client.get("/sites").json()
+
+
 def test_unconfigured_mongo_answers_503_json(tmp_path):
     response = make_client(tmp_path, "").get("/sites")
     assert response.status == 503
@@ -48,14 +53,20 @@ def test_unconfigured_mongo_answers_503_json(tmp_path):
 def test_dead_mongo_answers_503_within_the_timeout_not_a_hang(tmp_path):
     client = make_client(tmp_path, f"mongodb://127.0.0.1:{free_port()}/", mongo_timeout_ms=300)
     started = time.monotonic()
-    for path in ("/sites", "/real-time-data/lab", "/schema/lab", "/dataset/dates-available/lab"):
+    for path in ("/sites", "/energy-communities", "/real-time-data/lab", "/historical-data/lab?limit=5",
+                 "/schema/lab", "/dataset/dates-available/lab"):
         response = client.get(path)
         assert response.status == 503, path
         assert response.json()["error"] == "unavailable"
     assert time.monotonic() - started < 4
 
 
-def test_real_time_data_filters_by_minutes_and_encodes_objectid_and_dates(client, mongo_client, fresh_site):
+def totals(response, header="X-Collection-Totals"):
+    return {name: int(value) for name, value in urllib.parse.parse_qsl(response.headers[header])}
+
+
+def test_real_time_data_answers_the_originals_shape_filtered_by_minutes_oldest_first(client, mongo_client,
+                                                                                      fresh_site):
     now = dt.datetime.now(dt.timezone.utc)
     db = mongo_client[fresh_site]
     db.building_X.insert_many([
@@ -63,30 +74,48 @@ def test_real_time_data_filters_by_minutes_and_encodes_objectid_and_dates(client
         {"timestamp": now - dt.timedelta(minutes=30), "non_shiftable_load": 2.0},
         {"timestamp": now - dt.timedelta(minutes=120), "non_shiftable_load": 3.0},
     ])
-    body = client.get(f"/real-time-data/{fresh_site}?minutes=60").json()
-    docs = body["collections"]["building_X"]["documents"]
-    assert [d["non_shiftable_load"] for d in docs] == [1.0, 2.0]  # newest first, 120-min-old left out
-    assert isinstance(docs[0]["_id"], str) and len(docs[0]["_id"]) == 24
-    assert docs[0]["timestamp"].endswith("Z")
-    everything = client.get(f"/real-time-data/{fresh_site}").json()["collections"]["building_X"]
-    assert everything["total"] == 3
+    db.pricing.insert_one({"timestamp": now - dt.timedelta(minutes=1), "electricity_pricing": 0.2})
+    response = client.get(f"/real-time-data/{fresh_site}?minutes=60")
+    body = response.json()
+    assert set(body) == {"building_X", "pricing"}  # each top-level key a collection, each value a list
+    assert [d["non_shiftable_load"] for d in body["building_X"]] == [2.0, 1.0]  # in time order, 120 min left out
+    assert isinstance(body["building_X"][0]["_id"], str) and len(body["building_X"][0]["_id"]) == 24
+    assert body["building_X"][0]["timestamp"].endswith("Z")
+    assert totals(response) == {"building_X": 2, "pricing": 1} and response.headers["X-Total-Count"] == "3"
+    everything = client.get(f"/real-time-data/{fresh_site}")
+    assert [d["non_shiftable_load"] for d in everything.json()["building_X"]] == [3.0, 2.0, 1.0]
+    assert totals(everything)["building_X"] == 3
 
 
-def test_real_time_data_paginates_per_collection(client):
-    first = client.get(f"/real-time-data/{LAB}?limit=10&page=1").json()["collections"]["building_B1"]
-    second = client.get(f"/real-time-data/{LAB}?limit=10&page=2").json()["collections"]["building_B1"]
-    assert len(first["documents"]) == 10 and first["has_more"] and first["total"] == LAB_SAMPLES
-    assert first["documents"][-1]["timestamp"] > second["documents"][0]["timestamp"]
-    last_page = LAB_SAMPLES // 10 + 1
-    tail = client.get(f"/real-time-data/{LAB}?limit=10&page={last_page}").json()["collections"]["building_B1"]
-    assert not tail["has_more"] and len(tail["documents"]) == LAB_SAMPLES % 10
+def test_real_time_data_without_offset_is_the_newest_page_and_offset_pages_from_the_oldest(client):
+    stamps = [d["timestamp"] for d in client.get(f"/real-time-data/{LAB}?limit={LAB_SAMPLES}").json()["building_B1"]]
+    assert stamps == sorted(stamps) and len(stamps) == LAB_SAMPLES
+    tail = client.get(f"/real-time-data/{LAB}?limit=10")
+    assert [d["timestamp"] for d in tail.json()["building_B1"]] == stamps[-10:]
+    assert totals(tail)["building_B1"] == LAB_SAMPLES
+    assert totals(tail, "X-Collection-Offsets")["building_B1"] == LAB_SAMPLES - 10
+    pages = [client.get(f"/real-time-data/{LAB}?limit=50&offset={offset}").json()["building_B1"]
+             for offset in range(0, LAB_SAMPLES, 50)]
+    assert [d["timestamp"] for page in pages for d in page] == stamps  # every document once, in order
+    past_the_end = client.get(f"/real-time-data/{LAB}?limit=10&offset={LAB_SAMPLES}")
+    assert past_the_end.json()["building_B1"] == [] and totals(past_the_end)["building_B1"] == LAB_SAMPLES
+
+
+def test_real_time_data_envelope_only_on_request(client):
+    body = client.get(f"/real-time-data/{LAB}?limit=10&offset=20&envelope=1").json()
+    assert body["site"] == LAB and body["limit"] == 10 and body["since"] is None
+    b1 = body["collections"]["building_B1"]
+    assert b1["total"] == LAB_SAMPLES and b1["offset"] == 20 and b1["has_more"]
+    assert b1["documents"][0]["timestamp"] == "2024-03-30T05:00:00Z"  # the 21st sample, 15 min apart
+    assert "collections" not in client.get(f"/real-time-data/{LAB}?limit=1&envelope=0").json()
 
 
 @pytest.mark.parametrize("query", ["minutes=0", "minutes=-5", "minutes=99999999", "minutes=abc", "limit=0",
-                                   "limit=100000", "page=0"])
+                                   "limit=100000", "offset=-1", "offset=x", "envelope=maybe"])
 def test_real_time_data_rejects_absurd_query_values(client, query):
     response = client.get(f"/real-time-data/{LAB}?{query}")
     assert response.status == 400, response
+    assert response.json()["error"] == "bad_request"
 
 
 def test_unknown_or_invalid_site_is_404_or_400(client):

@@ -295,3 +295,59 @@ def test_failed_build_leaves_no_partial_dataset_and_frees_the_name(lab, monkeypa
     assert os.listdir(os.path.join(lab.datasets, ".staging")) == []
     monkeypatch.undo()
     assert lab.build("broken", period=60)["state"] == "ready"
+
+
+@pytest.mark.parametrize("configs, key", [
+    ({"simulation_end_time_step": 8759}, "simulation_end_time_step"),  # what the original's form sends
+    ({"simulation_end_time_step": 192}, "simulation_end_time_step"),  # 192 steps: the last is 191
+    ({"simulation_start_time_step": 191}, "simulation_start_time_step"),
+    ({"simulation_start_time_step": 100, "simulation_end_time_step": 50}, "simulation_end_time_step"),
+    ({"simulation_end_time_step": True}, "simulation_end_time_step"),
+    ({"episode_time_steps": 193}, "episode_time_steps"), ({"episode_time_steps": 0}, "episode_time_steps"),
+    ({"episode_time_steps": "24"}, "episode_time_steps"),
+    ({"simulation_end_time_step": 99, "episode_time_steps": 101}, "episode_time_steps"),
+    ({"episode_time_steps": [[0, 500]]}, "episode_time_steps"), ({"episode_time_steps": [5]}, "episode_time_steps"),
+    ({"root_directory": "/data/elsewhere"}, "root_directory"),
+    ({"seconds_per_time_step": 3600}, "seconds_per_time_step"), ({"start_date": "2020-01-01"}, "start_date"),
+    ({"central_agent": "yes"}, "central_agent"), ({"random_seed": -1}, "random_seed"),
+    ({"buildings": {"B99": {}}}, "buildings.B99"), ({"buildings": {"B1": 3}}, "buildings.B1"),
+    ({"buildings": {"B1": {"energy_simulation": "other.csv"}}}, "buildings.B1.energy_simulation"),
+    ({"buildings": []}, "buildings"), ({"agent": "RBCAgent"}, "agent"),
+    ({"observations": {"hour": True}}, "observations"), ({"electric_vehicles_def": {"alice": 1}},
+                                                         "electric_vehicles_def"),
+])
+def test_citylearn_configs_citylearn_would_refuse_are_400_naming_the_key_and_build_nothing(lab, configs, key):
+    before = sorted(os.listdir(lab.datasets))
+    body = {"name": "cfg-" + uuid.uuid4().hex[:6], "site_id": LAB, "period": 15, **FULL_RANGE,
+            "citylearn_configs": configs}
+    response = lab.client.post("/dataset", json=body)
+    assert response.status == 400, response
+    error = response.json()
+    assert error["field"] == f"citylearn_configs.{key}" and f"citylearn_configs.{key}" in error["detail"]
+    assert sorted(os.listdir(lab.datasets)) == before
+
+
+@pytest.fixture(scope="module")
+def windowed(lab):
+    """A dataset whose citylearn_configs narrow the simulation and split it into episodes."""
+    configs = {"simulation_start_time_step": 4, "simulation_end_time_step": 99, "episode_time_steps": 48,
+               "root_directory": None, "seconds_per_time_step": 900, "start_date": "2024-03-30"}
+    status = lab.build("windowed", citylearn_configs=configs)
+    assert status["state"] == "ready", status
+    return os.path.join(lab.datasets, "windowed", "schema.json")
+
+
+def test_citylearn_configs_that_fit_the_dataset_are_written_into_its_schema(windowed):
+    with open(windowed) as handle:
+        schema = json.load(handle)
+    assert (schema["simulation_start_time_step"], schema["simulation_end_time_step"]) == (4, 99)
+    assert schema["episode_time_steps"] == 48 and schema["root_directory"] is None
+
+
+@pytest.mark.citylearn
+def test_citylearn_runs_an_episode_of_a_dataset_with_accepted_configs(windowed, citylearn_python):
+    done = subprocess.run([citylearn_python, "-I", os.path.join(HERE, "citylearn_check.py"), windowed],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["time_steps"] == 48 and summary["steps"] == 47  # one episode of episode_time_steps
