@@ -121,7 +121,7 @@ def test_unfinished_job_keeps_the_original_shapes(client, server):
     assert client.get(f"/progress/{job_id}").json() == {"progress": "No updates yet."}
     with open(job_file(server, job_id, "progress"), "w") as handle:
         json.dump({"status": "running", "progress_pct": 12.5}, handle)
-    assert client.get(f"/progress/{job_id}").json() == {"status": "running", "progress_pct": 12.5}
+    assert client.get(f"/progress/{job_id}").json() == {"status": "running", "progress_pct": 12.5, "percent": 12.5}
 
 
 # ----- a file the server cannot read is a 503 naming it (issue 7, §1.5) ----------------------
@@ -226,7 +226,7 @@ def test_a_link_that_stays_inside_the_job_folder_is_followed(client, server):
     with open(os.path.join(os.path.dirname(log), "run.log"), "w") as handle:
         handle.write("hello\n")
     replace_with_link(log, "run.log")
-    assert client.get(f"/progress/{job_id}").json() == {"status": "running", "progress_pct": 50}
+    assert client.get(f"/progress/{job_id}").json() == {"status": "running", "progress_pct": 50, "percent": 50}
     assert client.get(f"/logs/{job_id}").text == "hello\n"
 
 
