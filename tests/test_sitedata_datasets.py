@@ -253,6 +253,7 @@ def test_delete_never_leaves_the_datasets_folder(lab, path):
     ({"period": 0}, 400), ({"period": -15}, 400), ({"period": 100000}, 400), ({"period": 7}, 400),
     ({"period": "15"}, 400), ({"period": True}, 400), ({"until_ts": "2024-03-30T00:20:00Z"}, 400),
     ({"until_ts": "2124-03-30T00:00:00Z"}, 400), ({"citylearn_configs": [1]}, 400),
+    ({"from_ts": "0001-01-01T00:00:00+05:00"}, 400), ({"until_ts": "9999-12-31T23:59:59-05:00"}, 400),
     ({"from_ts": "2020-01-01T00:00:00Z", "until_ts": "2020-01-02T00:00:00Z"}, 400),
 ])
 def test_bad_build_requests_are_4xx_and_write_nothing(lab, change, status):

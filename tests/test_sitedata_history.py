@@ -121,6 +121,7 @@ def test_envelope_on_request(client):
 @pytest.mark.parametrize("query", [
     "limit=", "limit=0", "limit=x", "limit=100000", "limit=5&offset=-1", "limit=5&from_ts=yesterday",
     "limit=5&until_ts=2024-13-01", "limit=5&from_ts=2024-03-31T00:00:00Z&until_ts=2024-03-30T00:00:00Z",
+    "limit=5&from_ts=0001-01-01T00:00:00%2B05:00", "limit=5&until_ts=9999-12-31T23:59:59-05:00",
     "limit=5&granularity_minutes=0", "limit=5&granularity_minutes=1.5", "limit=5&minutes=0", "limit=5&envelope=2",
 ])
 def test_bad_query_values_are_400_json(client, query):

@@ -170,10 +170,13 @@ def _query_time(name: str) -> dt.datetime | None:
     if raw in (None, ""):
         return None
     moment = parse_utc(raw)
-    if moment is None:
-        raise BadRequest(f"query parameter {name!r} must be an ISO 8601 time such as 2024-03-30T00:00:00Z, "
-                         f"not {raw!r}", field=name)
-    return moment
+    if moment is not None:
+        try:
+            return moment.astimezone(dt.timezone.utc)
+        except OverflowError:  # 0001-01-01T00:00+05:00 has no UTC time
+            pass
+    raise BadRequest(f"query parameter {name!r} must be an ISO 8601 time such as 2024-03-30T00:00:00Z, not {raw!r}",
+                     field=name)
 
 
 def _minutes_ago(minutes: int | None) -> dt.datetime | None:

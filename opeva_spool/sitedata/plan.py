@@ -116,8 +116,8 @@ def _timestamp(body: dict, field: str, tz: dt.tzinfo) -> dt.datetime:
     value = body.get(field)
     try:
         parsed = dt.datetime.fromisoformat(value)
-    except (TypeError, ValueError):
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=tz)
+        return parsed.astimezone(dt.timezone.utc)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a time next to year 1 or 9999 has no UTC time
         raise BadRequest(f"{field} must be an ISO 8601 time such as 2024-03-01T00:00:00Z", field=field) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=tz)
-    return parsed.astimezone(dt.timezone.utc)
