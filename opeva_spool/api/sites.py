@@ -159,7 +159,7 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
 
 
 def _query_flag(name: str) -> bool:
-    raw = bottle.request.query.get(name, "0").lower()
+    raw = bottle.request.query.get(name) or "0"
     if raw not in FLAG_VALUES:
         raise BadRequest(f"query parameter {name!r} must be 1 or 0 (true/false), not {raw!r}", field=name)
     return FLAG_VALUES[raw]
