@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import uuid
 import zipfile
@@ -304,6 +305,8 @@ def test_failed_build_leaves_no_partial_dataset_and_frees_the_name(lab, monkeypa
     ({"simulation_start_time_step": 191}, "simulation_start_time_step"),
     ({"simulation_start_time_step": 100, "simulation_end_time_step": 50}, "simulation_end_time_step"),
     ({"simulation_end_time_step": True}, "simulation_end_time_step"),
+    ({"simulation_end_time_step": None}, "simulation_end_time_step"),
+    ({"simulation_start_time_step": None}, "simulation_start_time_step"),
     ({"episode_time_steps": 193}, "episode_time_steps"), ({"episode_time_steps": 0}, "episode_time_steps"),
     ({"episode_time_steps": "24"}, "episode_time_steps"),
     ({"simulation_end_time_step": 99, "episode_time_steps": 101}, "episode_time_steps"),
@@ -352,3 +355,21 @@ def test_citylearn_runs_an_episode_of_a_dataset_with_accepted_configs(windowed, 
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["time_steps"] == 48 and summary["steps"] == 47  # one episode of episode_time_steps
+
+
+@pytest.mark.citylearn
+@pytest.mark.parametrize("override, runs", [({}, True), ({"simulation_end_time_step": 8759}, False),
+                                            ({"episode_time_steps": 500}, False),
+                                            ({"simulation_end_time_step": None}, False)])
+def test_what_the_check_refuses_citylearn_would_refuse(lab, citylearn_python, tmp_path, override, runs):
+    """The refusals above are CityLearn's own: the same override written into a copy of a built dataset
+    fails there (the unchanged copy runs)."""
+    folder = shutil.copytree(os.path.join(lab.datasets, "lab15"), tmp_path / "lab15")
+    with open(folder / "schema.json") as handle:
+        schema = json.load(handle)
+    schema.update(override)
+    with open(folder / "schema.json", "w") as handle:
+        json.dump(schema, handle)
+    check = [citylearn_python, "-I", os.path.join(HERE, "citylearn_check.py"), str(folder / "schema.json")]
+    done = subprocess.run(check, capture_output=True, text=True, timeout=300)
+    assert (done.returncode == 0) == runs, done.stderr[-2000:]

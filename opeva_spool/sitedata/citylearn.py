@@ -353,11 +353,10 @@ def check_overrides(overrides: dict, site_schema: dict, steps: int, period_minut
     if settings.get("root_directory") not in (None, ""):
         refuse("root_directory", "must be empty: CityLearn would read the data files from there instead of "
                                  "from the dataset's own folder")
+    # CityLearn reads both as int(...): null is refused too. The build writes the end step itself, over
+    # the site schema's, so only an override can move it.
     start = integer("simulation_start_time_step", 0, last - 1) if "simulation_start_time_step" in settings else 0
-    if settings.get("simulation_end_time_step") is not None:
-        end = integer("simulation_end_time_step", start + 1, last)
-    else:
-        end = last
+    end = integer("simulation_end_time_step", start + 1, last) if "simulation_end_time_step" in overrides else last
     episodes = settings.get("episode_time_steps")
     if isinstance(episodes, list):
         for split in episodes:
