@@ -1,0 +1,112 @@
+"""The OpenAPI contract: every route described, the document valid OpenAPI 3.1, and the live server fuzzed
+against it by schemathesis (real HTTP on 127.0.0.1) with auth off and on: no 5xx, no reply breaking it."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import bottle
+import pymongo
+import pytest
+from openapi_spec_validator import validate
+
+from opeva_spool.api import openapi
+
+from .clients import WsgiClient
+
+TOKEN = "fuzz-token-0123456789"
+# Bounded and seeded, so a run takes about a minute and CI replays the same cases.
+FUZZ_SEED = 20261207
+FUZZ_EXAMPLES = 25
+FUZZ_REQUEST_TIMEOUT = 10
+FUZZ_WALL_TIMEOUT = 300
+CHECKS = "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance"
+# Streams that end only when the client leaves (or the job ends, and no job runs here): a fuzzer waiting
+# for their end would wait for its timeout. They stay in the document; this run leaves them out.
+ENDLESS_STREAMS = {"/events": None, "/logs/{job_id}": "follow", "/file-logs/{job_id}": "follow"}
+
+
+def test_every_route_is_described_and_in_the_document(server):
+    assert openapi.undescribed(server.app) == []
+    document = openapi.document(server.app)
+    listed = {(method.upper(), path) for path, operations in document["paths"].items() for method in operations}
+    for route in openapi.api_routes(server.app):
+        assert (route.method, openapi.openapi_path(route.rule)[0]) in listed
+
+
+def test_served_document_is_valid_openapi_3_1_with_path_parameters_and_error_replies(server):
+    answer = WsgiClient(server.app).get("/openapi.json")
+    assert answer.status == 200
+    document = answer.json()
+    validate(document)  # raises on anything that is not OpenAPI 3.1
+    assert document["openapi"].startswith("3.1")
+    status = document["paths"]["/status/{job_id}"]["get"]
+    [parameter] = status["parameters"]
+    assert parameter["in"] == "path" and parameter["name"] == "job_id" and parameter["required"]
+    assert status["responses"]["404"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    assert document["components"]["schemas"]["Error"]["required"] == ["error", "detail"]
+    ui_file = document["paths"]["/ui/{path}"]["get"]["parameters"][0]
+    assert ui_file["name"] == "path"
+
+
+def test_a_route_without_a_description_is_named():
+    app = bottle.Bottle()
+    app.get("/described/<item>")(openapi.describe("described")(lambda item: {}))
+    app.post("/forgotten")(lambda: {})
+    assert openapi.undescribed(app) == ["POST /forgotten"]
+    assert list(openapi.document(app)["paths"]) == ["/described/{item}"]
+
+
+def _fuzzable(document: dict) -> dict:
+    """The document without the endless streams (see ENDLESS_STREAMS)."""
+    for path, parameter in ENDLESS_STREAMS.items():
+        if parameter is None:
+            document["paths"].pop(path)
+        else:
+            operation = document["paths"][path]["get"]
+            operation["parameters"] = [p for p in operation["parameters"] if p["name"] != parameter]
+    return document
+
+
+def _schemathesis() -> str:
+    found = shutil.which("st") or os.path.join(os.path.dirname(sys.executable), "st")
+    if not os.path.exists(found):
+        pytest.fail("schemathesis is not installed (pip install -e '.[test]')")
+    return found
+
+
+@pytest.fixture
+def scratch_mongo(mongo_uri):
+    """The session's MongoDB, its databases as the fuzzer found them afterwards (it creates site schemas)."""
+    client = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=2000)
+    before = set(client.list_database_names())
+    yield mongo_uri
+    for name in set(client.list_database_names()) - before:
+        client.drop_database(name)
+    client.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("auth", ["off", "on"])
+def test_schemathesis_finds_no_server_error_and_no_reply_breaking_the_contract(serving, scratch_mongo, tmp_path,
+                                                                                 auth):
+    token = TOKEN if auth == "on" else ""
+    # No embedded worker: fuzzed submissions stay queued instead of running fuzzed commands.
+    _, port, client = serving(embedded_worker=False, mongo_uri=scratch_mongo, api_token=token)
+    base = f"http://127.0.0.1:{port}"
+    document = client.get("/openapi.json").json()
+    schema_file = tmp_path / "openapi.json"
+    schema_file.write_text(json.dumps(_fuzzable(document)))
+    reports = os.path.join(os.environ.get("OPEVA_CI_LOG_DIR") or str(tmp_path), f"schemathesis-auth-{auth}")
+    command = [_schemathesis(), "run", str(schema_file), "--url", base, "--checks", CHECKS,
+               "--phases", "coverage,fuzzing,stateful", "--max-examples", str(FUZZ_EXAMPLES),
+               "--seed", str(FUZZ_SEED), "--request-timeout", str(FUZZ_REQUEST_TIMEOUT), "--workers", "1",
+               "--no-shrink", "--report", "junit", "--report-dir", reports]
+    if token:
+        command += ["--header", f"Authorization: Bearer {token}"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=FUZZ_WALL_TIMEOUT, cwd=tmp_path,
+                         env={**os.environ, "SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"})
+    assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
+    assert " passed" in run.stdout
