@@ -15,6 +15,7 @@ from openapi_spec_validator import validate
 from opeva_spool.api import openapi
 
 from .clients import WsgiClient
+from .conftest import wait_for
 
 TOKEN = "fuzz-token-0123456789"
 # Bounded and seeded, so a run takes about a minute and CI replays the same cases.
@@ -110,3 +111,25 @@ def test_schemathesis_finds_no_server_error_and_no_reply_breaking_the_contract(s
                          env={**os.environ, "SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"})
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
     assert " passed" in run.stdout
+
+
+def test_api_page_lists_every_operation_of_the_document_and_filters_them(serving, browser):
+    from selenium.webdriver.common.by import By
+
+    _, port, client = serving()
+    document = client.get("/openapi.json").json()
+    operations = sum(len(methods) for methods in document["paths"].values())
+    browser.get(f"http://127.0.0.1:{port}/ui/api")
+    wait_for(lambda: browser.find_element(By.ID, "api-operations").get_attribute("data-loaded"),
+             message="the API page loaded the document")
+    cards = browser.find_elements(By.CSS_SELECTOR, "#api-operations details.card")
+    assert len(cards) == operations
+    assert {card.get_attribute("data-path") for card in cards} == set(document["paths"])
+    assert browser.find_element(By.CSS_SELECTOR, "nav a.active").text == "API"
+    box = browser.find_element(By.ID, "api-filter")
+    box.send_keys("delete /job/")
+    wait_for(lambda: [card.get_attribute("data-path")
+                      for card in browser.find_elements(By.CSS_SELECTOR, "#api-operations details.card")]
+             == ["/job/{job_id}"], message="the filter keeps DELETE /job/{job_id} alone")
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, errors
