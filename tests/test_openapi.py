@@ -60,8 +60,13 @@ def test_a_route_without_a_description_is_named():
     assert list(openapi.document(app)["paths"]) == ["/described/{item}"]
 
 
-def _fuzzable(document: dict) -> dict:
-    """The document without the endless streams (see ENDLESS_STREAMS)."""
+def _fuzzable(document: dict, examples: dict[str, str]) -> dict:
+    """The document without the endless streams (see ENDLESS_STREAMS), with ``examples`` (path parameter ->
+    a value naming something that exists) so that some cases reach past the 404s."""
+    for operation in (op for operations in document["paths"].values() for op in operations.values()):
+        for parameter in operation["parameters"]:
+            if parameter["in"] == "path" and parameter["name"] in examples:
+                parameter["schema"] = {**parameter["schema"], "examples": [examples[parameter["name"]]]}
     for path, parameter in ENDLESS_STREAMS.items():
         if parameter is None:
             document["paths"].pop(path)
@@ -97,9 +102,17 @@ def test_schemathesis_finds_no_server_error_and_no_reply_breaking_the_contract(s
     # No embedded worker: fuzzed submissions stay queued instead of running fuzzed commands.
     _, port, client = serving(embedded_worker=False, mongo_uri=scratch_mongo, api_token=token)
     base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    # Things to find: a queued job (no agent serves gpu-a) with a config, and that config.
+    saved = client.post("/experiment-configs/create", json={"file_name": "fuzz.yaml", "config": {"a": 1}},
+                        headers=headers)
+    submitted = client.post("/run-simulation", json={"config_path": "configs/fuzz.yaml", "target_host": "gpu-a"},
+                            headers=headers)
+    assert saved.status == 200 and submitted.status == 200, (saved.body, submitted.body)
+    examples = {"job_id": submitted.json()["job_id"], "file_name": "fuzz.yaml", "host": "gpu-a"}
     document = client.get("/openapi.json").json()
     schema_file = tmp_path / "openapi.json"
-    schema_file.write_text(json.dumps(_fuzzable(document)))
+    schema_file.write_text(json.dumps(_fuzzable(document, examples)))
     reports = os.path.join(os.environ.get("OPEVA_CI_LOG_DIR") or str(tmp_path), f"schemathesis-auth-{auth}")
     command = [_schemathesis(), "run", str(schema_file), "--url", base, "--checks", CHECKS,
                "--phases", "coverage,fuzzing,stateful", "--max-examples", str(FUZZ_EXAMPLES),
@@ -133,3 +146,10 @@ def test_api_page_lists_every_operation_of_the_document_and_filters_them(serving
              == ["/job/{job_id}"], message="the filter keeps DELETE /job/{job_id} alone")
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, errors
+
+
+# ----- what the fuzzer found ---------------------------------------------------------------------------
+
+def test_a_target_host_list_holding_an_object_is_a_400_naming_the_field(server):
+    answer = WsgiClient(server.app).post("/run-simulation", json={"command": "true", "target_host": [{}]})
+    assert answer.status == 400 and answer.json()["field"] == "target_host"
