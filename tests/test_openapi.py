@@ -13,9 +13,10 @@ import pytest
 from openapi_spec_validator import validate
 
 from opeva_spool.api import openapi
+from opeva_spool.server import Server
 
 from .clients import WsgiClient
-from .conftest import wait_for
+from .conftest import demo_config, make_settings, wait_for, wait_for_status
 
 TOKEN = "fuzz-token-0123456789"
 # Bounded and seeded, so a run takes about a minute and CI replays the same cases.
@@ -60,13 +61,26 @@ def test_a_route_without_a_description_is_named():
     assert list(openapi.document(app)["paths"]) == ["/described/{item}"]
 
 
-def _fuzzable(document: dict, examples: dict[str, str]) -> dict:
+def _finished_demo_job(tmp_path) -> str:
+    """A demo job run to its end by a server's embedded worker on the shared root the fuzzed server uses
+    (its result, progress, metrics and log are real replies to check)."""
+    server = Server(make_settings(tmp_path)).start()
+    try:
+        client = WsgiClient(server.app)
+        job_id = client.post("/run-simulation", json={"config": demo_config()}).json()["job_id"]
+        wait_for_status(client, job_id, "finished", timeout=60)
+        return job_id
+    finally:
+        server.close()
+
+
+def _fuzzable(document: dict, examples: dict[str, list[str]]) -> dict:
     """The document without the endless streams (see ENDLESS_STREAMS), with ``examples`` (path parameter ->
-    a value naming something that exists) so that some cases reach past the 404s."""
+    values naming things that exist) so that some cases reach past the 404s."""
     for operation in (op for operations in document["paths"].values() for op in operations.values()):
         for parameter in operation["parameters"]:
             if parameter["in"] == "path" and parameter["name"] in examples:
-                parameter["schema"] = {**parameter["schema"], "examples": [examples[parameter["name"]]]}
+                parameter["schema"] = {**parameter["schema"], "examples": examples[parameter["name"]]}
     for path, parameter in ENDLESS_STREAMS.items():
         if parameter is None:
             document["paths"].pop(path)
@@ -99,6 +113,7 @@ def scratch_mongo(mongo_uri):
 def test_schemathesis_finds_no_server_error_and_no_reply_breaking_the_contract(serving, scratch_mongo, tmp_path,
                                                                                  auth):
     token = TOKEN if auth == "on" else ""
+    finished = _finished_demo_job(tmp_path)
     # No embedded worker: fuzzed submissions stay queued instead of running fuzzed commands.
     _, port, client = serving(embedded_worker=False, mongo_uri=scratch_mongo, api_token=token)
     base = f"http://127.0.0.1:{port}"
@@ -109,7 +124,7 @@ def test_schemathesis_finds_no_server_error_and_no_reply_breaking_the_contract(s
     submitted = client.post("/run-simulation", json={"config_path": "configs/fuzz.yaml", "target_host": "gpu-a"},
                             headers=headers)
     assert saved.status == 200 and submitted.status == 200, (saved.body, submitted.body)
-    examples = {"job_id": submitted.json()["job_id"], "file_name": "fuzz.yaml", "host": "gpu-a"}
+    examples = {"job_id": [finished, submitted.json()["job_id"]], "file_name": ["fuzz.yaml"], "host": ["gpu-a"]}
     document = client.get("/openapi.json").json()
     schema_file = tmp_path / "openapi.json"
     schema_file.write_text(json.dumps(_fuzzable(document, examples)))
