@@ -150,7 +150,7 @@ def operation(route: bottle.Route, described: dict) -> tuple[str, dict]:
     success = {"description": "success", "content": _content(described["reply_type"], described["reply"])}
     if described["headers"]:
         success["headers"] = {name: {"schema": schema} for name, schema in described["headers"].items()}
-    statuses = set(described["statuses"]) | set(AUTH_STATUSES)
+    statuses = (set(described["statuses"]) | set(AUTH_STATUSES)) - {described["reply_status"]}
     if described["body"] is not None:
         statuses |= set(BODY_STATUSES)
     responses = {str(described["reply_status"]): success} | {str(status): _response(status)

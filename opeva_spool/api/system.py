@@ -104,4 +104,5 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
         if wants_html(bottle.request.get_header("Accept", "")):  # a browser: to the dashboard
             bottle.redirect(UI_PATH)
         bottle.response.content_type = "application/json"
-        return {"service": "opeva-spool", "version": __version__, "docs": "see README.md"}
+        return {"service": "opeva-spool", "version": __version__, "docs": "see README.md", "openapi": "/openapi.json",
+                "api_page": UI_PATH + "api"}
