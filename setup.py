@@ -21,6 +21,7 @@ setup(
         "prometheus_client>=0.17",
         "rich>=13.0",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "nx-27017", "ruff==0.17.6", "selenium>=4.10"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "nx-27017", "ruff==0.17.6", "selenium>=4.10",
+                             "schemathesis>=4.0", "openapi-spec-validator>=0.7"]},
     entry_points={"console_scripts": ["opeva-spool=opeva_spool.cli:main"]},
 )

@@ -204,8 +204,9 @@ class JobConfig(NamedTuple):
 def _targets(value, known_hosts):
     """(target_host, target_hosts) from a request's target_host: a host, "any", or a list of hosts."""
     if isinstance(value, list):
-        hosts = list(dict.fromkeys(value))  # a host named twice counts once
-        if not hosts or len(hosts) > MAX_TARGET_HOSTS or not all(isinstance(host, str) for host in hosts):
+        # A host named twice counts once; strings are checked first: an object or a list in it is unhashable.
+        hosts = list(dict.fromkeys(value)) if all(isinstance(host, str) for host in value) else []
+        if not hosts or len(hosts) > MAX_TARGET_HOSTS:
             raise BadRequest(f"'target_host' must be a host, 'any', or a list of 1 to {MAX_TARGET_HOSTS} hosts",
                              field="target_host")
         if len(hosts) == 1:

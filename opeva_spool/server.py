@@ -14,6 +14,7 @@ from .api import app as api_app
 from .api import configs as configs_api
 from .api import events as events_api
 from .api import jobs as jobs_api
+from .api import openapi as openapi_api
 from .api import queue as queue_api
 from .api import sites as sites_api
 from .api import sweeps as sweeps_api
@@ -104,7 +105,7 @@ class Server:
                               sitedata=sitedata, datasets=datasets, events=self.events, metrics=self.metrics,
                               sweeps=self.sweeps, dependency_checks=dependency_checks(settings, sitedata))
         self.app = api_app.make_app(ctx, [jobs_api, queue_api, configs_api, system_api, sites_api, events_api, ui_api,
-                                          sweeps_api, usage_api])
+                                          sweeps_api, usage_api, openapi_api])
         self.agent = None
         if settings.embedded_worker:
             self.agent = Agent(settings, self.spool, make_runtime(settings), host=EMBEDDED_HOST)

@@ -6,6 +6,7 @@ from .. import names
 from ..exceptions import BadRequest
 from ..streams import EVENT_STREAM, STREAM_GONE
 from .app import Context
+from .openapi import INTEGER, STRING, describe
 
 MAX_EVENT_ID = 2**63 - 1
 
@@ -23,6 +24,10 @@ def _last_event_id() -> int | None:
 
 def install(app: bottle.Bottle, ctx: Context) -> None:
     @app.get("/events")
+    @describe("Server-Sent Events of job and host changes, resumable (a stream that stays open)",
+              query={"job": {**STRING, "description": "only this job's events"},
+                     "last_event_id": {**INTEGER, "minimum": 0, "description": "resume after this event id"}},
+              reply_type="text/event-stream", statuses=(400, 503))
     def events():
         after = _last_event_id()
         job_id = bottle.request.query.get("job") or None
@@ -36,6 +41,7 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
         return ctx.events.stream(after, gone, job_id)
 
     @app.get("/metrics")
+    @describe("Prometheus metrics (text exposition format)", reply_type="text/plain")
     def metrics():
         bottle.response.content_type = ctx.metrics.content_type
         return ctx.metrics.render()

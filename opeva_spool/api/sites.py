@@ -10,7 +10,7 @@ from ..exceptions import BadRequest
 from ..jobs import parse_utc
 from ..sitedata.mongo import BUCKET_COUNT_FIELD, Page, Window, iso
 from .app import Context, json_body, query_int
-from .openapi import describe
+from .openapi import MESSAGE, STRING, array, describe, obj
 
 MAX_MINUTES = 366 * 24 * 60
 MAX_LIMIT = 5000
@@ -22,10 +22,13 @@ FLAG_VALUES = {"1": True, "true": True, "yes": True, "0": False, "false": False,
 TOTALS_HEADER = "X-Collection-Totals"
 OFFSETS_HEADER = "X-Collection-Offsets"
 
-_SITE_LIST = {"type": "object", "properties": {"sites": {"type": "array", "items": {"type": "string"}}}}
-_COLLECTIONS = {"type": "object", "description": "each key a collection, each value its documents in ascending time "
-                "order (the envelope instead with envelope=1)",
-                "additionalProperties": {"type": "array", "items": {"type": "object"}}}
+_SITE_LIST = obj({"sites": array(STRING)}, ["sites"])
+_TOTALS_HEADERS = {TOTALS_HEADER: STRING, OFFSETS_HEADER: STRING, "X-Total-Count": STRING}
+_COLLECTIONS = {"anyOf": [
+    {"type": "object", "description": "each key a collection, each value its documents in ascending time order",
+     "additionalProperties": {"type": "array", "items": {"type": "object"}}},
+    obj({"site": STRING, "collections": obj()}, ["site", "collections"]),  # envelope=1
+]}
 _PAGING = {
     "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "description": "documents per collection"},
     "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET,
@@ -41,6 +44,7 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
     sitedata, datasets = ctx.sitedata, ctx.datasets
 
     @app.get("/sites")
+    @describe("Site names (the MongoDB databases holding site data)", statuses=(503,), reply=_SITE_LIST)
     def sites():
         return {"sites": sitedata.sites()}
 
@@ -54,7 +58,7 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
     @describe("Per collection, the documents of the last N minutes in ascending time order; without offset the "
               f"newest `limit` (default {DEFAULT_REAL_TIME_LIMIT}). Totals and offsets per collection in the "
               f"{TOTALS_HEADER} / {OFFSETS_HEADER} headers (name=value&...), X-Total-Count their sum",
-              query=_PAGING, reply=_COLLECTIONS, statuses=(400, 404, 503))
+              query=_PAGING, reply=_COLLECTIONS, headers=_TOTALS_HEADERS, statuses=(400, 404, 503))
     def real_time_data(site):
         minutes = query_int("minutes", None, 1, MAX_MINUTES)
         window = Window(since=_minutes_ago(minutes))
@@ -74,7 +78,7 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
                                  "description": "ISO 8601; without an offset, UTC"},
                      "until_ts": {"type": "string", "format": "date-time"},
                      "granularity_minutes": {"type": "integer", "minimum": 1, "maximum": MAX_MINUTES}},
-              required=("limit",), reply=_COLLECTIONS, statuses=(400, 404, 503))
+              required=("limit",), reply=_COLLECTIONS, headers=_TOTALS_HEADERS, statuses=(400, 404, 503))
     def historical_data(site):
         if not bottle.request.query.get("limit"):
             raise BadRequest("query parameter 'limit' is required (documents per collection)", field="limit")
@@ -95,6 +99,8 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
                                   minutes=minutes, limit=limit, granularity_minutes=granularity)
 
     @app.post("/schema/create")
+    @describe("Store a site's first schema", body=obj({"site": STRING, "schema": obj()}, ["site", "schema"]),
+              reply=obj({**MESSAGE["properties"], "site": STRING}, ["message", "site"]), statuses=(409, 503))
     def schema_create():
         body = json_body()
         site = body.get("site")
@@ -102,6 +108,8 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
         return {"message": f"schema of site {site!r} created", "site": site}
 
     @app.put("/schema/update/<site>")
+    @describe("Replace a site's schema", body=obj({"schema": obj()}, ["schema"]), statuses=(404, 503),
+              reply=obj({**MESSAGE["properties"], "site": STRING}, ["message", "site"]))
     def schema_update(site):
         body = json_body()
         if "schema" not in body:
@@ -110,10 +118,13 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
         return {"message": f"schema of site {site!r} updated", "site": site}
 
     @app.get("/schema/<site>")
+    @describe("A site's schema", reply=obj(), statuses=(400, 404, 503))
     def schema_get(site):
         return sitedata.schema(site)
 
     @app.get("/dataset/dates-available/<site>")
+    @describe("First and last timestamp of each of a site's collections", statuses=(400, 404, 503),
+              reply={"type": ["array", "object"]})
     def dates_available(site):
         return sitedata.dates_available(site)
 
@@ -128,7 +139,7 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
                   "citylearn_configs": {"type": ["object", "null"]}}},
               reply={"type": "object", "properties": {"name": {"type": "string"}, "status": {"type": "string"},
                                                       "status_url": {"type": "string"}}},
-              statuses=(400, 404, 409, 503))
+              reply_status=202, headers={"Location": STRING}, statuses=(400, 404, 409, 503, 507))
     def dataset_create():
         accepted = datasets.start_build(json_body())
         bottle.response.status = 202
@@ -136,14 +147,18 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
         return accepted
 
     @app.get("/dataset/status/<name>")
+    @describe("A dataset build's status", reply=obj({"status": STRING}), statuses=(400, 404, 503))
     def dataset_status(name):
         return datasets.status(name)
 
     @app.get("/datasets")
+    @describe("The built datasets", reply=array(obj()), statuses=(503,))
     def dataset_list():
         return datasets.list()
 
     @app.get("/dataset/download/<name>")
+    @describe("A dataset: a folder as a zip made while it streams, a plain file as it is (with Range)",
+              reply_type="application/octet-stream", statuses=(206, 304, 400, 403, 404, 416, 503))
     def dataset_download(name):
         download = datasets.download(name)
         if download.file_path is not None:  # Range and If-Modified-Since, as a plain file should have
@@ -154,6 +169,8 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
         return download.chunks
 
     @app.delete("/dataset/<name>")
+    @describe("Delete a dataset", reply=obj({**MESSAGE["properties"], "name": STRING}, ["message", "name"]),
+              statuses=(400, 403, 404, 409, 503))
     def dataset_delete(name):
         return datasets.delete(name)
 

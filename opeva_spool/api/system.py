@@ -9,9 +9,11 @@ import bottle
 from .. import __version__, names
 from ..exceptions import NotFound, Unavailable
 from .app import Context
+from .openapi import BOOLEAN, STRING, array, describe, obj
 from .ui import UI_PATH, wants_html
 
 DEPENDENCY_CHECK_TTL = 10.0
+DRAIN_REPLY = obj({"host": STRING, "draining": BOOLEAN, "message": STRING}, ["host", "draining", "message"])
 
 
 class CachedCheck:
@@ -52,6 +54,9 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
     dependency_checks = {name: CachedCheck(check) for name, check in ctx.dependency_checks.items()}
 
     @app.get("/hosts")
+    @describe("Known hosts and what their agents' heartbeats say",
+              reply=obj({"available_hosts": array(STRING), "hosts": array(obj({"host": STRING, "state": STRING}))},
+                        ["available_hosts", "hosts"]))
     def hosts():
         monitor.observe()
         names = monitor.hosts()
@@ -65,10 +70,15 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
                 "message": f"host {host}: drain {'requested' if draining else 'lifted'}; its agent sees it "
                            f"within a poll and says so in its heartbeat"}
 
-    app.post("/hosts/<host>/drain")(lambda host: set_drain(host, True))
-    app.delete("/hosts/<host>/drain")(lambda host: set_drain(host, False))
+    app.post("/hosts/<host>/drain")(describe("Drain a host: its agent takes no new jobs", reply=DRAIN_REPLY,
+                                             statuses=(400, 404, 503))(lambda host: set_drain(host, True)))
+    app.delete("/hosts/<host>/drain")(describe("Lift a host's drain", reply=DRAIN_REPLY, statuses=(400, 404, 503))(
+        lambda host: set_drain(host, False)))
 
     @app.get("/health")
+    @describe("The server's health: shared root, job counts, MongoDB and Docker reachability",
+              reply=obj({"status": STRING, "version": STRING, "shared_root": STRING, "jobs": obj(), "mongodb": obj(),
+                         "docker": obj()}, ["status"]), statuses=(503,))
     def health():
         problems = [problem for problem in (spool.check_writable(), spool.check_one_filesystem()) if problem]
         body = {
@@ -88,8 +98,11 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
         return body
 
     @app.get("/")
+    @describe("What this service is (a browser is sent to the dashboard)", statuses=(303,),
+              reply=obj({"service": STRING, "version": STRING}, ["service", "version"]))
     def root():
         if wants_html(bottle.request.get_header("Accept", "")):  # a browser: to the dashboard
             bottle.redirect(UI_PATH)
         bottle.response.content_type = "application/json"
-        return {"service": "opeva-spool", "version": __version__, "docs": "see README.md"}
+        return {"service": "opeva-spool", "version": __version__, "docs": "see README.md", "openapi": "/openapi.json",
+                "api_page": UI_PATH + "api"}

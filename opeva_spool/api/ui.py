@@ -17,6 +17,7 @@ import bottle
 
 from ..exceptions import NotFound
 from .app import Context
+from .openapi import describe
 
 UI_PATH = "/ui/"
 UI_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ui")
@@ -34,7 +35,7 @@ PAGES = {"": JOBS_PAGE, "index.html": JOBS_PAGE, "jobs": JOBS_PAGE, "job": Page(
          "hosts": Page("Hosts", "hosts"), "configs": Page("Configs", "configs"),
          "queue": Page("Queue", "queue"), "sweeps": Page("Sweeps", "sweeps"), "sweep": Page("Sweep", "sweep"),
          "usage": Page("Usage", "usage"),
-         "datasets": Page("Datasets", "datasets", plots=True)}
+         "datasets": Page("Datasets", "datasets", plots=True), "api": Page("API", "api")}
 HTML = "text/html; charset=utf-8"
 CONTENT_TYPES = {".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml",
@@ -111,11 +112,15 @@ def _with_common_headers(response: bottle.HTTPResponse) -> bottle.HTTPResponse:
 
 def install(app: bottle.Bottle, ctx: Context) -> None:
     @app.get("/ui")
+    @describe("The dashboard (redirects to /ui/)", reply_type="text/html", statuses=(303,))
     def ui_without_slash():
         bottle.redirect(UI_PATH)  # relative asset URLs in the pages need the slash
 
     @app.get("/ui/")
     @app.get("/ui/<path:path>")
+    @describe("A dashboard page or one of its files", reply_type=("text/html", "text/javascript", "text/css",
+                                                                   "image/png", "image/svg+xml", "text/plain"),
+              statuses=(304, 404))
     def page_or_file(path=""):
         if path in PAGES:
             return _send_page(PAGES[path])

@@ -9,7 +9,7 @@ export const TERMINAL = new Set(["finished", "failed", "stopped", "canceled"]);
 // Every job state, in the order a job goes through them (waiting: for the jobs it depends on).
 export const STATES = ["waiting", "queued", "dispatched", "running", "finished", "failed", "stopped", "canceled"];
 const PAGES = [["jobs", "Jobs"], ["queue", "Queue"], ["sweeps", "Sweeps"], ["hosts", "Hosts"], ["usage", "Usage"],
-  ["configs", "Configs"], ["datasets", "Datasets"]];
+  ["configs", "Configs"], ["datasets", "Datasets"], ["api", "API"]];
 // While /events is unreachable (not served, or the connection dropped) pages poll; the stream is tried again this often.
 const EVENTS_RETRY_MS = 30000;
 
