@@ -136,12 +136,11 @@ class WorkerService:
         running = self._running(worker_id)
         pool = self._gpu_pool(gpu_ids, running)
         interval = info.get("heartbeat_interval")
-        interval = float(interval) if isinstance(interval, (int, float)) and not isinstance(interval, bool) \
-            else DEFAULT_WORKER_INTERVAL
+        interval = float(interval) if _is_a(interval, (int, float)) else DEFAULT_WORKER_INTERVAL
         counter = old.get("counter")
         doc = {
             "agent_id": agent_id,
-            "capacity": info.get("capacity") if isinstance(info.get("capacity"), int) else None,
+            "capacity": info.get("capacity") if _is_a(info.get("capacity"), int) else None,
             "gpu_ids": gpu_ids,
             "free_gpus": pool.free(),
             "running": sorted(entry.job_id for entry in running),
@@ -329,6 +328,11 @@ class WorkerService:
         return {"ok": True, "job_id": entry.job_id, "status": state.value, "attempt": entry.attempt}
 
 
+def _is_a(value: object, kinds: type | tuple[type, ...]) -> bool:
+    """isinstance, except that JSON's true and false are no integers here."""
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
 def agent_id_of(worker_id: str) -> str:
     return f"{AGENT_PREFIX}{worker_id}"
 
@@ -341,7 +345,7 @@ def _reported_details(body: dict) -> dict:
         value = body.get(key)
         if value is None:
             continue
-        if not isinstance(value, kind) or isinstance(value, bool):
+        if not _is_a(value, kind):
             raise BadRequest(f"{key!r} must be a {kind.__name__ if kind is not dict else 'JSON object'}", field=key)
         details["worker_details" if key == "details" else key] = value
     return details
