@@ -29,7 +29,7 @@ import uuid
 from . import auth, fsio, names
 from .agent import GpuPool, config_relpath, launch_env, prepare_attempt, retry_delay
 from .exceptions import BadRequest, Conflict, NotFound, RuntimeFailure
-from .hosts import OFFLINE
+from .hosts import OFFLINE, LivenessMonitor
 from .index import JobIndex
 from .jobs import EMBEDDED_HOST, JobSpec, utc_now
 from .queue import Dispatcher
@@ -64,7 +64,8 @@ def container_name(worker_id: str, job_name: str, job_id: str) -> str:
 class WorkerService:
     """The server's side of the HTTP worker protocol; one per server."""
 
-    def __init__(self, settings: Settings, spool: Spool, index: JobIndex, jobs: JobService, monitor) -> None:
+    def __init__(self, settings: Settings, spool: Spool, index: JobIndex, jobs: JobService,
+                 monitor: LivenessMonitor) -> None:
         self.settings = settings
         self.spool = spool
         self.index = index
