@@ -352,3 +352,43 @@ def test_draining_an_http_worker_hands_it_nothing(server):
     assert next_job(client, "w1") is None and beat(client, "w1")["draining"] is True
     assert client.delete("/hosts/w1/drain").status == 200
     assert next_job(client, "w1") is not None
+
+
+@pytest.mark.parametrize("settings", [{"embedded_worker": False, "retry_backoff": 0.0}], indirect=True)
+def test_a_failed_report_of_a_job_with_retry_on_failure_queues_its_next_attempt(server):
+    client = WsgiClient(server.app)
+    beat(client, "w1")
+    job_id = submit(client, "false", target_host="w1", retry_on_failure=True, max_retries=1)
+    assert next_job(client, "w1")["attempt"] == 1
+    retried = report(client, "w1", job_id, "failed", attempt=1, exit_code=1).json()
+    assert retried["status"] == "queued" and retried["attempt"] == 2
+    assert next_job(client, "w1")["attempt"] == 2
+    assert report(client, "w1", job_id, "failed", attempt=2, exit_code=1).json()["status"] == "failed"
+    info = client.get(f"/job-info/{job_id}").json()
+    assert info["status"] == "failed" and info["reason"] == "exit_code" and info["exit_code"] == 1
+
+
+@pytest.mark.parametrize("settings", [{"embedded_worker": False}], indirect=True)
+def test_an_http_worker_gets_gpu_jobs_only_for_the_gpus_it_reports_and_never_one_id_twice(server):
+    client = WsgiClient(server.app)
+    beat(client, "w1", gpu_ids=["0", "1"])
+    jobs = [submit(client, "true", target_host="w1", gpus=1) for _ in range(3)]
+    first, second = next_job(client, "w1"), next_job(client, "w1")
+    assert {first["job_id"], second["job_id"]} == set(jobs[:2])
+    assert sorted(first["gpus"] + second["gpus"]) == ["0", "1"]
+    assert first["env"]["NVIDIA_VISIBLE_DEVICES"] == first["gpus"][0]
+    assert next_job(client, "w1") is None  # both GPUs held
+    assert report(client, "w1", first["job_id"], "finished", attempt=1, exit_code=0).status == 200
+    third = next_job(client, "w1")
+    assert third["job_id"] == jobs[2] and third["gpus"] == first["gpus"]
+
+
+def test_an_http_worker_cannot_take_the_name_of_a_live_spool_agent(server):
+    client = WsgiClient(server.app)
+    fsio.makedirs(server.spool.running_dir("gpu-a"))
+    fsio.atomic_write_json(server.spool.heartbeat_path("gpu-a"),
+                           {"host": "gpu-a", "agent_id": "gpu-a:node:1:abc", "counter": 1, "interval": 0.5})
+    server.monitor.observe()
+    refused = client.post("/api/agent/heartbeat", json={"worker_id": "gpu-a"})
+    assert refused.status == 409 and "spool agent" in refused.json()["detail"]
+    assert client.post("/api/agent/next-job", json={"worker_id": "gpu-a"}).status == 409
