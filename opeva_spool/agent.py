@@ -116,6 +116,46 @@ def retry_delay(attempt: int, first: float, longest: float) -> float:
     return min(longest, first * 2 ** (attempt - 1))
 
 
+def prepare_attempt(spool: Spool, entry: Entry) -> bool:
+    """Make a claimed attempt's output folders and move the previous attempt's log aside (every attempt's log
+    is kept, under its number); False if the job was deleted meanwhile. Its runner (or the HTTP worker
+    service, for a job it hands out) calls it once, before the attempt starts."""
+    folder = spool.folder(entry.job_id)
+    try:
+        for sub in DATA_SUBDIRS:  # the job's output folders are made for its first attempt
+            fsio.make_leaf_dir(os.path.join(folder.path, sub))
+    except FileNotFoundError:
+        # Race: a forced delete took the job folder after the claim; making the
+        # sub-folders with their parents would bring the deleted job back.
+        return False
+    if entry.attempt > 1 and os.path.exists(folder.log):
+        os.replace(folder.log, folder.attempt_log(spool.log_attempt(entry)))
+    return True
+
+
+def config_relpath(spool: Spool, spec: JobSpec) -> str:
+    """The job's config under the shared root: its snapshot in the job folder ("" for a job without one)."""
+    if not spec.config_file:
+        return ""
+    if os.path.exists(spool.folder(spec.job_id).config):
+        return f"jobs/{spec.job_id}/{CONFIG_SNAPSHOT}"
+    # Queued by a version that took no snapshot (an upgrade with jobs waiting): configs/ as it is now.
+    return f"configs/{spec.config_file}"
+
+
+def launch_env(job_root: str, host: str, entry: Entry, spec: JobSpec, config_path: str) -> dict[str, str]:
+    """The environment an attempt runs with (``config_path`` as the job sees it); the spec's env wins."""
+    return {
+        "OPEVA_BASE_DIR": job_root,
+        "OPEVA_JOB_ID": spec.job_id,
+        "OPEVA_JOB_NAME": spec.job_name,  # the real image names its run after it
+        "OPEVA_CONFIG_PATH": config_path,
+        "OPEVA_ATTEMPT": str(entry.attempt),
+        "OPEVA_HOST": host,
+        **spec.env,
+    }
+
+
 class Runner(threading.Thread):
     """Runs one claimed attempt to its end and records how it ended."""
 
@@ -151,17 +191,9 @@ class Runner(threading.Thread):
             # No note in the log here: while a container runs, its output copier is the log's writer.
             log.info("job %s attempt %s re-attached after a restart", entry.job_id, entry.attempt)
         else:
-            try:
-                for sub in DATA_SUBDIRS:  # the job's output folders are made by its first runner
-                    fsio.make_leaf_dir(os.path.join(folder.path, sub))
-            except FileNotFoundError:
-                # Race: a forced delete took the job folder between the claim and here; making
-                # the sub-folders with their parents would bring the deleted job back.
+            if not prepare_attempt(agent.spool, entry):
                 log.info("job %s was deleted before attempt %s started", entry.job_id, entry.attempt)
                 return None
-            if entry.attempt > 1 and os.path.exists(folder.log):
-                # Keep every attempt's log: the output of the attempt that wrote it moves aside, under its number.
-                os.replace(folder.log, folder.attempt_log(agent.spool.log_attempt(entry)))
             try:
                 self.execution = agent.runtime.start(agent.launch_for(entry, self.spec, folder.log, self.gpus))
             except RuntimeFailure as failure:
@@ -466,13 +498,8 @@ class Agent:
 
     def config_path_for(self, spec: JobSpec) -> str:
         """The job's config as the runtime sees it: its snapshot in the job folder ("" for a job without one)."""
-        if not spec.config_file:
-            return ""
-        root = self.runtime.job_root
-        if os.path.exists(self.spool.folder(spec.job_id).config):
-            return f"{root}/jobs/{spec.job_id}/{CONFIG_SNAPSHOT}"
-        # Queued by a version that took no snapshot (an upgrade with jobs waiting): configs/ as it is now.
-        return f"{root}/configs/{spec.config_file}"
+        relpath = config_relpath(self.spool, spec)
+        return f"{self.runtime.job_root}/{relpath}" if relpath else ""
 
     def launch_for(self, entry: Entry, spec: JobSpec, log_path: str, gpus: tuple[str, ...]) -> Launch:
         """Everything the runtime needs to start this attempt; RuntimeFailure if its command cannot be made."""
@@ -480,15 +507,7 @@ class Agent:
         command = spec.command
         if command is None:
             command = self.runtime.default_command(spec.job_id, config_path, spec.config_file)
-        env = {
-            "OPEVA_BASE_DIR": self.runtime.job_root,
-            "OPEVA_JOB_ID": spec.job_id,
-            "OPEVA_JOB_NAME": spec.job_name,  # the real image names its run after it
-            "OPEVA_CONFIG_PATH": config_path,
-            "OPEVA_ATTEMPT": str(entry.attempt),
-            "OPEVA_HOST": self.host,
-            **spec.env,
-        }
+        env = launch_env(self.runtime.job_root, self.host, entry, spec, config_path)
         return Launch(job_id=spec.job_id, attempt=entry.attempt, host=self.host, command=command, env=env,
                       log_path=log_path, image=spec.image, gpus=gpus, lease=self.lease())
 

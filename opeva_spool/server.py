@@ -10,6 +10,7 @@ from waitress import wasyncore
 
 from . import fsio, sweeps
 from .agent import Agent
+from .api import agent as agent_api
 from .api import app as api_app
 from .api import configs as configs_api
 from .api import events as events_api
@@ -38,6 +39,7 @@ from .spool import QUEUED, TERMINAL_DIRS, Entry, Location, Spool
 from .streams import StreamGate, StreamingDispatcher
 from .watching import DirectoryWatcher
 from .webhook import WebhookSender
+from .workers import WorkerService
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +105,10 @@ class Server:
         self.index.on_change = self._job_changed
         ctx = api_app.Context(settings, spool=self.spool, index=self.index, jobs=self.jobs, monitor=self.monitor,
                               sitedata=sitedata, datasets=datasets, events=self.events, metrics=self.metrics,
-                              sweeps=self.sweeps, dependency_checks=dependency_checks(settings, sitedata))
+                              sweeps=self.sweeps, dependency_checks=dependency_checks(settings, sitedata),
+                              workers=WorkerService(settings, self.spool, self.index, self.jobs, self.monitor))
         self.app = api_app.make_app(ctx, [jobs_api, queue_api, configs_api, system_api, sites_api, events_api, ui_api,
-                                          sweeps_api, usage_api, openapi_api])
+                                          sweeps_api, usage_api, agent_api, openapi_api])
         self.agent = None
         if settings.embedded_worker:
             self.agent = Agent(settings, self.spool, make_runtime(settings), host=EMBEDDED_HOST)

@@ -41,6 +41,8 @@ RESUBMIT_OVERRIDES = {"target_host", "priority"}
 # The fields of an attempt record that /job-info lists per attempt.
 ATTEMPT_FIELDS = ("host", "state", "claimed_at", "started_at", "ended_at", "exit_code", "reason", "retry_at")
 MAX_CONFIG_SNAPSHOT_BYTES = 16 * 1024 * 1024
+# /status of an active job with a pending stop request (OPEVA's worker protocol); not a state a job is put in.
+STOP_REQUESTED = "stop_requested"
 
 class JobService:
     def __init__(self, settings: Settings, spool: Spool, index: JobIndex,
@@ -186,6 +188,10 @@ class JobService:
             "attempt": job.entry.attempt,
             "priority": job.entry.priority,
         }
+        if job.state.active and self.spool.stop_requested(job.entry.job_id):
+            # What a cooperative owner (an HTTP worker polls /status) acts on, on every host alike; it stays
+            # until the owner records the ending. job-info keeps the state (the dashboard's badge) and the flag.
+            answer.update(status=STOP_REQUESTED, stop_requested=True)
         if job.state == JobState.QUEUED and self.queue is not None:
             answer.update(self.queue.place(job.entry))  # queue_position, waiting_reason
         if job.state == JobState.WAITING:
@@ -217,6 +223,8 @@ class JobService:
         info.update(self.ledger.job_times(job.entry, job.state))
         if job.state == JobState.WAITING:
             info["waiting_for"] = self._waiting_for(info)
+        if job.state.active and self.spool.stop_requested(job.entry.job_id):
+            info["stop_requested"] = True
         if attempt.get("dependency"):  # canceled for it (dependency_failed): which one, and how it ended
             info["dependency"] = attempt["dependency"]
         return info

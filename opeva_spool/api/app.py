@@ -28,6 +28,7 @@ from ..sitedata.mongo import SiteData
 from ..sitedata.store import DatasetStore
 from ..spool import Spool
 from ..sweeps import SweepService
+from ..workers import WorkerService
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class Context:
     events: EventBus | None = None
     metrics: Metrics | None = None
     sweeps: SweepService | None = None
+    workers: WorkerService | None = None
     # name -> check for /health: None when reachable, else a sentence (or it raises)
     dependency_checks: dict[str, Callable[[], str | None]] = field(default_factory=dict)
 
