@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import bottle
 
-from .. import __version__, names
+from .. import __version__, auth, names
 from ..exceptions import NotFound, Unavailable
 from .app import Context
 from .ui import UI_PATH, wants_html
@@ -65,10 +65,10 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
                 "message": f"host {host}: drain {'requested' if draining else 'lifted'}; its agent sees it "
                            f"within a poll and says so in its heartbeat"}
 
-    app.post("/hosts/<host>/drain")(lambda host: set_drain(host, True))
-    app.delete("/hosts/<host>/drain")(lambda host: set_drain(host, False))
+    app.post("/hosts/<host>/drain", role=auth.ADMIN)(lambda host: set_drain(host, True))
+    app.delete("/hosts/<host>/drain", role=auth.ADMIN)(lambda host: set_drain(host, False))
 
-    @app.get("/health")
+    @app.get("/health", role=auth.PUBLIC)  # for load balancers and probes, which hold no token
     def health():
         problems = [problem for problem in (spool.check_writable(), spool.check_one_filesystem()) if problem]
         body = {
@@ -87,7 +87,7 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
             raise Unavailable("; ".join(problems), **{k: v for k, v in body.items() if k != "problems"})
         return body
 
-    @app.get("/")
+    @app.get("/", role=auth.PUBLIC)
     def root():
         if wants_html(bottle.request.get_header("Accept", "")):  # a browser: to the dashboard
             bottle.redirect(UI_PATH)
