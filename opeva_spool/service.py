@@ -114,13 +114,14 @@ class JobService:
             "config_path": f"configs/{spec.config_file}" if spec.config_file else None,
             "config_sha256": spec.config_sha256 or None,
             "priority": spec.priority,
+            "submitted_by": spec.submitted_by,
             "submitted_at": spec.submitted_at,
         }
 
     def build_spec(self, body: dict, **how) -> jobs.JobSpec:
         """A validated JobSpec for a submission (``how``: build_spec's keywords), its dependencies known."""
         claimed = body.get("submitted_by")
-        submitter = auth.current().submitter(claimed)  # with auth on: the caller's user name, or 403
+        submitter = auth.current().submitter(claimed)  # with auth on: the caller's user name
         if submitter != claimed:
             body = {**body, "submitted_by": submitter}
         target = body.get("target_host")
