@@ -40,6 +40,7 @@ ENVIRON_KEY = "opeva.identity"
 TOKEN_COOKIE = "opeva_token"
 # The identity of the single ``api_token`` setting: an admin, as that token could always do everything.
 API_TOKEN_USER = "admin"
+REALM = "opeva-spool"
 
 # scrypt at the cost OWASP suggests for interactive logins: ~50 ms and 16 MiB per check. Tokens are
 # random (no dictionary to try), so this only makes a stolen file useless for guessing; each check
@@ -101,7 +102,8 @@ class Identity:
 
 
 ANONYMOUS = Identity(None, ALL_ROLES)
-OPEN_READER = Identity(None, frozenset((READ,)))
+OPEN_READER = Identity(None, frozenset((READ,)))  # no token, where reads are open
+NOBODY = Identity(None, frozenset())  # on a public route with auth on: no credential was looked at
 
 
 def current() -> Identity:

@@ -95,7 +95,8 @@ def test_no_token_or_a_bad_one_is_401_as_json_and_a_missing_role_is_403_naming_i
     for headers in ({}, bearer("nope"), bearer(tokens[1]["alice"] + "x"), {"Authorization": "Basic YTpi"}):
         answer = client.get("/jobs", headers=headers)
         assert answer.status == 401 and answer.json()["error"] == "unauthorized", answer.text
-        assert answer.json()["detail"]
+        challenge = {name.lower(): value for name, value in answer.headers.items()}["www-authenticate"]
+        assert answer.json()["detail"] and challenge.startswith("Bearer")
     refused = as_user(client, tokens, "reader").post("/run-simulation", json={"command": "true"})
     assert refused.status == 403 and refused.json()["error"] == "forbidden" and refused.json()["role"] == "submit"
     blind = as_user(client, tokens, "blind").get("/jobs")
@@ -321,3 +322,33 @@ def test_an_unwritable_audit_log_never_fails_the_change(served, tokens, caplog):
         handle.write("in the way")
     assert submit(as_user(client, tokens, "alice"))["submitted_by"] == "alice"
     assert "cannot append to the audit log" in caplog.text
+
+
+# ----- the dashboard, with reads closed -------------------------------------------------------------
+
+
+def test_the_dashboard_reads_with_the_token_and_its_event_stream_and_downloads_use_the_read_only_cookie(
+        serving, tokens, browser):
+    _, _, http = serving(tokens_file=tokens[0], embedded_worker=False)
+    alice = as_user(http, tokens, "alice")
+    job_id = submit(alice)["job_id"]
+    browser.get(http.base_url + "/ui/app.css")  # the dashboard's origin: its sessionStorage
+    browser.execute_script("sessionStorage.setItem('opeva.token', arguments[0])", tokens[1]["alice"])
+    browser.get(http.base_url + "/ui/")
+    wait_for(lambda: browser.execute_script(
+        "return [...document.querySelectorAll('#jobs tbody tr[data-job-id]')].map(row => row.dataset.jobId)")
+        == [job_id], 20, message="the job listed with the token")
+    wait_for(lambda: browser.execute_script("return document.body.dataset.live") == "events", 20,
+             message="the event stream connected through the cookie")
+    # What a download link does: a plain GET carrying no header, only the cookie.
+    status = browser.execute_async_script("const done = arguments[arguments.length - 1];"
+                                          "fetch(arguments[0]).then(r => done(r.status));", f"../logs/{job_id}")
+    assert status in (200, 404)  # the log of a job not started yet: 404 from the route, not 401
+    refused = browser.execute_async_script("const done = arguments[arguments.length - 1];"
+                                           "fetch(arguments[0], {method: 'POST'}).then(r => done(r.status));",
+                                           f"../stop/{job_id}")
+    assert refused == 401  # the cookie never authorises a change
+    browser.execute_script("sessionStorage.clear(); document.cookie = 'opeva_token=; path=/; max-age=0'")
+    browser.get(http.base_url + "/ui/")
+    wait_for(lambda: "401" in browser.execute_script("return document.querySelector('#message')?.textContent || ''"),
+             20, message="the 401 shown without a token")

@@ -164,8 +164,11 @@ class RoleAuth:
 
     def apply(self, callback: Callable, route: bottle.Route) -> Callable:
         role = route_role(route)
-        if role == auth.PUBLIC:
-            return callback
+
+        def public(*args, **kwargs):
+            # No credential is looked at; a service asking auth.current() here gets nobody, never ANONYMOUS.
+            bottle.request.environ[auth.ENVIRON_KEY] = auth.NOBODY
+            return callback(*args, **kwargs)
 
         def wrapper(*args, **kwargs):
             identity = self.identify(role)
@@ -173,25 +176,30 @@ class RoleAuth:
             identity.require(role)
             return callback(*args, **kwargs)
 
-        return wrapper
+        return public if role == auth.PUBLIC else wrapper
 
     def identify(self, role: str) -> auth.Identity:
         request = bottle.request
         header = request.get_header("Authorization", "")
         scheme, _, credential = header.partition(" ")
         if header and scheme.lower() != "bearer":
-            raise Unauthorized("send the token as 'Authorization: Bearer <token>'")
+            raise self.unauthorized("send the token as 'Authorization: Bearer <token>'")
         if not header and request.method in ("GET", "HEAD"):
             credential = request.get_cookie(auth.TOKEN_COOKIE, "")
         credential = credential.strip()
         if not credential:
             if role == auth.READ and self.authenticator.open_reads:
                 return auth.OPEN_READER
-            raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>'")
+            raise self.unauthorized("this endpoint needs 'Authorization: Bearer <token>'")
         identity = self.authenticator.identify(credential)
         if identity is None:
-            raise Unauthorized("the token is not valid (unknown, revoked or mistyped)")
+            raise self.unauthorized("the token is not valid (unknown, revoked or mistyped)")
         return identity
+
+    @staticmethod
+    def unauthorized(detail: str) -> Unauthorized:
+        bottle.response.set_header("WWW-Authenticate", f'Bearer realm="{auth.REALM}"')  # RFC 6750 3
+        return Unauthorized(detail)
 
 
 class Audit:
