@@ -161,6 +161,13 @@ def test_the_token_cookie_opens_reads_but_never_authorises_a_change(client, toke
     cookie = {"Cookie": f"{auth.TOKEN_COOKIE}={tokens[1]['alice']}"}
     assert client.get("/jobs", headers=cookie).status == 200
     assert client.post("/run-simulation", headers=cookie, json={"command": "true"}).status == 401
+    assert client.get("/jobs", headers={"Cookie": f"{auth.TOKEN_COOKIE}=stale"}).status == 401
+
+
+def test_where_reads_are_open_a_stale_cookie_counts_as_none_but_a_bad_header_is_refused(served):
+    _, client = served(tokens_file="")
+    assert client.get("/jobs", headers={"Cookie": f"{auth.TOKEN_COOKIE}=another-servers-token"}).status == 200
+    assert client.get("/jobs", headers=bearer("mistyped")).status == 401
 
 
 # ----- the tokens file ---------------------------------------------------------------------------------
@@ -252,6 +259,7 @@ def test_a_submitter_stops_and_deletes_only_their_own_jobs_and_an_admin_any(clie
     assert alice.post(f"/stop/{first}").json()["status"] == "canceled"
     assert alice.delete(f"/job/{first}").status == 200
     assert root.post(f"/stop/{second}").status == 200
+    assert root.get(f"/job-info/{second}").json()["status"] == "canceled"
     assert as_user(client, tokens, "api_token").delete(f"/job/{second}").status == 200
 
 

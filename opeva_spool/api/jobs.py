@@ -2,6 +2,7 @@
 
 import bottle
 
+from .. import auth
 from ..streams import STREAM_GONE
 from .app import json_body, query_flag, query_int
 
@@ -74,7 +75,7 @@ def install(app, ctx):
 
     @app.post("/stop/<job_id>")
     def stop(job_id):
-        return service.stop(job_id, by=bottle.request.remote_addr or "")
+        return service.stop(job_id, by=auth.current().user or bottle.request.remote_addr or "")
 
     @app.delete("/job/<job_id>")
     def delete(job_id):

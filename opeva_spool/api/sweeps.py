@@ -2,6 +2,7 @@
 
 import bottle
 
+from .. import auth
 from .app import json_body, query_flag, query_int
 
 MAX_SWEEPS_PAGE = 1000
@@ -26,7 +27,7 @@ def install(app, ctx):
 
     @app.post("/sweeps/<sweep_id>/stop")
     def stop(sweep_id):
-        return sweeps.stop(sweep_id, by=bottle.request.remote_addr or "")
+        return sweeps.stop(sweep_id, by=auth.current().user or bottle.request.remote_addr or "")
 
     @app.delete("/sweeps/<sweep_id>")
     def delete(sweep_id):
