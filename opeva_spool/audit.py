@@ -1,7 +1,7 @@
 """The audit trail: one JSON line per mutating request in ``<root>/audit/YYYY-MM-DD.jsonl`` (UTC days).
 
 A line says who (the token's user; null with auth off or for a request refused before it was
-known), what (method, route rule and path), which job or sweep, from where (the remote address),
+known), what (method, route rule and path), which job or sweep, from where (the connection's peer),
 the result (HTTP status) and when. Lines are appended with O_APPEND in one write each, so lines of
 concurrent requests of this server never interleave. Writing is best effort: a failure is logged
 and never fails the request, since refusing work because the log is unwritable would let a full

@@ -312,7 +312,7 @@ def test_every_change_is_audited_with_who_what_which_job_where_and_the_outcome_a
         bob.post(f"/stop/{job_id}")
         http.post(f"/stop/{job_id}")
         alice.get("/jobs")
-        alice.delete(f"/job/{job_id}", headers={})
+        alice.delete(f"/job/{job_id}", headers={"X-Forwarded-For": "203.0.113.9"})
     lines = audit_lines(server.settings.shared_root)
     assert [(line["user"], line["method"], line["route"], line["status"]) for line in lines] == [
         ("alice", "POST", "/run-simulation", 200),
@@ -320,7 +320,7 @@ def test_every_change_is_audited_with_who_what_which_job_where_and_the_outcome_a
         (None, "POST", "/stop/<job_id>", 401),
         ("alice", "DELETE", "/job/<job_id>", 200),
     ]
-    assert all(line["job_id"] == job_id and line["remote"] == "127.0.0.1" for line in lines)
+    assert all(line["job_id"] == job_id and line["remote"] == "127.0.0.1" for line in lines)  # not the forged one
     assert lines[1]["path"] == f"/stop/{job_id}" and dt.datetime.fromisoformat(lines[0]["at"].replace("Z", "+00:00"))
 
 

@@ -237,8 +237,11 @@ class Audit:
                 request = bottle.request
                 identity = request.environ.get(auth.ENVIRON_KEY)
                 targets = {**(result if isinstance(result, dict) else {}), **kwargs}
+                # The peer's address, not bottle's remote_addr: that believes X-Forwarded-For, which any client
+                # can send (waitress drops it from clients it does not trust as proxies).
                 self.log.record(user=identity.user if identity else None, method=request.method, route=route.rule,
-                                path=request.path, remote=request.remote_addr, status=status, targets=targets)
+                                path=request.path, remote=request.environ.get("REMOTE_ADDR"), status=status,
+                                targets=targets)
 
         return wrapper
 
