@@ -198,7 +198,8 @@ class RoleAuth:
             return auth.OPEN_READER
         if not credential:
             raise self.unauthorized("this endpoint needs 'Authorization: Bearer <token>'")
-        raise self.unauthorized("the token is not valid (unknown, revoked or mistyped)")
+        sent_as = f"the {auth.TOKEN_COOKIE} cookie" if from_cookie else "'Authorization: Bearer'"
+        raise self.unauthorized(f"the token sent as {sent_as} is not valid (unknown, revoked or mistyped)")
 
     @staticmethod
     def unauthorized(detail: str) -> Unauthorized:
