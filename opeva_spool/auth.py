@@ -13,6 +13,8 @@ hash, and a verified token is remembered (until the file changes) so that it cos
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import logging
@@ -28,6 +30,7 @@ import yaml
 
 from . import fsio, names
 from .exceptions import BadRequest, Forbidden, SettingsError
+from .jobs import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +54,13 @@ SALT_BYTES = 16
 HASH_BYTES = 32
 TOKEN_ID_BYTES = 6  # 12 hex digits: finds the entry; not secret
 TOKEN_SECRET_BYTES = 32
-TOKEN_ID = re.compile(r"^[0-9a-f]{12}$")
+TOKEN_ID = re.compile(rf"^[0-9a-f]{{{TOKEN_ID_BYTES * 2}}}$")
 USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 # How often a request may look whether the tokens file changed (a stat; on NFS a round trip).
 RELOAD_CHECK_SECONDS = 1.0
 VERIFIED_CACHE_LIMIT = 4096
 TOKENS_FILE_MODE = 0o600
+LOCK_SUFFIX = ".lock"
 
 
 @dataclass(frozen=True)
@@ -236,21 +240,35 @@ def write_tokens(path: str, entries: list[TokenEntry]) -> None:
     fsio.fsync_dir(directory)
 
 
+@contextlib.contextmanager
+def _editing(path: str):
+    """Hold the tokens file's lock (``<path>.lock``, flock) while it is read, changed and written, so two
+    ``token add`` run at once both land. The server only reads the file and takes no lock."""
+    fd = os.open(path + LOCK_SUFFIX, os.O_WRONLY | os.O_CREAT, TOKENS_FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def add_token(path: str, user: str, roles: frozenset[str]) -> tuple[TokenEntry, str]:
     """Make a token for ``user`` with ``roles``, store its hash; returns the entry and the token (shown once)."""
     check_user(user, roles)
     token_id, token = new_token()
-    entry = TokenEntry(token_id, user, roles, hash_token(token), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    write_tokens(path, [*read_tokens(path), entry])
+    entry = TokenEntry(token_id, user, roles, hash_token(token), utc_now())
+    with _editing(path):
+        write_tokens(path, [*read_tokens(path), entry])
     return entry, token
 
 
 def remove_tokens(path: str, which: str) -> list[TokenEntry]:
     """Remove the token with id ``which``, or every token of user ``which``; returns what was removed."""
-    entries = read_tokens(path)
-    removed = [entry for entry in entries if which in (entry.id, entry.user)]
-    if removed:
-        write_tokens(path, [entry for entry in entries if entry not in removed])
+    with _editing(path):
+        entries = read_tokens(path)
+        removed = [entry for entry in entries if which in (entry.id, entry.user)]
+        if removed:
+            write_tokens(path, [entry for entry in entries if entry not in removed])
     return removed
 
 

@@ -2,6 +2,7 @@
 submitter bound to the token, owner-only stop/delete, the single api_token as an admin, and one audit line
 per change. Through the real app in process (WsgiClient) and over real HTTP (waitress)."""
 
+import concurrent.futures
 import datetime as dt
 import json
 import os
@@ -206,6 +207,13 @@ def test_a_broken_tokens_file_grants_nothing_until_fixed_and_api_token_still_wor
         handle.write("- [unclosed\n")
     wait_for(lambda: client.get("/jobs", headers=bearer(token)).status == 401, message="the broken file refused")
     assert client.get("/jobs", headers=bearer(API_TOKEN)).status == 200
+
+
+def test_tokens_added_at_the_same_time_all_land(tmp_path):
+    path = str(tmp_path / "busy-tokens.yaml")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda n: auth.add_token(path, f"user{n}", frozenset({"read"})), range(8)))
+    assert sorted(entry.user for entry in auth.read_tokens(path)) == [f"user{n}" for n in range(8)]
 
 
 def test_token_commands_print_the_token_once_list_without_hashes_and_revoke(tmp_path, capsys):
