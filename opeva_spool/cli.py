@@ -160,6 +160,40 @@ def cmd_settings(args):
     return 0
 
 
+def _tokens_file(args) -> str:
+    path = args.file or _settings(args).tokens_file
+    if not path:
+        raise BadRequest("no tokens file: give --file, or set tokens_file (docs/security.md)")
+    return path
+
+
+def cmd_token(args):
+    from . import auth
+
+    path = _tokens_file(args)
+    if args.action == "add":
+        entry, token = auth.add_token(path, args.user, auth.parse_roles(args.roles))
+        print(f"token {entry.id} for {entry.user} ({', '.join(sorted(entry.roles))}) added to {path}; it is shown "
+              "only now, the file keeps its hash:", file=sys.stderr)
+        print(token)
+    elif args.action == "ls":
+        entries = auth.read_tokens(path)
+        if args.json:
+            print_json([{k: v for k, v in entry.to_dict().items() if k != "hash"} for entry in entries])
+        else:
+            rows = table("id", "user", "roles", "created", title=path)
+            for entry in entries:
+                rows.add_row(entry.id, entry.user, ",".join(sorted(entry.roles)), entry.created_at)
+            console().print(rows)
+    else:
+        removed = auth.remove_tokens(path, args.which)
+        if not removed:
+            raise BadRequest(f"no token with id or user {args.which!r} in {path}")
+        for entry in removed:
+            print(f"removed token {entry.id} of {entry.user}")
+    return 0
+
+
 def _from_setting(text, name):
     """Help for an option that overrides a setting: its default is the setting's."""
     default = getattr(Settings(), name)
@@ -1139,6 +1173,21 @@ def parser():
     client_config.add_argument("--token", help="the API token to save, '' to remove it (default: keep the file's)")
     client_config.add_argument("--client-config", help="the client config file (default: $OPEVA_CLIENT_CONFIG, "
                                                        "else $XDG_CONFIG_HOME/opeva-spool/client.yaml)")
+
+    token = command("token", None, "API tokens in the tokens file: user names and roles (docs/security.md)",
+                    (logging_options,))
+    token_sub = token.add_subparsers(dest="action", required=True, metavar="ACTION", help="what to do")
+    token_file = argparse.ArgumentParser(add_help=False, parents=[common])
+    token_file.add_argument("--file", help="the tokens file (default: the tokens_file setting, $OPEVA_TOKENS_FILE)")
+    token_add = command("add", cmd_token, "make a token for a user; prints it once, the file keeps only its hash",
+                        (token_file,), token_sub)
+    token_add.add_argument("user", help="the user name (a worker's: the host name it works as)")
+    token_add.add_argument("--roles", default="read,submit",
+                           help="comma-separated, of read, submit, admin, worker (default: %(default)s)")
+    command("ls", cmd_token, "list the tokens (never the tokens or their hashes)", (token_file, json_option),
+            token_sub)
+    command("rm", cmd_token, "revoke a token by its id, or every token of a user", (token_file,),
+            token_sub).add_argument("which", help="a token's id or a user name")
 
     settings = command("settings", cmd_settings, "print the effective settings (secrets masked)")
     settings.add_argument("--markdown", action="store_true", help="print the settings table for docs (default: off)")

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from . import dependencies, fsio, jobs, logs, names, progress
+from . import auth, dependencies, fsio, jobs, logs, names, progress
 from .configs import ConfigStore, WriteMode
 from .exceptions import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from .fairshare import FairShare
@@ -116,11 +116,16 @@ class JobService:
             "config_path": f"configs/{spec.config_file}" if spec.config_file else None,
             "config_sha256": spec.config_sha256 or None,
             "priority": spec.priority,
+            "submitted_by": spec.submitted_by,
             "submitted_at": spec.submitted_at,
         }
 
     def build_spec(self, body: dict, **how) -> jobs.JobSpec:
         """A validated JobSpec for a submission (``how``: build_spec's keywords), its dependencies known."""
+        claimed = body.get("submitted_by")
+        submitter = auth.current().submitter(claimed)  # with auth on: the caller's user name
+        if submitter != claimed:
+            body = {**body, "submitted_by": submitter}
         target = body.get("target_host")
         hosts = self.known_hosts(target if isinstance(target, str) and target != jobs.ANY_HOST else None)
         spec = jobs.build_spec(body, hosts, gpu_counts=self.host_gpu_counts(), **how)
@@ -165,6 +170,8 @@ class JobService:
             text = self.job_config(job_id).decode("utf-8", "replace")
             config = JobConfig(spec.config_file, self.configs.parse(text, f"job {job_id}'s config snapshot"), text)
         body = {key: value for key, value in spec.to_dict().items() if key in RESUBMITTED_FIELDS}
+        if not auth.current().is_admin:  # a user's resubmission is that user's job (an admin's keeps its submitter)
+            body.pop("submitted_by", None)
         body.update(overrides)
         answer = self.submit(body, origin=spec.origin if spec.origin != "inbox" else "api", config=config)
         return {**answer, "resubmitted_from": spec.job_id}
@@ -408,6 +415,7 @@ class JobService:
     def stop(self, job_id: str, by: str = "") -> dict:
         """Cancel a queued or waiting job at once; ask the owner of a running one to stop it."""
         job = self.lookup(job_id)
+        self.check_owner(job_id)
         # A waiting job can be released into queued/ while we cancel it, and a queued one claimed: each
         # lost rename re-finds the job, and a job still not started is canceled where it is now.
         for _ in range(MAX_MOVE_TRIES):
@@ -435,6 +443,7 @@ class JobService:
         (Runner.stop_reason ``entry_removed``); its late record write finds no folder.
         """
         job = self.lookup(job_id)
+        self.check_owner(job_id)
         for _ in range(MAX_MOVE_TRIES):
             if job.state == JobState.NOT_FOUND:
                 raise _no_such_job(job_id)  # another delete won
@@ -452,6 +461,21 @@ class JobService:
         # A stop asked for earlier has nothing left to stop; gone now, it cannot stop a later job of this id.
         self.spool.clear_stop_request(job.entry.job_id)
         return {"message": f"job {job_id} deleted", "job_id": job_id, "previous_status": job.state.value}
+
+    def check_owner(self, job_id: str) -> None:
+        """403 unless the caller submitted the job, is an admin, or auth is off."""
+        identity = auth.current()
+        if not identity.authenticated or identity.is_admin:
+            return
+        owner = ""
+        for _ in range(MAX_MOVE_TRIES):  # the spec read fails while its entry moves (meta stays None): read again
+            indexed = self.index.get(job_id)
+            if indexed is None:
+                raise _no_such_job(job_id)
+            owner = self.meta(indexed)[0]
+            if indexed.meta is not None:
+                break
+        identity.check_owner(owner, f"job {job_id}")
 
     def _refound(self, job):
         """The job re-found on disk after losing a race on it; its state is ``not_found`` if it is gone."""

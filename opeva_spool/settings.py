@@ -37,6 +37,10 @@ DEFAULT_MAX_STREAMS_PER_CLIENT = 32
 DEFAULT_GPU_RESERVE_AFTER = 60.0
 DEFAULT_RETRY_BACKOFF = 10.0
 DEFAULT_RETRY_BACKOFF_MAX = 600.0
+# open_reads: "auto" keeps reads open with only api_token set (as before roles) and closes them with a tokens file.
+OPEN_READS_AUTO = "auto"
+OPEN_READS_VALUES = {OPEN_READS_AUTO: None, "true": True, "yes": True, "on": True, "1": True,
+                     "false": False, "no": False, "off": False, "0": False}
 
 
 @dataclass
@@ -52,6 +56,8 @@ class Settings:
     scan_interval: float = DEFAULT_SCAN_INTERVAL
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     api_token: str = ""
+    tokens_file: str = ""
+    open_reads: str = OPEN_READS_AUTO
     max_streams: int = DEFAULT_MAX_STREAMS
     max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT
     embedded_worker: bool = True
@@ -94,7 +100,12 @@ DESCRIPTIONS = {
     "observer": "`native` (inotify) or `polling` (sees other hosts' writes on NFS).",
     "scan_interval": "Seconds between full scans of the spool (events are only hints).",
     "max_body_bytes": "Largest accepted request body; larger gets 413.",
-    "api_token": "When set, mutating endpoints need `Authorization: Bearer <token>`.",
+    "api_token": "When set, an admin token: mutating endpoints need `Authorization: Bearer <token>` "
+                 "(docs/security.md).",
+    "tokens_file": "YAML file of tokens with user names and roles, hashed (`opeva-spool token add`); re-read "
+                   "when it changes. Set: every request needs a token with the route's role (docs/security.md).",
+    "open_reads": "Whether reading (GET) needs no token: `auto` = open with only `api_token`, closed with a "
+                  "`tokens_file`; `true`; `false`.",
     "max_streams": "Most long-lived responses (`/logs/{id}?follow=1`) open at once; beyond it 503.",
     "max_streams_per_client": "Most of them one client address holds (behind a proxy: all clients); beyond it 429.",
     "embedded_worker": "`serve` also runs the worker for host `local`.",
@@ -167,9 +178,16 @@ def load_settings(config_file: str | None = None, environ: Mapping[str, str] | N
         raise SettingsError(f"setting 'observer' must be 'native' or 'polling', not {settings.observer!r}")
     if settings.runtime not in ("process", "docker"):
         raise SettingsError(f"setting 'runtime' must be 'process' or 'docker', not {settings.runtime!r}")
+    if settings.open_reads.lower() not in OPEN_READS_VALUES:
+        raise SettingsError(f"setting 'open_reads' must be auto, true or false, not {settings.open_reads!r}")
     if settings.job_user and not JOB_USER.match(settings.job_user):
         raise SettingsError(f"setting 'job_user' must be a numeric uid:gid, not {settings.job_user!r}")
     return settings
+
+
+def open_reads(value: str) -> bool | None:
+    """The ``open_reads`` setting as True, False or None (auto: auth.Authenticator decides)."""
+    return OPEN_READS_VALUES[value.lower()]
 
 
 def _read_settings_file(path: str) -> dict:

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import yaml
 
-from . import fsio, names
+from . import auth, fsio, names
 from .configs import WriteMode
 from .exceptions import BadRequest, Conflict, IllegalTransition, InvalidName, NotFound
 from .index import JobIndex
@@ -583,6 +583,7 @@ class SweepService:
     def stop(self, sweep_id: str, by: str = "") -> dict:
         """Cancel the sweep's queued and waiting jobs and ask the hosts of its running ones to stop them."""
         manifest = self._manifest_or_404(sweep_id)
+        auth.current().check_owner(manifest.get("submitted_by") or "", f"sweep {sweep_id}")
         with self._working(sweep_id):
             self._move_out(sweep_id)
             fsio.atomic_write_json(os.path.join(self._dir(sweep_id), STOP_FILE),
@@ -609,6 +610,7 @@ class SweepService:
         fewer jobs, and deleting it again finishes the work.
         """
         manifest = self._manifest_or_404(sweep_id)
+        auth.current().check_owner(manifest.get("submitted_by") or "", f"sweep {sweep_id}")
         with self._working(sweep_id):
             self._move_out(sweep_id)
             job_ids = [item["job_id"] for item in manifest["jobs"]]

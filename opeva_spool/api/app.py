@@ -1,4 +1,4 @@
-"""The Bottle application: the route context, JSON errors, token auth, body limits, the route groups.
+"""The Bottle application: the route context, JSON errors, roles and the audit log, body limits, the route groups.
 
 The HTTP layer only translates: it parses requests, calls the model (spool, index,
 site data) and renders what comes back as JSON. Every failure becomes
@@ -6,7 +6,6 @@ site data) and renders what comes back as JSON. Every failure becomes
 Route groups live one per module and each exposes ``install(app, ctx)``.
 """
 
-import hmac
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -16,6 +15,7 @@ from types import ModuleType
 import bottle
 
 from .. import auth
+from ..audit import AuditLog
 from ..configs import nesting_depth
 from ..events import EventBus
 from ..exceptions import BadRequest, PayloadTooLarge, SpoolError, Unauthorized
@@ -23,7 +23,7 @@ from ..hosts import LivenessMonitor
 from ..index import JobIndex
 from ..metrics import Metrics
 from ..service import JobService
-from ..settings import Settings
+from ..settings import Settings, open_reads
 from ..sitedata.mongo import SiteData
 from ..sitedata.store import DatasetStore
 from ..spool import Spool
@@ -143,26 +143,108 @@ class JsonErrors:
         return wrapper
 
 
-class TokenAuth:
-    """Bottle plugin: with a token set, a mutating request without ``Authorization: Bearer <token>`` is 401.
+def route_role(route: bottle.Route) -> str:
+    """The role a route needs: its ``role=`` route config, else ``read`` to read and ``submit`` to change."""
+    return route.config.get("role") or (auth.SUBMIT if route.method in MUTATING_METHODS else auth.READ)
 
-    Installed inside JsonErrors, which renders the 401; reads never need the token.
+
+class RoleAuth:
+    """Bottle plugin: resolves the request's credential to an ``auth.Identity`` (left in the environ for
+    ``auth.current()``) and enforces the route's role: 401 for a missing or bad token, 403 for a missing role.
+
+    The credential is ``Authorization: Bearer <token>``; a read (GET/HEAD) also takes the ``opeva_token``
+    cookie, which the dashboard sets because EventSource and download links cannot send a header. A cookie
+    never authorises a change, so another site cannot make a browser change anything (no CSRF).
+    Installed inside JsonErrors, which renders the errors.
     """
 
-    name = "token_auth"
+    name = "role_auth"
     api = 2
 
-    def __init__(self, token: str) -> None:
-        self.expected = f"Bearer {token}".encode()
+    def __init__(self, authenticator: auth.Authenticator) -> None:
+        self.authenticator = authenticator
 
     def apply(self, callback: Callable, route: bottle.Route) -> Callable:
-        def wrapper(*args, **kwargs):
-            if bottle.request.method in MUTATING_METHODS:
-                header = bottle.request.get_header("Authorization", "").encode("latin-1", "replace")
-                if not hmac.compare_digest(header, self.expected):  # constant time: no guessing by timing
-                    raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>'")
-                bottle.request.environ[auth.ENVIRON_KEY] = auth.Identity("admin", auth.ALL_ROLES)
+        role = route_role(route)
+
+        def public(*args, **kwargs):
+            # No credential is looked at; a service asking auth.current() here gets nobody, never ANONYMOUS.
+            bottle.request.environ[auth.ENVIRON_KEY] = auth.NOBODY
             return callback(*args, **kwargs)
+
+        def wrapper(*args, **kwargs):
+            identity = self.identify(role)
+            bottle.request.environ[auth.ENVIRON_KEY] = identity
+            identity.require(role)
+            return callback(*args, **kwargs)
+
+        return public if role == auth.PUBLIC else wrapper
+
+    def identify(self, role: str) -> auth.Identity:
+        request = bottle.request
+        header = request.get_header("Authorization", "")
+        scheme, _, credential = header.partition(" ")
+        if header and scheme.lower() != "bearer":
+            raise self.unauthorized("send the token as 'Authorization: Bearer <token>'")
+        from_cookie = not header and request.method in ("GET", "HEAD")
+        if from_cookie:
+            credential = request.get_cookie(auth.TOKEN_COOKIE, "")
+        credential = credential.strip()
+        open_read = role == auth.READ and self.authenticator.open_reads
+        identity = self.authenticator.identify(credential) if credential else None
+        if identity is not None:
+            return identity
+        # A cookie is sent whether the page meant it or not (cookies ignore ports: another deployment's
+        # dashboard on this host may have set it), so a bad one counts as none where reads are open.
+        if open_read and (not credential or from_cookie):
+            return auth.OPEN_READER
+        if not credential:
+            raise self.unauthorized("this endpoint needs 'Authorization: Bearer <token>'")
+        sent_as = f"the {auth.TOKEN_COOKIE} cookie" if from_cookie else "'Authorization: Bearer'"
+        raise self.unauthorized(f"the token sent as {sent_as} is not valid (unknown, revoked or mistyped)")
+
+    @staticmethod
+    def unauthorized(detail: str) -> Unauthorized:
+        bottle.response.set_header("WWW-Authenticate", f'Bearer realm="{auth.REALM}"')  # RFC 6750 3
+        return Unauthorized(detail)
+
+
+class Audit:
+    """Bottle plugin: appends one line per mutating request to the audit log (audit.py), whatever its
+    outcome, refused ones included. Installed inside JsonErrors (it sees the route's reply and the
+    SpoolError of a failure) and outside RoleAuth (it sees a 401/403 too)."""
+
+    name = "audit"
+    api = 2
+
+    def __init__(self, log: AuditLog) -> None:
+        self.log = log
+
+    def apply(self, callback: Callable, route: bottle.Route) -> Callable:
+        if route.method not in MUTATING_METHODS:
+            return callback
+
+        def wrapper(*args, **kwargs):
+            result, status = None, 500
+            try:
+                result = callback(*args, **kwargs)
+                status = bottle.response.status_code
+                return result
+            except SpoolError as exc:
+                status = exc.status
+                raise
+            except bottle.HTTPResponse as exc:
+                status = exc.status_code
+                raise
+            finally:
+                request = bottle.request
+                identity = request.environ.get(auth.ENVIRON_KEY)
+                targets = {**(result if isinstance(result, dict) else {}), **kwargs}
+                # The peer's address, not bottle's remote_addr: that believes X-Forwarded-For, which any client
+                # can send (waitress drops it from clients it does not trust as proxies).
+                self.log.record(user=identity.user if identity else None, method=request.method, route=route.rule,
+                                path=request.path, remote=request.environ.get("REMOTE_ADDR"), status=status,
+                                targets=targets)
 
         return wrapper
 
@@ -173,10 +255,13 @@ def make_app(ctx: Context, route_modules: Iterable[ModuleType]) -> bottle.Bottle
     app.config["opeva.max_body_bytes"] = ctx.settings.max_body_bytes
     # Bottle buffers bodies up to MEMFILE_MAX in memory; we read at most limit + 1 bytes anyway.
     bottle.BaseRequest.MEMFILE_MAX = max(bottle.BaseRequest.MEMFILE_MAX, ctx.settings.max_body_bytes + 1)
-    # Plugins installed first wrap outermost: JsonErrors must see what TokenAuth raises.
+    # Plugins installed first wrap outermost: JsonErrors must see what Audit and RoleAuth raise.
     app.install(JsonErrors())
-    if ctx.settings.api_token:
-        app.install(TokenAuth(ctx.settings.api_token))
+    app.install(Audit(AuditLog(ctx.settings.shared_root)))
+    authenticator = auth.Authenticator(ctx.settings.api_token, ctx.settings.tokens_file,
+                                       open_reads(ctx.settings.open_reads))
+    if authenticator.enabled:  # else every caller is auth.ANONYMOUS
+        app.install(RoleAuth(authenticator))
     for module in route_modules:
         module.install(app, ctx)
 

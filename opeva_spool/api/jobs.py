@@ -2,6 +2,7 @@
 
 import bottle
 
+from .. import auth
 from ..streams import STREAM_GONE
 from .app import json_body, query_flag, query_int
 from .openapi import BOOLEAN, FLAG, INTEGER, MESSAGE, NUMBER, STRING, array, describe, nullable, obj
@@ -137,7 +138,7 @@ def install(app, ctx):
               statuses=(400, 404, 409, 503),
               reply=obj({**MESSAGE["properties"], "status": STRING, "stop_requested": BOOLEAN}, ["message", "status"]))
     def stop(job_id):
-        return service.stop(job_id, by=bottle.request.remote_addr or "")
+        return service.stop(job_id, by=auth.current().user or bottle.request.remote_addr or "")
 
     @app.delete("/job/<job_id>")
     @describe("Delete a job, its entry and folder (an active one only with force)", statuses=(400, 404, 409, 503),

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import bottle
 
-from .. import __version__, names
+from .. import __version__, auth, names
 
 Route = TypeVar("Route", bound=Callable)
 DESCRIPTION_ATTRIBUTE = "openapi"
@@ -189,7 +189,7 @@ def document(app: bottle.Bottle) -> dict:
 
 
 def install(app: bottle.Bottle, ctx) -> None:
-    @app.get("/openapi.json")
+    @app.get("/openapi.json", role=auth.PUBLIC)  # the contract holds no data: tools read it without a token
     @describe("This API's OpenAPI 3.1 document (built from the routes' own descriptions)",
               reply={"type": "object", "required": ["openapi", "info", "paths"]})
     def openapi_json():

@@ -2,6 +2,7 @@
 
 import bottle
 
+from .. import auth
 from .app import json_body, query_flag, query_int
 from .jobs import SUBMIT_BODY
 from .openapi import FLAG, INTEGER, MESSAGE, STRING, array, describe, obj
@@ -42,7 +43,7 @@ def install(app, ctx):
     @describe("Cancel the sweep's queued and waiting jobs and stop its running ones", statuses=(400, 404, 409, 503),
               reply=obj({**MESSAGE["properties"], "sweep_id": STRING}, ["message", "sweep_id"]))
     def stop(sweep_id):
-        return sweeps.stop(sweep_id, by=bottle.request.remote_addr or "")
+        return sweeps.stop(sweep_id, by=auth.current().user or bottle.request.remote_addr or "")
 
     @app.delete("/sweeps/<sweep_id>")
     @describe("Delete the sweep and its jobs (running ones only with force)", query={"force": FLAG},

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import bottle
 
-from .. import __version__, names
+from .. import __version__, auth, names
 from ..exceptions import NotFound, Unavailable
 from .app import Context
 from .openapi import BOOLEAN, STRING, array, describe, obj
@@ -70,12 +70,14 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
                 "message": f"host {host}: drain {'requested' if draining else 'lifted'}; its agent sees it "
                            f"within a poll and says so in its heartbeat"}
 
-    app.post("/hosts/<host>/drain")(describe("Drain a host: its agent takes no new jobs", reply=DRAIN_REPLY,
-                                             statuses=(400, 404, 503))(lambda host: set_drain(host, True)))
-    app.delete("/hosts/<host>/drain")(describe("Lift a host's drain", reply=DRAIN_REPLY, statuses=(400, 404, 503))(
+    app.post("/hosts/<host>/drain", role=auth.ADMIN)(describe(
+        "Drain a host: its agent takes no new jobs (admin)", reply=DRAIN_REPLY, statuses=(400, 404, 503))(
+        lambda host: set_drain(host, True)))
+    app.delete("/hosts/<host>/drain", role=auth.ADMIN)(describe(
+        "Lift a host's drain (admin)", reply=DRAIN_REPLY, statuses=(400, 404, 503))(
         lambda host: set_drain(host, False)))
 
-    @app.get("/health")
+    @app.get("/health", role=auth.PUBLIC)  # for load balancers and probes, which hold no token
     @describe("The server's health: shared root, job counts, MongoDB and Docker reachability",
               reply=obj({"status": STRING, "version": STRING, "shared_root": STRING, "jobs": obj(), "mongodb": obj(),
                          "docker": obj()}, ["status"]), statuses=(503,))
@@ -97,7 +99,7 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
             raise Unavailable("; ".join(problems), **{k: v for k, v in body.items() if k != "problems"})
         return body
 
-    @app.get("/")
+    @app.get("/", role=auth.PUBLIC)
     @describe("What this service is (a browser is sent to the dashboard)", statuses=(303,),
               reply=obj({"service": STRING, "version": STRING}, ["service", "version"]))
     def root():

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import bottle
 
+from .. import auth
 from ..exceptions import NotFound
 from .app import Context
 from .openapi import describe
@@ -111,13 +112,14 @@ def _with_common_headers(response: bottle.HTTPResponse) -> bottle.HTTPResponse:
 
 
 def install(app: bottle.Bottle, ctx: Context) -> None:
-    @app.get("/ui")
+    # The pages and their files hold no data (the data comes from API calls, which need the token).
+    @app.get("/ui", role=auth.PUBLIC)
     @describe("The dashboard (redirects to /ui/)", reply_type="text/html", statuses=(303,))
     def ui_without_slash():
         bottle.redirect(UI_PATH)  # relative asset URLs in the pages need the slash
 
-    @app.get("/ui/")
-    @app.get("/ui/<path:path>")
+    @app.get("/ui/", role=auth.PUBLIC)
+    @app.get("/ui/<path:path>", role=auth.PUBLIC)
     @describe("A dashboard page or one of its files", reply_type=("text/html", "text/javascript", "text/css",
                                                                    "image/png", "image/svg+xml", "text/plain"),
               statuses=(304, 404))

@@ -4,7 +4,10 @@
 // The API sits one level above /ui/: relative, so the dashboard also works behind a path prefix.
 export const API_BASE = new URL("../", location.href);
 const TOKEN_KEY = "opeva.token";
-const MUTATING = new Set(["POST", "PUT", "DELETE", "PATCH"]);
+// The token also travels as this cookie, for what cannot send a header: the event stream (EventSource) and
+// download links. The server takes the cookie for reads only, so it cannot be used to change anything.
+const TOKEN_COOKIE = "opeva_token";
+const TOKEN_CHANGED = "opeva-token-changed";
 export const TERMINAL = new Set(["finished", "failed", "stopped", "canceled"]);
 // Every job state, in the order a job goes through them (waiting: for the jobs it depends on).
 export const STATES = ["waiting", "queued", "dispatched", "running", "finished", "failed", "stopped", "canceled"];
@@ -38,6 +41,13 @@ export function token() {
   return sessionStorage.getItem(TOKEN_KEY) || "";
 }
 
+/** The session's token as the read-only cookie (a session cookie, this server's paths only), or none. */
+function setTokenCookie(value) {
+  const scope = `; path=${API_BASE.pathname}; SameSite=Strict${location.protocol === "https:" ? "; Secure" : ""}`;
+  document.cookie = value ? `${TOKEN_COOKIE}=${encodeURIComponent(value)}${scope}`
+    : `${TOKEN_COOKIE}=${scope}; max-age=0`;
+}
+
 /** Nav, token field and message line at the top of the page; ``active`` is the page's nav key. */
 export function renderShell(active) {
   const tokenInput = el("input", {type: "password", id: "token", placeholder: "API token", autocomplete: "off",
@@ -46,13 +56,16 @@ export function renderShell(active) {
     const value = tokenInput.value.trim();
     if (value) sessionStorage.setItem(TOKEN_KEY, value);
     else sessionStorage.removeItem(TOKEN_KEY);
+    setTokenCookie(value);
     showMessage(value ? "token saved for this browser session" : "token cleared", "info");
+    window.dispatchEvent(new Event(TOKEN_CHANGED)); // a refused event stream tries again with it
   });
+  setTokenCookie(token());
   const header = el("header", {class: "shell"},
     el("a", {class: "brand", href: "./"}, "opeva-spool"),
     el("nav", {}, PAGES.map(([key, label]) =>
       el("a", {href: key === "jobs" ? "./" : key, class: key === active ? "active" : null}, label))),
-    el("label", {class: "token", title: "sent as 'Authorization: Bearer' on changes; kept for this session only"},
+    el("label", {class: "token", title: "sent as 'Authorization: Bearer'; kept for this session only"},
       "token ", tokenInput));
   document.body.prepend(header, el("div", {id: "message", role: "status", hidden: true}));
 }
@@ -102,7 +115,7 @@ export async function apiFetch(path, {method = "GET", body, headers = {}, signal
     init.body = JSON.stringify(body);
     init.headers["Content-Type"] = "application/json";
   }
-  if (MUTATING.has(method) && token()) init.headers.Authorization = `Bearer ${token()}`;
+  if (token()) init.headers.Authorization = `Bearer ${token()}`; // reads too: with a tokens file they need it
   const response = await fetch(apiUrl(path), init);
   if (!response.ok) {
     let error;
@@ -181,6 +194,12 @@ export function liveUpdates(onChange, {types = ["job"], pollMs = 3000} = {}) {
     if (source) source.close();
     source = null;
   };
+  window.addEventListener(TOKEN_CHANGED, () => {
+    if (source && source.readyState === EventSource.CLOSED) {
+      clearTimeout(retryTimer);
+      connect();
+    }
+  });
   return whileVisible(connect, disconnect, () => onChange(null));
 }
 
