@@ -43,6 +43,7 @@ from .client import (
 from .exceptions import BadRequest, SpoolError
 from .jobs import EMBEDDED_HOST, parse_utc
 from .settings import Settings, load_settings, settings_markdown
+from .spool import ORPHAN_MIN_AGE
 from .states import JobState
 from .usage import BY_USER, USAGE_GROUPINGS
 
@@ -927,6 +928,41 @@ def cmd_client_config(args):
     return EXIT_OK
 
 
+def cmd_fsck(args):
+    from . import fsck
+
+    settings = _settings(args)
+    report = fsck.check(settings.shared_root, repair=args.repair, min_age=args.min_age,
+                        offline_after=settings.offline_after)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print_fsck(report, args.repair)
+    return EXIT_OK if report.clean else EXIT_ERROR_ANSWER
+
+
+def print_fsck(report, repairing: bool) -> None:
+    out = console()
+    if report.findings:
+        rows = table("kind", "path", "what", "repair", title=f"fsck {report.root}")
+        for finding in report.findings:
+            if finding.repaired:
+                done = Text(f"done: {finding.repair}", style="green")
+            elif finding.pending:
+                done = Text("none: young, may be in flight", style="dim")
+            else:
+                done = Text(finding.repair or "none: decide by hand", style="yellow" if finding.repair else "bold red")
+                if finding.repair and not repairing:
+                    done.append(" (with --repair)")
+            rows.add_row(finding.kind, finding.path, finding.detail, done)
+        out.print(rows)
+    problems = len(report.problems)
+    verdict = "clean" if not problems else f"{problems} problem{'s' if problems != 1 else ''} remain"
+    repaired = sum(finding.repaired for finding in report.findings)
+    out.print(f"{report.jobs} job folders, {report.entries} entries: {verdict}"
+              + (f"; {repaired} repaired" if repaired else ""))
+
+
 def _who():
     try:
         return getpass.getuser()
@@ -1139,6 +1175,15 @@ def parser():
     client_config.add_argument("--token", help="the API token to save, '' to remove it (default: keep the file's)")
     client_config.add_argument("--client-config", help="the client config file (default: $OPEVA_CLIENT_CONFIG, "
                                                        "else $XDG_CONFIG_HOME/opeva-spool/client.yaml)")
+
+    fsck = command("fsck", cmd_fsck, "check the shared root against the spool format (docs/spool.md) and, with "
+                                      "--repair, fix what is safe; exit 1 while problems remain", (common, json_option))
+    fsck.add_argument("--root", help=_from_setting("shared root", "shared_root"))
+    fsck.add_argument("--repair", action="store_true", help="fix what is safe to fix and say what was done "
+                                                            "(default: only report)")
+    fsck.add_argument("--min-age", type=float, default=ORPHAN_MIN_AGE, metavar="SECONDS",
+                      help="leave alone what changed more recently than this: it may be in flight "
+                           "(default: %(default)s; 0 only while no server or agent runs)")
 
     settings = command("settings", cmd_settings, "print the effective settings (secrets masked)")
     settings.add_argument("--markdown", action="store_true", help="print the settings table for docs (default: off)")

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from . import dependencies, fsio, jobs, logs, names, progress
+from . import crashpoints, dependencies, fsio, jobs, logs, names, progress
 from .configs import ConfigStore, WriteMode
 from .exceptions import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from .fairshare import FairShare
@@ -413,6 +413,7 @@ class JobService:
             raise _no_such_job(job_id)
         check_transition(job.state, JobState.STOPPED)  # 409 unless dispatched or running
         self.spool.request_stop(job.entry.job_id, by)
+        crashpoints.reach("stop.requested")
         return {"message": f"stop requested; host {job.host} stops job {job_id}",
                 "status": job.state.value,
                 "stop_requested": True}
@@ -439,6 +440,7 @@ class JobService:
         else:
             raise Conflict(f"job {job_id} kept moving while being deleted; try again", job_id=job_id)
         self.index.deleted(job.entry)
+        crashpoints.reach("delete.entry_trashed")
         # A crash here leaves a folder without an entry, which start-up recovery trashes.
         self.spool.trash(self.spool.folder(job.entry.job_id).path)
         # A stop asked for earlier has nothing left to stop; gone now, it cannot stop a later job of this id.
