@@ -98,11 +98,19 @@ class JobService:
         if config is None and body.get("command") is None:
             raise BadRequest("give 'config_path', an inline 'config', or a 'command'")
         spec = self.build_spec(body, job_id=job_id, config=config, origin=origin, inbox_folder=inbox_folder)
+        saved = None
         if inline:
-            self.configs.write(config.file_name, config.text,
-                               WriteMode.REPLACE if body.get("overwrite") is True else WriteMode.SAME)
+            saved = self.configs.write(config.file_name, config.text,
+                                       WriteMode.REPLACE if body.get("overwrite") is True else WriteMode.SAME)
         [rank] = self.fairshare.ranks(spec.priority, spec.submitted_by)
-        entry = self.spool.publish(spec, config.data if config is not None else None, rank)
+        try:
+            entry = self.spool.publish(spec, config.data if config is not None else None, rank)
+        except BaseException:
+            # Not published (a full or read-only share, an id taken): an inline config saved just now under the
+            # job's own name (no save_as) would be nobody's config. One saved as asked (save_as) stays saved.
+            if saved is not None and not saved.replaced and not body.get("save_as"):
+                fsio.unlink_quietly(os.path.join(self.spool.configs_dir, saved.file_name))
+            raise
         location = publish_location(spec)
         self.index.place(location, entry)
         self.on_publish(entry)
