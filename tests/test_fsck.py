@@ -88,7 +88,7 @@ def test_every_inconsistency_is_reported_and_repair_fixes_each_safely(share):
     trashed = os.path.join(spool.trash_dir, "x-old")
     os.makedirs(trashed)
     # An entry whose folder an OS crash lost.
-    lost_folder, lost_entry = submit(server, client)
+    lost_folder, _ = submit(server, client)
     shutil.rmtree(spool.folder(lost_folder).path)
     # A stop request for a job that is gone; a file in queued/ whose name is no entry; a temp file of a dead writer.
     spool.request_stop("gone-job")

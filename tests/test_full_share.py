@@ -66,7 +66,7 @@ WRITES = [
 
 
 def test_a_full_share_answers_507_to_every_write_and_keeps_nothing_of_it(small_share):
-    mount_point, server, client = small_share
+    mount_point, _, client = small_share
     filler = fill(mount_point)
     before = tree(mount_point)
     for route, body in WRITES:
@@ -84,7 +84,7 @@ def test_a_full_share_answers_507_to_every_write_and_keeps_nothing_of_it(small_s
 
 def test_a_job_whose_config_snapshot_does_not_fit_leaves_neither_its_saved_config_nor_a_folder(small_share):
     """The inline config is saved under configs/ first; its snapshot in the job's folder then does not fit."""
-    mount_point, server, client = small_share
+    mount_point, _, client = small_share
     before = tree(mount_point)
     filler = fill(mount_point)
     os.truncate(filler, os.path.getsize(filler) - 64 * 1024)  # room for the saved config, not for its snapshot too
@@ -99,7 +99,7 @@ def test_a_commit_rename_that_fails_takes_the_job_folder_back(small_share):
 
     (A rename needs no space on tmpfs; a read-only bind mount over queued/ makes the commit rename fail.)
     """
-    mount_point, server, client = small_share
+    mount_point, _, client = small_share
     before = tree(mount_point)
     queued = str(mount_point / "spool" / "queued")
     subprocess.run(["mount", "--bind", queued, queued], check=True)
