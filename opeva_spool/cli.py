@@ -942,25 +942,25 @@ def cmd_fsck(args):
 
 
 def print_fsck(report, repairing: bool) -> None:
+    """One block per finding (kind and path, what is wrong, what repair did or would do), then the verdict."""
     out = console()
-    if report.findings:
-        rows = table("kind", "path", "what", "repair", title=f"fsck {report.root}")
-        for finding in report.findings:
-            if finding.repaired:
-                done = Text(f"done: {finding.repair}", style="green")
-            elif finding.pending:
-                done = Text("none: young, may be in flight", style="dim")
-            else:
-                done = Text(finding.repair or "none: decide by hand", style="yellow" if finding.repair else "bold red")
-                if finding.repair and not repairing:
-                    done.append(" (with --repair)")
-            rows.add_row(finding.kind, finding.path, finding.detail, done)
-        out.print(rows)
+    for finding in report.findings:
+        if finding.repaired:
+            done = Text(f"repaired: {finding.repair}", style="green")
+        elif finding.pending:
+            done = Text("left alone: changed recently, may be in flight", style="dim")
+        elif finding.repair:
+            done = Text(f"repair: {finding.repair}" + ("" if repairing else " (with --repair)"), style="yellow")
+        else:
+            done = Text("repair: none, decide by hand", style="bold red")
+        out.print(Text.assemble((finding.kind, "bold"), "  ", finding.path), soft_wrap=True)
+        out.print(Text(f"  {finding.detail}"), soft_wrap=True)
+        out.print(Text.assemble("  ", done), soft_wrap=True)
     problems = len(report.problems)
     verdict = "clean" if not problems else f"{problems} problem{'s' if problems != 1 else ''} remain"
     repaired = sum(finding.repaired for finding in report.findings)
-    out.print(f"{report.jobs} job folders, {report.entries} entries: {verdict}"
-              + (f"; {repaired} repaired" if repaired else ""))
+    out.print(f"{report.root}: {report.jobs} job folders, {report.entries} entries: {verdict}"
+              + (f"; {repaired} repaired" if repaired else ""), soft_wrap=True)
 
 
 def _who():

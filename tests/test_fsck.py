@@ -176,7 +176,7 @@ def test_two_entries_of_one_job_are_reported_never_repaired_and_fsck_exits_1(sha
     shutil.copy(spool.entry_path(Location("queued"), entry), copy)
     result = run_cli(spool.root, "--repair", "--min-age", "0")
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "duplicate_entries" in result.stdout and "decide by hand" in result.stdout
+    assert "duplicate_entries" in result.stdout and "none, decide by hand" in result.stdout
     assert "1 problem remain" in result.stdout
     assert os.path.exists(copy) and os.path.exists(spool.entry_path(Location("queued"), entry))
     report = json.loads(run_cli(spool.root, "--json", "--min-age", "0").stdout)
@@ -190,7 +190,7 @@ def test_repair_says_what_it_did(share):
     age(stage)
     result = run_cli(server.spool.root, "--repair")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "stale_staging" in result.stdout and "done: remove it" in result.stdout and "1 repaired" in result.stdout
+    assert "stale_staging" in result.stdout and "repaired: remove it" in result.stdout and "1 repaired" in result.stdout
     assert not os.path.exists(stage)
 
 
