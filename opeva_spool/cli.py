@@ -43,7 +43,6 @@ from .client import (
 from .exceptions import BadRequest, SpoolError
 from .jobs import EMBEDDED_HOST, parse_utc
 from .settings import Settings, load_settings, settings_markdown
-from .spool import ORPHAN_MIN_AGE
 from .states import JobState
 from .usage import BY_USER, USAGE_GROUPINGS
 
@@ -1181,9 +1180,10 @@ def parser():
     fsck.add_argument("--root", help=_from_setting("shared root", "shared_root"))
     fsck.add_argument("--repair", action="store_true", help="fix what is safe to fix and say what was done "
                                                             "(default: only report)")
-    fsck.add_argument("--min-age", type=float, default=ORPHAN_MIN_AGE, metavar="SECONDS",
-                      help="leave alone what changed more recently than this: it may be in flight "
-                           "(default: %(default)s; 0 only while no server or agent runs)")
+    fsck.add_argument("--min-age", type=float, metavar="SECONDS",
+                      help="leave alone what changed more recently than this: it may be in flight (default: the "
+                           "server's own thresholds, 60 s, and 600 s for a dataset build; 0 only while no server "
+                           "or agent runs)")
 
     settings = command("settings", cmd_settings, "print the effective settings (secrets masked)")
     settings.add_argument("--markdown", action="store_true", help="print the settings table for docs (default: off)")

@@ -3,7 +3,8 @@
 Every check reads the share the way the server and the agents do (listings, one ``stat`` or read
 per item) and never takes a lock: the server and agents may be running. That is why a finding
 carries its age and why ``repair`` leaves alone anything younger than ``min_age`` (default: the
-server's own ORPHAN_MIN_AGE, 60 s): a staging dir, a folder without an entry, an ended attempt
+threshold its owner uses: ORPHAN_MIN_AGE, 60 s, as the server's recovery; STALE_BUILD_SECONDS for a
+dataset build's status): a staging dir, a folder without an entry, an ended attempt
 not moved yet may be a submission, a delete or an ending in flight, which its owner completes
 itself a moment later. A running entry is judged by its host's heartbeat, as the server does: only
 an entry of a host silent for ``offline_after`` is the server's to requeue or fail.
@@ -24,12 +25,16 @@ from dataclasses import asdict, dataclass
 
 from . import fsio, names, sweeps
 from .jobs import JobFolder
+from .sitedata.mongo import iso_now
+from .sitedata.store import STALE_BUILD_SECONDS
 from .spool import DONE, ORPHAN_MIN_AGE, QUEUED, RUNNING, WAITING, Entry, Location, Spool, asks_retry
 from .states import EndReason, JobState
 
 REQUEST_SUFFIX = ".stop"
 FSCK_SOURCE = "fsck"  # rejected/<name>.<hex>/reason.json "source" of what fsck set aside
-ENTRY_PLACES = (QUEUED, WAITING, RUNNING, DONE)
+# Where the dataset store (sitedata/store.py) builds and keeps its build status, under datasets/.
+STAGING_DIR, BUILDS_DIR = ".staging", ".builds"
+BUILD_INTERRUPTED = "interrupted: the server building it stopped before the build ended (opeva-spool fsck)"
 
 
 @dataclass
@@ -74,11 +79,11 @@ class Report:
 class Checker:
     """One pass over a root: ``run()`` returns the Report (with ``repair``, after repairing what is safe)."""
 
-    def __init__(self, root: str, repair: bool = False, min_age: float = ORPHAN_MIN_AGE,
+    def __init__(self, root: str, repair: bool = False, min_age: float | None = None,
                  offline_after: float = 30.0) -> None:
         self.spool = Spool(root)
         self.repair = repair
-        self.min_age = min_age
+        self.min_age = min_age  # None: each item's owner's own threshold (ORPHAN_MIN_AGE, STALE_BUILD_SECONDS)
         self.offline_after = offline_after
         self.findings: list[Finding] = []
 
@@ -93,6 +98,7 @@ class Checker:
         self._check_staging()
         self._check_trash()
         self._check_requests(places)
+        self._check_dataset_builds()
         return Report(self.spool.root, self.findings, len(folders), sum(map(len, places.values())))
 
     # ----- helpers --------------------------------------------------------------------------
@@ -115,8 +121,8 @@ class Checker:
         self.findings.append(finding)
         return finding
 
-    def _young(self, path: str) -> bool:
-        return fsio.age(path) < self.min_age
+    def _young(self, path: str, owners_threshold: float = ORPHAN_MIN_AGE) -> bool:
+        return fsio.age(path) < (owners_threshold if self.min_age is None else self.min_age)
 
     # ----- the checks -----------------------------------------------------------------------
 
@@ -313,6 +319,34 @@ class Checker:
                            lambda job_id=job_id: _remove(self.spool.stop_request_path(job_id)))
 
 
+    def _check_dataset_builds(self) -> None:
+        """Builds whose server died mid-way (datasets/.staging/<name>, a status still ``building``): the store
+        itself takes such a name over after STALE_BUILD_SECONDS without a status change, the same age used here."""
+        staging_root = os.path.join(self.spool.datasets_dir, STAGING_DIR)
+        builds = os.path.join(self.spool.datasets_dir, BUILDS_DIR)
+        for name in fsio.listdir(staging_root):
+            staging = os.path.join(staging_root, name)
+            status_path = os.path.join(builds, f"{name}.json")
+            status = fsio.read_json_object(status_path) or {}
+            building = status.get("state") == "building"
+            self._find("dataset_build_interrupted" if building else "stale_staging", staging,
+                       f"dataset {name} is being built by no one: its status has not changed for "
+                       f"{fsio.age(status_path):.0f} s" if building else f"the staging of dataset {name}, "
+                       f"whose build is over ({status.get('state', 'no status')})",
+                       "remove its staging and record the build failed" if building else "remove it",
+                       self._young(status_path if building else staging, STALE_BUILD_SECONDS),
+                       lambda staging=staging, status_path=status_path, building=building:
+                       self._end_build(staging, status_path, building))
+
+    @staticmethod
+    def _end_build(staging: str, status_path: str, building: bool) -> bool:
+        if building:
+            status = fsio.read_json_object(status_path) or {}
+            status.update(state="failed", stage="failed", error=BUILD_INTERRUPTED, updated_at=iso_now())
+            fsio.atomic_write_json(status_path, status)
+        return _remove(staging)
+
+
 def _lstat_mode(path: str) -> int:
     try:
         return os.lstat(path).st_mode
@@ -328,6 +362,6 @@ def _remove(path: str) -> bool:
     return not os.path.lexists(path)
 
 
-def check(root: str, repair: bool = False, min_age: float = ORPHAN_MIN_AGE, offline_after: float = 30.0) -> Report:
+def check(root: str, repair: bool = False, min_age: float | None = None, offline_after: float = 30.0) -> Report:
     """Check (and with ``repair``, repair) the shared root ``root``; see Checker."""
     return Checker(root, repair, min_age, offline_after).run()

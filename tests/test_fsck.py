@@ -210,3 +210,23 @@ def test_an_entry_name_on_a_directory_is_set_aside(share):
     report = fsck.check(spool.root, repair=True, min_age=10)
     assert [(finding.kind, finding.repaired) for finding in report.findings] == [("entry_not_a_file", True)]
     assert not os.path.exists(bogus)
+
+
+def test_a_dataset_build_whose_server_died_is_reported_and_repair_records_it_failed(share):
+    server, _ = share
+    datasets = server.spool.datasets_dir
+    os.makedirs(os.path.join(datasets, ".staging", "lab15", "partial"))
+    os.makedirs(os.path.join(datasets, ".builds"))
+    status_path = os.path.join(datasets, ".builds", "lab15.json")
+    fsio.atomic_write_json(status_path, {"name": "lab15", "state": "building", "progress_pct": 40.0})
+    # Still within the store's own staleness (600 s): maybe a build in progress whose status is slow to move.
+    age(status_path)  # an hour
+    assert kinds(fsck.check(server.spool.root)) == ["dataset_build_interrupted"]
+    os.utime(status_path)
+    report = fsck.check(server.spool.root, repair=True)
+    assert report.clean and report.findings[0].pending
+    age(status_path)
+    assert fsck.check(server.spool.root, repair=True).clean
+    assert not os.path.exists(os.path.join(datasets, ".staging", "lab15"))
+    status = fsio.read_json_object(status_path)
+    assert status["state"] == "failed" and "interrupted" in status["error"]
