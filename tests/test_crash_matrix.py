@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -317,3 +318,38 @@ def check_tree(cluster):
     assert report["findings"] == [], report
     for name in fsio.listdir(cluster.spool.jobs_dir):  # every folder left is a job's that still has its entry
         assert any(entry.job_id == name for _, entry in cluster.spool.scan()), name
+
+
+def test_kill_9_of_the_server_during_a_dataset_build_leaves_no_half_dataset_and_fsck_ends_the_build(
+        tmp_path, mongo_uri, lab_site):
+    cluster = Cluster(tmp_path)
+    build = {"name": "lab60", "site_id": lab_site, "period": 60, "from_ts": "2024-03-30T00:00:00Z",
+             "until_ts": "2024-04-01T00:00:00Z"}
+    status_path = os.path.join(cluster.spool.datasets_dir, ".builds", "lab60.json")
+    try:
+        cluster.server_proc, cluster.http = start_server(cluster.root, tmp_path, crash_at="dataset.building",
+                                                         mongo_uri=mongo_uri, **FAST)
+        try:  # the build thread may kill the server before or after the 202 is sent
+            cluster.http.post("/dataset", json=build, timeout=10)
+        except (OSError, http.client.HTTPException):
+            pass
+        died_at_crash_point(cluster.server_proc)
+        cluster.server_proc, cluster.http = start_server(cluster.root, tmp_path, mongo_uri=mongo_uri, **FAST)
+        # The folder's rename is the build's commit: no half dataset is ever listed.
+        assert not os.path.exists(os.path.join(cluster.spool.datasets_dir, "lab60"))
+        assert [dataset["name"] for dataset in cluster.http.get("/datasets").json()] == []
+        checked = fsck(cluster)  # the build's status is younger than the store's 600 s: maybe still building
+        assert checked.returncode == 0 and json.loads(checked.stdout)["findings"][0]["pending"], checked.stdout
+        os.utime(status_path, (time.time() - 3600, time.time() - 3600))  # an hour later, nobody built it
+        repaired = fsck(cluster, "--repair")
+        assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        assert [(finding["kind"], finding["repaired"]) for finding in json.loads(repaired.stdout)["findings"]] == [
+            ("dataset_build_interrupted", True)]
+        assert cluster.http.get("/dataset/status/lab60").json()["state"] == "failed"
+        # The name is free again: the same build now succeeds.
+        assert cluster.http.post("/dataset", json=build).status == 202
+        wait_for(lambda: cluster.http.get("/dataset/status/lab60").json()["state"] == "ready", timeout=60,
+                 message="the rebuilt dataset to be ready")
+        assert fsck(cluster, "--min-age", "0").returncode == 0
+    finally:
+        cluster.close()
