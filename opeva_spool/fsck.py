@@ -93,11 +93,16 @@ class Checker:
         staged = self._check_sweeps()
         places = self._check_entries()
         folders = set(fsio.listdir(self.spool.jobs_dir))
-        self._check_folders(places, folders, staged)
+        # Race: the listings are not one snapshot. An entry moving to a place listed earlier (a release from
+        # waiting/ into queued/, a requeue) is missed by a pass, so a job counts as having no entry only if a
+        # second pass, made after the folders were listed, misses it too (a publish commits its folder first).
+        listed_again = self._entry_places()
+        self._check_duplicates(places)
+        self._check_folders(places, folders, staged | listed_again.keys())
         self._check_records(places)
         self._check_staging()
         self._check_trash()
-        self._check_requests(places)
+        self._check_requests(places, listed_again)
         self._check_dataset_builds()
         return Report(self.spool.root, self.findings, len(folders), sum(map(len, places.values())))
 
@@ -114,10 +119,10 @@ class Checker:
         if self.repair and fix is not None and not young:
             try:
                 finding.repaired = bool(fix())
+                if not finding.repaired:
+                    finding.detail += " (it changed meanwhile; nothing was done)"
             except OSError as exc:
                 finding.detail += f" (repair failed: {exc})"
-            if not finding.repaired and "repair failed" not in finding.detail:
-                finding.detail += " (it changed meanwhile; nothing was done)"
         self.findings.append(finding)
         return finding
 
@@ -149,6 +154,13 @@ class Checker:
         for location in self.spool.locations():
             yield location, self.spool.location_dir(location)
 
+    def _entry_places(self) -> dict[str, list[tuple[Location, Entry]]]:
+        """Job id -> the places of its entries, from one listing of every entry directory (no finding)."""
+        places = defaultdict(list)
+        for location, entry in self.spool.scan():
+            places[entry.job_id].append((location, entry))
+        return places
+
     def _check_entries(self) -> dict[str, list[tuple[Location, Entry]]]:
         """List every entry directory: names that do not parse, leftover temp files; returns job id -> places."""
         places = defaultdict(list)
@@ -178,26 +190,35 @@ class Checker:
                                    path, FSCK_SOURCE, "not a regular file", job_id=job_id))
                     continue
                 places[entry.job_id].append((location, entry))
+        return places
+
+    def _check_duplicates(self, places) -> None:
         for job_id, where in places.items():
+            if len(where) < 2:
+                continue
+            # Race: an entry that moved forward between two listings (a claim, an ending) was listed twice;
+            # only entries that are all still there are two entries.
+            where[:] = [place for place in where if os.path.lexists(self.spool.entry_path(*place))]
             if len(where) > 1:
                 shown = ", ".join(self._shown(self.spool.entry_path(*place)) for place in where)
                 self._find("duplicate_entries", self.spool.entry_path(*where[0]),
                            f"job {job_id} has {len(where)} entries ({shown}); a job has exactly one, and which one "
                            f"is right cannot be told safely: remove the wrong ones by hand")
-        return places
 
-    def _check_folders(self, places, folders, staged) -> None:
+    def _check_folders(self, places, folders, known) -> None:
         for job_id, where in places.items():
-            if job_id in folders:
+            if job_id in folders or not where:
                 continue
             location, entry = where[0]
             path = self.spool.entry_path(location, entry)
+            if not os.path.lexists(path) or os.path.isdir(self.spool.folder(job_id).path):
+                continue  # moved or deleted meanwhile, or published between the listings
             # An OS crash can lose a new folder's rename (its job_info.json is rebuilt from the entry, which holds the
             # whole spec); a delete trashes the entry first, so the entry vanishing meanwhile means a delete won.
             self._find("entry_without_folder", path, f"job {job_id} has an entry but no folder jobs/{job_id}/",
                        "re-create the folder and its job_info.json from the entry", False,
                        lambda location=location, entry=entry: self._refold(location, entry))
-        for job_id in sorted(folders - places.keys() - staged):
+        for job_id in sorted(folders - places.keys() - known):
             path = self.spool.folder(job_id).path
             if not names.JOB_ID.match(job_id):
                 self._find("unparsable_name", path, "a folder under jobs/ whose name is no job id; readers ignore it")
@@ -224,6 +245,8 @@ class Checker:
             if len(where) != 1:
                 continue  # reported as duplicates
             location, entry = where[0]
+            if not os.path.lexists(self.spool.entry_path(location, entry)):
+                continue  # moved on since it was listed: its owner is at work
             if location.kind == RUNNING:
                 self._check_running(location.detail, entry)
             elif location.kind == DONE:
@@ -300,7 +323,7 @@ class Checker:
             self._find("stale_trash", path, "deleted, not yet removed", "remove it", self._young(path),
                        lambda path=path: _remove(path))
 
-    def _check_requests(self, places) -> None:
+    def _check_requests(self, places, listed_again) -> None:
         for name in fsio.listdir(self.spool.requests_dir):
             path = os.path.join(self.spool.requests_dir, name)
             job_id = name[: -len(REQUEST_SUFFIX)] if name.endswith(REQUEST_SUFFIX) else ""
@@ -309,7 +332,7 @@ class Checker:
                            "set it aside into spool/rejected/", self._young(path),
                            lambda path=path: self.spool.set_aside(path, FSCK_SOURCE, "not a stop request"))
                 continue
-            where = places.get(job_id, ())
+            where = [*places.get(job_id, ()), *listed_again.get(job_id, ())]
             active = any(location.kind in (RUNNING, QUEUED, WAITING) for location, _ in where)
             if not active:
                 # The server clears these every round; a request for an ended or deleted job stops nothing, but one

@@ -353,3 +353,35 @@ def test_kill_9_of_the_server_during_a_dataset_build_leaves_no_half_dataset_and_
         assert fsck(cluster, "--min-age", "0").returncode == 0
     finally:
         cluster.close()
+
+
+def test_fsck_repair_beside_a_busy_server_and_agent_finds_nothing_and_changes_nothing(tmp_path):
+    """Claims, endings, retries, stops and deletes go on while fsck --repair runs again and again: it must neither
+    report a problem nor repair anything (each listing races the owners' renames)."""
+    from opeva_spool import fsck as checker
+
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start_server()
+        cluster.agent_proc = start_agent(cluster.root, tmp_path, HOST, capacity=4, **FAST)
+        wait_for(lambda: cluster.host_state() == "online", timeout=15, message=f"{HOST} online")
+        jobs = [cluster.submit(first="0.2", later="0.1", fail_first=index % 3 == 0, retry_on_failure=True)
+                for index in range(24)]
+        reports = []
+        deadline = time.monotonic() + 60
+        for index, job_id in enumerate(jobs):
+            if index % 6 == 1:
+                cluster.http.post(f"/stop/{job_id}")
+            elif index % 6 == 2:
+                cluster.http.delete(f"/job/{job_id}?force=1")
+            reports.append(checker.check(str(cluster.root), repair=True, offline_after=FAST["offline_after"]))
+        while time.monotonic() < deadline and any(
+                cluster.status(job_id)["status"] not in ("finished", "stopped", "canceled", "not_found")
+                for job_id in jobs):
+            reports.append(checker.check(str(cluster.root), repair=True, offline_after=FAST["offline_after"]))
+        assert all(cluster.status(job_id)["status"] in ("finished", "stopped", "canceled", "not_found")
+                   for job_id in jobs)
+        for report in reports:
+            assert report.clean and not any(finding.repaired for finding in report.findings), report.to_dict()
+    finally:
+        cluster.close()
