@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
@@ -86,10 +87,12 @@ class Checker:
         self.min_age = min_age  # None: each item's owner's own threshold (ORPHAN_MIN_AGE, STALE_BUILD_SECONDS)
         self.offline_after = offline_after
         self.findings: list[Finding] = []
+        self.now = time.time()  # run() sets the share's own
 
     def run(self) -> Report:
         if not os.path.isdir(self.spool.queued_dir):
             raise FileNotFoundError(f"{self.spool.root} is not an initialised shared root (it has no spool/queued/)")
+        self.now = self._share_now()
         staged = self._check_sweeps()
         places = self._check_entries()
         folders = set(fsio.listdir(self.spool.jobs_dir))
@@ -127,7 +130,29 @@ class Checker:
         return finding
 
     def _young(self, path: str, owners_threshold: float = ORPHAN_MIN_AGE) -> bool:
-        return fsio.age(path) < (owners_threshold if self.min_age is None else self.min_age)
+        return self._age(path) < (owners_threshold if self.min_age is None else self.min_age)
+
+    def _age(self, path: str) -> float:
+        """Seconds since ``path`` changed, on the share's clock (see _share_now); 0.0 if it is gone."""
+        try:
+            return self.now - os.lstat(path).st_mtime
+        except OSError:
+            return 0.0
+
+    def _share_now(self) -> float:
+        """The share's clock now: the mtime of a file made for it. Ages are mtimes set by the file server's
+        clock, and this machine's may be off by more than a heartbeat: judged by it, a live host could look
+        silent. (Read-only share: this machine's clock, and nothing can be repaired anyway.)"""
+        probe = fsio.temp_name(self.spool.staging_dir, "fsck-clock")
+        try:
+            with open(probe, "xb"):
+                pass
+            try:
+                return os.lstat(probe).st_mtime
+            finally:
+                fsio.unlink_quietly(probe)
+        except OSError:
+            return time.time()
 
     # ----- the checks -----------------------------------------------------------------------
 
@@ -275,7 +300,7 @@ class Checker:
         # Silence as the server judges it: since the heartbeat last changed; a host whose agent never wrote one
         # (an HTTP worker before its first beat) counts from the last change of its running/ (a claim).
         beat = self.spool.heartbeat_path(host)
-        silent = fsio.age(beat if os.path.exists(beat) else self.spool.running_dir(host))
+        silent = self._age(beat if os.path.exists(beat) else self.spool.running_dir(host))
         if silent < self.offline_after:
             return  # its host is alive: its agent owns the attempt
         self._find("running_on_silent_host", path,
@@ -354,7 +379,7 @@ class Checker:
             building = status.get("state") == "building"
             self._find("dataset_build_interrupted" if building else "stale_staging", staging,
                        f"dataset {name} is being built by no one: its status has not changed for "
-                       f"{fsio.age(status_path):.0f} s" if building else f"the staging of dataset {name}, "
+                       f"{self._age(status_path):.0f} s" if building else f"the staging of dataset {name}, "
                        f"whose build is over ({status.get('state', 'no status')})",
                        "remove its staging and record the build failed" if building else "remove it",
                        self._young(status_path if building else staging, STALE_BUILD_SECONDS),
