@@ -33,6 +33,7 @@ from .states import EndReason, JobState
 
 REQUEST_SUFFIX = ".stop"
 FSCK_SOURCE = "fsck"  # rejected/<name>.<hex>/reason.json "source" of what fsck set aside
+STAGED_PARTS = (sweeps.JOBS, QUEUED, WAITING)  # what a sweep's staging dir holds besides sweep.json
 # Where the dataset store (sitedata/store.py) builds and keeps its build status, under datasets/.
 STAGING_DIR, BUILDS_DIR = ".staging", ".builds"
 BUILD_INTERRUPTED = "interrupted: the server building it stopped before the build ended (opeva-spool fsck)"
@@ -337,8 +338,12 @@ class Checker:
     def _check_staging(self) -> None:
         for name in fsio.listdir(self.spool.staging_dir):
             path = os.path.join(self.spool.staging_dir, name)
-            self._find("stale_staging", path, "a submission that was never published", "remove it",
-                       self._young(path), lambda path=path: _remove(path))
+            # A sweep being staged adds its files under jobs/ and queued/ of its staging dir, whose own mtime
+            # then stays put: the newest of the three tells whether it is still being written.
+            young = any(self._young(part) for part in (path, *(os.path.join(path, sub) for sub in STAGED_PARTS))
+                        if os.path.lexists(part))
+            self._find("stale_staging", path, "a submission that was never published", "remove it", young,
+                       lambda path=path: _remove(path))
 
     def _check_trash(self) -> None:
         # The server empties the trash every maintenance round: what stays is a stopped server's, or held by
@@ -365,7 +370,6 @@ class Checker:
                 self._find("stale_stop_request", path, f"a stop request for job {job_id}, which "
                            f"{'has ended' if where else 'does not exist'}", "remove it", self._young(path),
                            lambda job_id=job_id: _remove(self.spool.stop_request_path(job_id)))
-
 
     def _check_dataset_builds(self) -> None:
         """Builds whose server died mid-way (datasets/.staging/<name>, a status still ``building``): the store
