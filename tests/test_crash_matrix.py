@@ -187,6 +187,20 @@ def server_at_requeue(cluster):
     return {job_id: "finished"}
 
 
+def server_while_running(cluster):
+    cluster.start_server()
+    cluster.start_agent()
+    job_id = cluster.submit(first="2")
+    cluster.wait_started(job_id)
+    cluster.server_proc.kill()  # claims, starts, endings and their records need no server
+    cluster.server_proc.wait()
+    wait_for(lambda: os.path.exists(cluster.spool.folder(job_id).attempt_record(1)) and (
+        fsio.read_json_object(cluster.spool.folder(job_id).attempt_record(1)) or {}).get("state") == "finished",
+        timeout=20, message="the job to finish while the server is down")
+    cluster.start_server()
+    return {job_id: "finished"}
+
+
 def agent_at_claim(cluster):
     cluster.start_server()
     cluster.start_agent(crash_at="claim.renamed")
@@ -258,9 +272,9 @@ def agent_at_retry(cluster):
     return {job_id: "finished"}
 
 
-STEPS = [server_at_publish_before_commit, server_at_publish_after_commit, server_at_stop, server_at_delete,
-         server_at_requeue, agent_at_claim, agent_at_start, agent_while_running, agent_at_result, agent_at_stop,
-         agent_at_delete, agent_at_retry]
+STEPS = [server_at_publish_before_commit, server_at_publish_after_commit, server_while_running, server_at_stop,
+         server_at_delete, server_at_requeue, agent_at_claim, agent_at_start, agent_while_running, agent_at_result,
+         agent_at_stop, agent_at_delete, agent_at_retry]
 
 
 @pytest.mark.parametrize("step", STEPS, ids=[step.__name__ for step in STEPS])
