@@ -277,6 +277,8 @@ class Checker:
                 self._check_running(location.detail, entry)
             elif location.kind == DONE:
                 self._check_done(location.detail, entry)
+            if entry.attempt > 1 and location.kind in (RUNNING, DONE):
+                self._check_attempt_logs(entry)
 
     def _record_path(self, entry: Entry) -> str:
         return JobFolder(self.spool.jobs_dir, entry.job_id).attempt_record(entry.attempt)
@@ -334,6 +336,19 @@ class Checker:
         self._find("record_contradicts_place", path,
                    f"job {entry.job_id} attempt {entry.attempt} is in done/{state}/ but its record says {recorded}; "
                    f"readers follow the entry's place")
+
+    def _check_attempt_logs(self, entry: Entry) -> None:
+        """Every earlier attempt that started kept its log: the runner of each later attempt that started moved
+        logs/<id>.log aside to logs/<id>.attempt-<n>.log before running (an attempt that never started has none)."""
+        if not (self.spool.read_attempt(entry) or {}).get("started_at"):
+            return  # the current attempt has not rotated the log yet
+        folder = self.spool.folder(entry.job_id)
+        for number in range(1, entry.attempt):
+            record = self.spool.read_attempt(entry._replace(attempt=number)) or {}
+            log_path = folder.attempt_log(number)
+            if record.get("started_at") and not os.path.lexists(log_path):
+                self._find("attempt_log_missing", log_path,
+                           f"attempt {number} of job {entry.job_id} started, but its log is not kept")
 
     def _check_staging(self) -> None:
         for name in fsio.listdir(self.spool.staging_dir):

@@ -230,3 +230,20 @@ def test_a_dataset_build_whose_server_died_is_reported_and_repair_records_it_fai
     assert not os.path.exists(os.path.join(datasets, ".staging", "lab15"))
     status = fsio.read_json_object(status_path)
     assert status["state"] == "failed" and "interrupted" in status["error"]
+
+
+def test_an_earlier_attempt_s_missing_log_is_reported(share):
+    server, client = share
+    spool = server.spool
+    job_id, entry = submit(server, client, max_retries=1)
+    claim(spool, entry)
+    second = spool.requeue(entry, "gpu-a")
+    claim(spool, second)
+    folder = spool.folder(job_id)
+    os.makedirs(os.path.dirname(folder.attempt_log(1)), exist_ok=True)
+    open(folder.attempt_log(1), "w").close()
+    assert fsck.check(spool.root, min_age=0).findings == []
+    os.unlink(folder.attempt_log(1))
+    report = fsck.check(spool.root, repair=True, min_age=0)
+    assert [(finding.kind, finding.path) for finding in report.problems] == [
+        ("attempt_log_missing", f"jobs/{job_id}/logs/{job_id}.attempt-1.log")]
