@@ -15,7 +15,7 @@ import uuid
 
 import filelock
 
-from . import fsio, hosts, locks
+from . import crashpoints, fsio, hosts, locks
 from .exceptions import Conflict, RuntimeFailure
 from .jobs import ANY_HOST, CONFIG_SNAPSHOT, DATA_SUBDIRS, JobFolder, JobSpec, gpus_needed, utc_now
 from .progress import ProgressRecorder
@@ -200,6 +200,7 @@ class Runner(threading.Thread):
                 agent.note(folder, f"cannot start: {failure.detail}")
                 return self._finish(JobState.FAILED, {"reason": failure.reason, "error": failure.detail,
                                                       "gpus": list(self.gpus)})
+            crashpoints.reach("start.launched")
             agent.spool.write_attempt(entry, agent.host, agent.agent_id, JobState.RUNNING,
                                       started_at=utc_now(), runtime=agent.runtime.name, gpus=list(self.gpus),
                                       **self.execution.describe())
@@ -227,6 +228,7 @@ class Runner(threading.Thread):
                 # Without a lease the job must be dead before the server's offline threshold.
                 grace = agent.heartbeat.grace if reason == EndReason.LEASE_LOST else agent.settings.stop_grace
                 code = execution.stop(grace)
+                crashpoints.reach(f"stop.{reason}")  # e.g. stop.stop_requested, stop.entry_removed
                 execution.release()
                 # Noted only once it ended: while it runs, the runtime is the log's only writer.
                 self._note_if_current(folder, f"{reason}: stopped with SIGTERM (SIGKILL after {grace:g}s), "

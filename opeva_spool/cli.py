@@ -961,6 +961,41 @@ def cmd_client_config(args):
     return EXIT_OK
 
 
+def cmd_fsck(args):
+    from . import fsck
+
+    settings = _settings(args)
+    report = fsck.check(settings.shared_root, repair=args.repair, min_age=args.min_age,
+                        offline_after=settings.offline_after)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print_fsck(report, args.repair)
+    return EXIT_OK if report.clean else EXIT_ERROR_ANSWER
+
+
+def print_fsck(report, repairing: bool) -> None:
+    """One block per finding (kind and path, what is wrong, what repair did or would do), then the verdict."""
+    out = console()
+    for finding in report.findings:
+        if finding.repaired:
+            done = Text(f"repaired: {finding.repair}", style="green")
+        elif finding.pending:
+            done = Text("left alone: changed recently, may be in flight", style="dim")
+        elif finding.repair:
+            done = Text(f"repair: {finding.repair}" + ("" if repairing else " (with --repair)"), style="yellow")
+        else:
+            done = Text("repair: none, decide by hand", style="bold red")
+        out.print(Text.assemble((finding.kind, "bold"), "  ", finding.path), soft_wrap=True)
+        out.print(Text(f"  {finding.detail}"), soft_wrap=True)
+        out.print(Text.assemble("  ", done), soft_wrap=True)
+    problems = len(report.problems)
+    verdict = "clean" if not problems else f"{problems} problem{'s' if problems != 1 else ''} remain"
+    repaired = sum(finding.repaired for finding in report.findings)
+    out.print(f"{report.root}: {report.jobs} job folders, {report.entries} entries: {verdict}"
+              + (f"; {repaired} repaired" if repaired else ""), soft_wrap=True)
+
+
 def _who():
     try:
         return getpass.getuser()
@@ -1188,6 +1223,15 @@ def parser():
             token_sub)
     command("rm", cmd_token, "revoke a token by its id, or every token of a user", (token_file,),
             token_sub).add_argument("which", help="a token's id or a user name")
+    fsck = command("fsck", cmd_fsck, "check the shared root against the spool format (docs/spool.md) and, with "
+                                      "--repair, fix what is safe; exit 1 while problems remain", (common, json_option))
+    fsck.add_argument("--root", help=_from_setting("shared root", "shared_root"))
+    fsck.add_argument("--repair", action="store_true", help="fix what is safe to fix and say what was done "
+                                                            "(default: only report)")
+    fsck.add_argument("--min-age", type=float, metavar="SECONDS",
+                      help="leave alone what changed more recently than this: it may be in flight (default: the "
+                           "server's own thresholds, 60 s, and 600 s for a dataset build; 0 only while no server "
+                           "or agent runs)")
 
     settings = command("settings", cmd_settings, "print the effective settings (secrets masked)")
     settings.add_argument("--markdown", action="store_true", help="print the settings table for docs (default: off)")

@@ -5,6 +5,8 @@ with ``status``; code below the HTTP layer raises these and never builds
 responses itself. The command line prints ``detail`` as one line.
 """
 
+import errno
+
 
 class SpoolError(Exception):
     """Base class: ``error`` is a short machine-readable slug, ``detail`` a sentence."""
@@ -74,6 +76,25 @@ class InsufficientStorage(SpoolError):
 
     status = 507
     error = "insufficient_storage"
+
+
+# A write refused by the shared root itself: the request may be retried once an operator freed space or
+# remounted the share read-write. EDQUOT is a quota, ENOSPC a full disk (or no inodes left).
+_STORAGE_ERRORS = {
+    errno.ENOSPC: (InsufficientStorage, "the shared root is full"),
+    errno.EDQUOT: (InsufficientStorage, "the shared root's quota is exhausted"),
+    errno.EROFS: (Unavailable, "the shared root is read-only"),
+}
+
+
+def storage_error(exc: OSError) -> SpoolError | None:
+    """The 507/503 for a write the share refused (full, over quota, read-only), or None for any other OSError."""
+    known = _STORAGE_ERRORS.get(exc.errno)
+    if known is None:
+        return None
+    error, what = known
+    return error(f"{what} ({exc.strerror}): nothing was written; try again once it is fixed",
+                 reason=errno.errorcode[exc.errno])
 
 
 class SettingsError(SpoolError):

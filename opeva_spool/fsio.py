@@ -94,7 +94,11 @@ def _write_temp(path, data, durable):
     """Write ``data`` to a fresh temp file beside ``path``; returns the temp's path."""
     directory, base = os.path.split(path)
     tmp = temp_name(directory, base)
-    write_new(tmp, data, durable)
+    try:
+        write_new(tmp, data, durable)
+    except BaseException:
+        unlink_quietly(tmp)  # created, then the write failed (a full share): the caller never learns its name
+        raise
     return tmp
 
 

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from . import auth, dependencies, fsio, jobs, logs, names, progress
+from . import auth, crashpoints, dependencies, fsio, jobs, logs, names, progress
 from .configs import ConfigStore, WriteMode
 from .exceptions import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from .fairshare import FairShare
@@ -100,11 +100,19 @@ class JobService:
         if config is None and body.get("command") is None:
             raise BadRequest("give 'config_path', an inline 'config', or a 'command'")
         spec = self.build_spec(body, job_id=job_id, config=config, origin=origin, inbox_folder=inbox_folder)
+        saved = None
         if inline:
-            self.configs.write(config.file_name, config.text,
-                               WriteMode.REPLACE if body.get("overwrite") is True else WriteMode.SAME)
+            saved = self.configs.write(config.file_name, config.text,
+                                       WriteMode.REPLACE if body.get("overwrite") is True else WriteMode.SAME)
         [rank] = self.fairshare.ranks(spec.priority, spec.submitted_by)
-        entry = self.spool.publish(spec, config.data if config is not None else None, rank)
+        try:
+            entry = self.spool.publish(spec, config.data if config is not None else None, rank)
+        except BaseException:
+            # Not published (a full or read-only share, an id taken): an inline config saved just now under the
+            # job's own name (no save_as) would be nobody's config. One saved as asked (save_as) stays saved.
+            if saved is not None and not saved.replaced and not body.get("save_as"):
+                fsio.unlink_quietly(os.path.join(self.spool.configs_dir, saved.file_name))
+            raise
         location = publish_location(spec)
         self.index.place(location, entry)
         self.on_publish(entry)
@@ -429,6 +437,7 @@ class JobService:
             raise _no_such_job(job_id)
         check_transition(job.state, JobState.STOPPED)  # 409 unless dispatched or running
         self.spool.request_stop(job.entry.job_id, by)
+        crashpoints.reach("stop.requested")
         return {"message": f"stop requested; host {job.host} stops job {job_id}",
                 "status": job.state.value,
                 "stop_requested": True}
@@ -456,6 +465,7 @@ class JobService:
         else:
             raise Conflict(f"job {job_id} kept moving while being deleted; try again", job_id=job_id)
         self.index.deleted(job.entry)
+        crashpoints.reach("delete.entry_trashed")
         # A crash here leaves a folder without an entry, which start-up recovery trashes.
         self.spool.trash(self.spool.folder(job.entry.job_id).path)
         # A stop asked for earlier has nothing left to stop; gone now, it cannot stop a later job of this id.

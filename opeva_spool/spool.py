@@ -23,6 +23,7 @@ owner's renames fail, its records are not the current one). Names of the older f
 ``PPP_T19_<target>_AAA_<job_id>.json`` still parse (Entry.legacy).
 """
 
+import contextlib
 import datetime as dt
 import errno
 import logging
@@ -34,7 +35,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from . import fsio, names
+from . import crashpoints, fsio, names
 from .exceptions import Conflict
 from .jobs import ANY_HOST, CONFIG_SNAPSHOT, MAX_PRIORITY, JobFolder, JobSpec, parse_utc, utc_now, utc_now_precise
 from .states import TERMINAL_STATES, JobState, check_transition
@@ -320,6 +321,7 @@ class Spool:
         entry = entry_for(spec, time.time_ns(), rank)
         location = publish_location(spec)
         entry_stage = stage + ".entry"
+        folder_moved = committed = False
         try:
             # Staging is private to this call, so files are written in place (no temp + rename).
             # The entry is fsynced: it holds the whole spec, and readers fall back to it if an
@@ -337,19 +339,29 @@ class Spool:
                 if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                     raise Conflict(f"job {spec.job_id!r} already exists", job_id=spec.job_id) from None
                 raise
+            folder_moved = True
             if config is not None:
                 self._jobs_syncer.sync()
+            crashpoints.reach("publish.committing")
             os.rename(entry_stage, self.entry_path(location, entry))
+            committed = True
+            crashpoints.reach("publish.committed")
             if location.kind == QUEUED:
                 self._queued_syncer.sync()
             else:
                 fsio.fsync_dir(self.waiting_dir)
             return entry
         except BaseException:
-            # Nothing was committed: leave no staging leftovers (the folder, if renamed, is
-            # an orphan that recover_orphans collects; it cannot be told from a live job here).
-            shutil.rmtree(stage, ignore_errors=True)
-            fsio.unlink_quietly(entry_stage)
+            if not committed:
+                # Nothing was committed (a full or read-only share fails here): leave nothing behind. The
+                # folder, if already renamed, is still ours alone (no entry names it: nobody can claim, stop or
+                # delete it), so it goes back to staging; if even that fails (a read-only share), it is an
+                # orphan that recover_orphans and fsck collect.
+                if folder_moved:
+                    with contextlib.suppress(OSError):
+                        os.rename(target, stage)
+                shutil.rmtree(stage, ignore_errors=True)
+                fsio.unlink_quietly(entry_stage)
             raise
 
     def upgrade_legacy_queued(self) -> list[Entry]:
@@ -397,6 +409,7 @@ class Spool:
             moved = record is None or record.get("agent_id") == agent_id
         if not moved:
             return False
+        crashpoints.reach("claim.renamed")
         self.write_attempt(entry, host, agent_id, JobState.DISPATCHED, claimed_at=utc_now())
         return True
 
@@ -450,6 +463,7 @@ class Spool:
         """
         state = JobState(state)
         self.write_attempt(entry, host, agent_id, state, ended_at=utc_now(), **details)
+        crashpoints.reach("finish.recorded")
         src = os.path.join(self.running_dir(host), entry.name)
         moved = fsio.rename_claim(src, os.path.join(self.done_path(state.value), entry.name))
         if moved is False:
@@ -537,6 +551,7 @@ class Spool:
         new = entry.next_attempt()
         moved = fsio.rename_claim(os.path.join(self.running_dir(host), entry.name),
                                   os.path.join(self.queued_dir, new.name))
+        crashpoints.reach("requeue.renamed")
         return new if moved is not False else None
 
     def retry(self, entry: Entry, host: str, agent_id: str, delay: float, **details) -> Entry | None:
@@ -555,6 +570,7 @@ class Spool:
         if self.write_attempt(entry, host, agent_id, JobState.FAILED, ended_at=utc_now(),
                               retry_at=utc_now_precise(delay), **details) is None:
             return None  # the job is deleted
+        crashpoints.reach("retry.recorded")
         return self.requeue(entry, host)
 
     def retry_at(self, entry: Entry) -> dt.datetime | None:

@@ -18,7 +18,7 @@ from .. import auth
 from ..audit import AuditLog
 from ..configs import nesting_depth
 from ..events import EventBus
-from ..exceptions import BadRequest, PayloadTooLarge, SpoolError, Unauthorized
+from ..exceptions import BadRequest, PayloadTooLarge, SpoolError, Unauthorized, storage_error
 from ..hosts import LivenessMonitor
 from ..index import JobIndex
 from ..metrics import Metrics
@@ -132,7 +132,12 @@ class JsonErrors:
                 return error_response(exc.status, exc.error, exc.detail, **exc.extra)
             except bottle.HTTPResponse:
                 raise
-            except Exception:  # the one place an unexpected error is turned into JSON
+            except Exception as exc:  # the one place an unexpected error is turned into JSON
+                # A full or read-only share fails whichever write comes first: every route answers it alike.
+                refused = storage_error(exc) if isinstance(exc, OSError) else None
+                if refused is not None:
+                    log.warning("%s %s: %s", bottle.request.method, bottle.request.path, exc)
+                    return error_response(refused.status, refused.error, refused.detail, **refused.extra)
                 log.exception("unhandled error in %s %s", bottle.request.method, bottle.request.path)
                 return error_response(500, "internal_error", "the server hit an unexpected error")
             if isinstance(result, (dict, list)):

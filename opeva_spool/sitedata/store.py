@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .. import fsio, names
+from .. import crashpoints, fsio, names
 from ..exceptions import Conflict, NotFound, SpoolError
 from ..settings import Settings
 from .builder import METADATA_FILE, Builder
@@ -99,6 +99,7 @@ class DatasetStore:
             return True
 
     def _run(self, plan: Plan, staging: str) -> None:
+        crashpoints.reach("dataset.building")
         try:
             result = Builder(plan, staging, lambda pct, stage: self._progress(plan.name, pct, stage)).build()
             final = names.safe_join(self.root, plan.name)
