@@ -258,9 +258,11 @@ class SiteData:
         return result
 
     def schema(self, site):
-        site_name(site)
+        # An unknown site is a 404 before any query: a read must never bring a database into being
+        # (some MongoDB-compatible servers create one on first use), or it would be listed as a site.
+        db = self.mongo.site_db(site)
         with self.mongo.session():
-            doc = self.mongo.client()[site][SCHEMA_COLLECTION].find_one({"_id": SCHEMA_ID})
+            doc = db[SCHEMA_COLLECTION].find_one({"_id": SCHEMA_ID})
         if doc is None or not isinstance(doc.get("schema"), dict):
             raise NotFound(f"site {site!r} has no schema", site=site)
         return doc["schema"]
@@ -277,10 +279,10 @@ class SiteData:
                                site=site) from None
 
     def update_schema(self, site, schema):
-        site_name(site)
+        db = self.mongo.site_db(site)  # as in schema(): an update of an unknown site touches nothing
         validate_schema(schema)
         with self.mongo.session():
-            result = self.mongo.client()[site][SCHEMA_COLLECTION].update_one(
+            result = db[SCHEMA_COLLECTION].update_one(
                 {"_id": SCHEMA_ID}, {"$set": {"schema": schema}}
             )
         if result.matched_count == 0:
