@@ -6,12 +6,10 @@ import concurrent.futures
 import datetime as dt
 import json
 import os
-import types
 
 import pytest
 
 from opeva_spool import auth, cli
-from opeva_spool.api import app as api_app
 from opeva_spool.server import Server
 
 from .clients import ThreadedServer, WsgiClient
@@ -291,22 +289,20 @@ def test_a_sweep_is_stopped_or_deleted_only_by_its_submitter_or_an_admin(client,
 # ----- workers -----------------------------------------------------------------------------------------
 
 
-def worker_route(app, ctx):
-    @app.post("/test/worker/<worker_id>", role=auth.WORKER)
-    def act(worker_id):
-        auth.current().check_worker(worker_id)
-        return {"acting_as": worker_id, "user": auth.current().user}
-
-
-def test_a_worker_token_acts_only_as_the_worker_it_names(tmp_path, tokens):
-    settings = make_settings(tmp_path, tokens_file=tokens[0], api_token=API_TOKEN)
-    client = WsgiClient(api_app.make_app(api_app.Context(settings), [types.SimpleNamespace(install=worker_route)]))
+def test_a_worker_token_acts_only_as_the_worker_it_names_on_the_worker_protocol(client, tokens):
     worker = as_user(client, tokens, "gpu-a")
-    assert worker.post("/test/worker/gpu-a").json() == {"acting_as": "gpu-a", "user": "gpu-a"}
-    other = worker.post("/test/worker/gpu-b")
-    assert other.status == 403 and other.json()["worker_id"] == "gpu-b"
-    assert as_user(client, tokens, "alice").post("/test/worker/alice").json()["role"] == "worker"
-    assert as_user(client, tokens, "api_token").post("/test/worker/gpu-b").status == 200
+    assert worker.post("/api/agent/heartbeat", json={"worker_id": "gpu-a"}).json()["ok"] is True
+    for path in ("/api/agent/heartbeat", "/api/agent/next-job"):
+        refused = worker.post(path, json={"worker_id": IDLE_HOST})
+        assert refused.status == 403 and refused.json()["worker_id"] == IDLE_HOST, refused.text
+    refused = worker.post("/api/agent/job-status", json={"worker_id": IDLE_HOST, "job_id": "j1", "status": "failed"})
+    assert refused.status == 403
+    # Without a worker_id the token's own name is the worker: known, but holding no such attempt.
+    assert worker.post("/api/agent/job-status", json={"job_id": "j1", "status": "failed"}).status == 409
+    missing_role = as_user(client, tokens, "alice").post("/api/agent/heartbeat", json={"worker_id": "alice"})
+    assert missing_role.status == 403 and missing_role.json()["role"] == "worker"
+    assert client.post("/api/agent/next-job", json={"worker_id": "gpu-a"}).status == 401
+    assert as_user(client, tokens, "api_token").post("/api/agent/next-job", json={"worker_id": IDLE_HOST}).status == 204
 
 
 # ----- the audit log -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from opeva_spool import auth, fsio
+from opeva_spool import fsio
 
 from .clients import WsgiClient
 from .conftest import PROJECT_ROOT, PYTHON, wait_for, wait_for_status
@@ -241,30 +241,6 @@ def test_unknown_and_invalid_worker_ids_and_bad_reports_get_clear_json_errors(cl
     malformed = client.post("/api/agent/next-job", body=b"{", headers={"Content-Type": "application/json"})
     assert malformed.status == 400 and malformed.json()["error"] == "bad_request"
     assert client.post("/api/agent/next-job", json={"worker_id": "gpu-a"}).status == 204  # configured: known
-
-
-def acting_as(app, identity):
-    """A WSGI client whose requests carry ``identity`` (what the auth plugin leaves for a credential)."""
-    def wrapped(environ, start_response):
-        environ[auth.ENVIRON_KEY] = identity
-        return app(environ, start_response)
-    return WsgiClient(wrapped)
-
-
-def test_a_worker_credential_acts_only_as_the_worker_it_names(server):
-    w1 = acting_as(server.app, auth.Identity("w1", frozenset({auth.WORKER})))
-    assert w1.post("/api/agent/heartbeat", json={"worker_id": "w1"}).status == 200
-    for path in ("/api/agent/heartbeat", "/api/agent/next-job"):
-        refused = w1.post(path, json={"worker_id": "w2"})
-        assert refused.status == 403 and refused.json()["error"] == "forbidden", refused.text
-    refused = w1.post("/api/agent/job-status", json={"worker_id": "gpu-a", "job_id": "j1", "status": "failed"})
-    assert refused.status == 403
-    # Without a worker_id the credential's own name is the worker: known, but holding no such attempt.
-    assert w1.post("/api/agent/job-status", json={"job_id": "j1", "status": "failed"}).status == 409
-    reader = acting_as(server.app, auth.Identity("alice", frozenset({auth.READ, auth.SUBMIT})))
-    assert reader.post("/api/agent/heartbeat", json={"worker_id": "alice"}).status == 403
-    admin = acting_as(server.app, auth.Identity("root", frozenset({auth.ADMIN})))
-    assert admin.post("/api/agent/next-job", json={"worker_id": "w1"}).status == 204
 
 
 # ----- the example worker as its own process, with Docker -------------------------------------------------------
