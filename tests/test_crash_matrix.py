@@ -241,26 +241,26 @@ def agent_at_result(cluster):
     return {job_id: "finished"}
 
 
-def agent_at_stop(cluster):
-    cluster.start_server()
-    cluster.start_agent(crash_at="stop.stop_requested")
-    job_id = cluster.submit()
-    cluster.wait_started(job_id)
-    assert cluster.http.post(f"/stop/{job_id}").status == 200
-    died_at_crash_point(cluster.agent_proc)
-    cluster.start_agent()
-    return {job_id: "stopped"}
+def agent_killed_acting_on(name, crash_at, act, outcome):
+    """The case ``name``: the agent dies at ``crash_at`` while it ends a running job the API asked to end (``act``)."""
+    def case(cluster):
+        cluster.start_server()
+        cluster.start_agent(crash_at=crash_at)
+        job_id = cluster.submit()
+        cluster.wait_started(job_id)
+        assert act(cluster.http, job_id).status == 200
+        died_at_crash_point(cluster.agent_proc)
+        cluster.start_agent()
+        return {job_id: outcome}
+
+    case.__name__ = name
+    return case
 
 
-def agent_at_delete(cluster):
-    cluster.start_server()
-    cluster.start_agent(crash_at="stop.entry_removed")
-    job_id = cluster.submit()
-    cluster.wait_started(job_id)
-    assert cluster.http.delete(f"/job/{job_id}?force=1").status == 200
-    died_at_crash_point(cluster.agent_proc)
-    cluster.start_agent()
-    return {job_id: None}
+agent_at_stop = agent_killed_acting_on("agent_at_stop", "stop.stop_requested",
+                                       lambda http, job_id: http.post(f"/stop/{job_id}"), "stopped")
+agent_at_delete = agent_killed_acting_on("agent_at_delete", "stop.entry_removed",
+                                         lambda http, job_id: http.delete(f"/job/{job_id}?force=1"), None)
 
 
 def agent_at_retry(cluster):
