@@ -4,6 +4,7 @@ Each test mounts a small tmpfs of its own (size=) as the shared root: that needs
 in CI); without it the tests are skipped, saying why.
 """
 
+import json
 import os
 import subprocess
 
@@ -113,9 +114,27 @@ def test_a_commit_rename_that_fails_takes_the_job_folder_back(small_share):
         response = client.post("/run-simulation", json={"command": "true", "target_host": "gpu-a"})
         assert response.status >= 500 and response.json()["error"], response.text
         assert tree(mount_point) == before
+        audited = [json.loads(line) for path in (mount_point / "audit").glob("*.jsonl")
+                   for line in path.read_text().splitlines()]
+        assert audited[-1]["status"] == response.status  # the audit trail says what the client was answered
     finally:
         subprocess.run(["umount", queued], check=True)
     assert client.post("/run-simulation", json={"command": "true", "target_host": "gpu-a"}).status == 200
+
+
+def test_a_refused_write_is_audited_with_the_status_the_client_got(small_share):
+    mount_point, _, client = small_share
+    staging = str(mount_point / "spool" / "staging")
+    subprocess.run(["mount", "--bind", staging, staging], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", staging], check=True)  # the rest of the share stays writable
+        response = client.post("/run-simulation", json={"command": "true", "target_host": "gpu-a"})
+        assert response.status == 503 and response.json()["reason"] == "EROFS", response.text
+    finally:
+        subprocess.run(["umount", staging], check=True)
+    audited = [json.loads(line) for path in (mount_point / "audit").glob("*.jsonl")
+               for line in path.read_text().splitlines()]
+    assert audited[-1]["status"] == 503 and audited[-1]["route"] == "/run-simulation"
 
 
 def test_a_read_only_share_answers_503_to_every_write_and_reads_still_work(small_share):

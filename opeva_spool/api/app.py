@@ -241,6 +241,10 @@ class Audit:
             except bottle.HTTPResponse as exc:
                 status = exc.status_code
                 raise
+            except OSError as exc:  # JsonErrors answers a full or read-only share as storage_error says
+                refused = storage_error(exc)
+                status = refused.status if refused is not None else 500
+                raise
             finally:
                 request = bottle.request
                 identity = request.environ.get(auth.ENVIRON_KEY)
