@@ -86,7 +86,7 @@ class Identity:
     def check_worker(self, worker_id: str) -> None:
         """A worker credential acts only for the worker it names (an admin, or anyone with auth off, for any)."""
         self.require(WORKER)
-        if self.authenticated and ADMIN not in self.roles and self.user != worker_id:
+        if not self.is_admin and self.user != worker_id:  # with auth off every caller is ANONYMOUS, an admin
             raise Forbidden(f"the credential of worker {self.user!r} cannot act as worker {worker_id!r}",
                             worker_id=worker_id)
 
@@ -100,7 +100,9 @@ class Identity:
 
     def check_owner(self, owner: str, what: str) -> None:
         """Only the submitter of ``what`` (or an admin, or anyone with auth off) may change it."""
-        if self.authenticated and not self.is_admin and owner != self.user:
+        # Only an admin skips the check (ANONYMOUS, with auth off, is one); a caller without a user (an open
+        # read, a public route) owns nothing.
+        if not self.is_admin and owner != self.user:
             raise Forbidden(f"{what} was submitted by {owner or 'nobody known'!r}, not {self.user}; "
                             "only its submitter or an admin may change it", owner=owner)
 

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from opeva_spool import auth, cli
+from opeva_spool.exceptions import Forbidden
 from opeva_spool.server import Server
 
 from .clients import ThreadedServer, WsgiClient
@@ -364,3 +365,13 @@ def test_the_dashboard_reads_with_the_token_and_its_event_stream_and_downloads_u
     browser.get(http.base_url + "/ui/")
     wait_for(lambda: "401" in browser.execute_script("return document.querySelector('#message')?.textContent || ''"),
              20, message="the 401 shown without a token")
+
+
+def test_a_caller_without_a_user_owns_nothing_unless_auth_is_off():
+    for nobody in (auth.OPEN_READER, auth.NOBODY):
+        with pytest.raises(Forbidden):
+            nobody.check_owner("alice", "job j1")
+        with pytest.raises(Forbidden):
+            nobody.check_worker("gpu-a")
+    auth.ANONYMOUS.check_owner("alice", "job j1")  # auth off: everybody may do everything
+    auth.ANONYMOUS.check_worker("gpu-a")
