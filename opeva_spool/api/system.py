@@ -53,8 +53,6 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
     monitor = ctx.monitor
     dependency_checks = {name: CachedCheck(check) for name, check in ctx.dependency_checks.items()}
 
-    auth_on = bool(ctx.settings.api_token or ctx.settings.tokens_file)
-
     @app.get("/whoami")
     @describe("Who the caller is: the token's user and the roles it holds (an admin holds every role); with auth "
               "off nobody, holding every role. The dashboard hides what the roles do not allow",
@@ -63,7 +61,7 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
     def whoami():
         identity = auth.current()
         return {"user": identity.user, "roles": sorted(auth.ALL_ROLES if identity.is_admin else identity.roles),
-                "auth": auth_on}
+                "auth": app.config["opeva.auth_enabled"]}
 
     @app.get("/hosts")
     @describe("Known hosts and what their agents' heartbeats say",
