@@ -10,6 +10,7 @@ import math
 import os
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -48,12 +49,20 @@ class Builder:
         plan = self.plan
         buildings = list(plan.schema["buildings"])
         measured, sessions = {}, {}
-        for number, building_id in enumerate(buildings):
-            collection = building_collection(building_id)
-            self.progress(80.0 * number / len(buildings), f"reading {collection}")
-            docs = self._documents(collection, (*citylearn.MEASURED_COLUMNS, "charging_sessions"))
-            measured[building_id] = self._aggregate(collection, docs)
-            sessions[building_id] = self._sessions(building_id, docs)
+        fields = (*citylearn.MEASURED_COLUMNS, "charging_sessions")
+        # The next building's query runs while this one's documents are aggregated: the database (another
+        # process) and this thread work at once. One read ahead, so at most two buildings' documents are held.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"dataset-{plan.name}-read") as reader:
+            pending = reader.submit(self._documents, building_collection(buildings[0]), fields)
+            for number, building_id in enumerate(buildings):
+                collection = building_collection(building_id)
+                self.progress(80.0 * number / len(buildings), f"reading {collection}")
+                docs = pending.result()
+                if number + 1 < len(buildings):
+                    pending = reader.submit(self._documents, building_collection(buildings[number + 1]), fields)
+                measured[building_id] = self._aggregate(collection, docs)
+                sessions[building_id] = self._sessions(building_id, docs)
+                del docs  # before the next result arrives
         self.progress(80.0, "writing files")
         cal = citylearn.calendar(self.index, plan.tz, plan.schema.get("holidays", []))
         building_files, demands = {}, {}
@@ -97,7 +106,7 @@ class Builder:
         if not docs:
             return pd.DataFrame(index=range(self.plan.steps))
         columns = [c for c in citylearn.MEASURED_COLUMNS if any(c in d for d in docs)]
-        frame = pd.DataFrame([{c: d.get(c) for c in columns} for d in docs], columns=columns)
+        frame = pd.DataFrame({c: [d.get(c) for d in docs] for c in columns}, columns=columns)
         frame = frame.apply(pd.to_numeric, errors="coerce").astype("float64")
         stamps = pd.DatetimeIndex([d["timestamp"] for d in docs]).tz_convert("UTC")
         steps = (stamps - self.index[0]) // pd.Timedelta(minutes=self.plan.period)
