@@ -38,11 +38,13 @@ def tail_offset(handle, lines):
         position -= size
         handle.seek(position)
         block = handle.read(size)
-        for i in range(len(block) - 1, -1, -1):
-            if block[i] == 10:
-                newlines += 1
-                if newlines == lines:
-                    return position + i + 1
+        found = block.count(b"\n")
+        if newlines + found >= lines:  # the line starts in this block: find its newline from the block's end
+            cut = len(block)
+            for _ in range(lines - newlines):
+                cut = block.rfind(b"\n", 0, cut)
+            return position + cut + 1
+        newlines += found
     return 0
 
 

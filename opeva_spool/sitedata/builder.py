@@ -105,7 +105,8 @@ class Builder:
         """Mean per step of every known column; energies become kWh per step (mean kW x step hours)."""
         if not docs:
             return pd.DataFrame(index=range(self.plan.steps))
-        columns = [c for c in citylearn.MEASURED_COLUMNS if any(c in d for d in docs)]
+        present = set().union(*docs)  # every field any document has, in one pass over the documents
+        columns = [c for c in citylearn.MEASURED_COLUMNS if c in present]
         frame = pd.DataFrame({c: [d.get(c) for d in docs] for c in columns}, columns=columns)
         frame = frame.apply(pd.to_numeric, errors="coerce").astype("float64")
         stamps = pd.DatetimeIndex([d["timestamp"] for d in docs]).tz_convert("UTC")
