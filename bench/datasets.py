@@ -134,7 +134,8 @@ def seed(uri, days):
 
 
 def start_mongo(work):
-    exe = shutil.which("nx-27017") or os.path.join(os.path.dirname(sys.executable), "nx-27017")
+    exe = os.path.join(os.path.dirname(sys.executable), "nx-27017")  # not the pyenv shim: its pid is measured
+    exe = exe if os.path.exists(exe) else shutil.which("nx-27017")
     port = free_port()
     proc = subprocess.Popen([exe, "--host", "127.0.0.1", "-p", str(port), "--data-dir", "memory",
                              "--log-file", os.path.join(work, "nx.log"), "--pid-file", os.path.join(work, "nx.pid")],
@@ -189,6 +190,13 @@ def proc_status_mb(pid, field):
     return None
 
 
+def cpu_seconds(pid):
+    """User + system CPU time a process has used (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def build(url, days, pid, profile):
     body = {"name": "year", "site_id": SITE, "period": 15, "from_ts": START.isoformat(),
             "until_ts": (START + dt.timedelta(days=days)).isoformat(), "description": "bench/datasets.py"}
@@ -233,7 +241,10 @@ def main(argv=None):
         port = free_port()
         server = start_server(os.path.abspath(args.repo), os.path.join(work, "root"), port, uri, args.mongo_timeout_ms)
         rss_before = proc_status_mb(server.pid, "VmRSS")
+        cpu_before = cpu_seconds(server.pid), cpu_seconds(mongo.pid)
         seconds, status, stages = build(f"http://127.0.0.1:{port}", args.days, server.pid, args.profile)
+        server_cpu, mongo_cpu = (cpu_seconds(p) - before for p, before in zip((server.pid, mongo.pid), cpu_before,
+                                                                              strict=True))
         peak = proc_status_mb(server.pid, "VmHWM")
         rss_after = proc_status_mb(server.pid, "VmRSS")
         folder = os.path.join(work, "root", "datasets", "year")
@@ -241,13 +252,17 @@ def main(argv=None):
         figures = {"days": args.days, "buildings": len(BUILDINGS), "documents": documents, "repo": args.repo,
                    "state": status["state"], "error": status.get("error"), "build_seconds": seconds,
                    "server_rss_before_mb": rss_before, "server_peak_rss_mb": peak, "server_rss_after_mb": rss_after,
-                   "dataset_bytes": size, "stages": stages, "seed_seconds": seed_seconds}
+                   "dataset_bytes": size, "stages": stages, "seed_seconds": seed_seconds,
+                   "server_cpu_seconds": server_cpu, "mongo_cpu_seconds": mongo_cpu,
+                   "load_average": os.getloadavg()}
         print(f"state {status['state']}{' (' + str(status.get('error')) + ')' if status.get('error') else ''}, "
               f"{size / 1e6:.1f} MB written")
         print(f"build wall time   {seconds:8.1f} s    target <= {TARGET_SECONDS:.0f} s   "
               f"{'ok' if seconds <= TARGET_SECONDS else 'MISS'}")
         print(f"server peak RSS   {peak:8.1f} MiB  target <= {TARGET_RSS_MB:.0f} MiB "
               f"{'ok' if peak <= TARGET_RSS_MB else 'MISS'}  (before {rss_before:.1f}, after {rss_after:.1f})")
+        print(f"CPU during the build: server {server_cpu:.1f} s, MongoDB wire server {mongo_cpu:.1f} s; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print("stages (s, stage):", ", ".join(f"{t} {s}" for t, s in stages))
         save_figures(args.out, figures)
     finally:
