@@ -80,3 +80,20 @@ def test_a_building_whose_data_starts_late_in_a_long_range_is_found_and_one_with
     assert has_data(collection, start, end)
     assert not has_data(collection, start, end - dt.timedelta(minutes=15))
     assert not has_data(collection, end, end + dt.timedelta(days=1))
+
+
+def test_a_log_read_without_follow_is_sent_as_the_file_it_is_then_with_its_length(serving):
+    server, _, http = serving()
+    job_id = http.post("/run-simulation", json={"command": "true", "target_host": "gpu-a"}).json()["job_id"]
+    assert http.get(f"/logs/{job_id}").body == b""  # no log yet: an empty body, not a JSON "[]"
+    path = server.spool.folder(job_id).log
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rows = [f"{i:06d} {'z' * (i % 300)}\n".encode() for i in range(3000)]
+    with open(path, "wb") as handle:
+        handle.write(b"".join(rows))
+    whole = http.get(f"/logs/{job_id}")
+    assert whole.status == 200 and whole.body == b"".join(rows)
+    assert int(whole.headers["Content-Length"]) == os.path.getsize(path)
+    tail = http.get(f"/logs/{job_id}?tail=2")
+    assert tail.body == b"".join(rows[-2:]) and int(tail.headers["Content-Length"]) == len(tail.body)
+    assert tail.headers["Content-Type"].startswith("text/plain")
