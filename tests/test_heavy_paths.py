@@ -80,6 +80,8 @@ def test_a_building_whose_data_starts_late_in_a_long_range_is_found_and_one_with
     assert has_data(collection, start, end)
     assert not has_data(collection, start, end - dt.timedelta(minutes=15))
     assert not has_data(collection, end, end + dt.timedelta(days=1))
+    last_day = dt.datetime(9999, 12, 31, 23, 0, tzinfo=UTC)  # doubling windows stop at the end, never past it
+    assert not has_data(collection, last_day - dt.timedelta(days=3000), last_day)
 
 
 def test_a_log_read_without_follow_is_sent_as_the_file_it_is_then_with_its_length(serving):

@@ -111,7 +111,7 @@ def has_data(collection: Collection, start: dt.datetime, end: dt.datetime) -> bo
     MongoDB a few more index probes, and never more than log2(range / first window) queries."""
     window, first = PROBE_FIRST_WINDOW, start
     while first < end:
-        last = min(first + window, end)
+        last = first + min(window, end - first)  # never past ``end``: near year 9999 the sum would overflow
         if collection.find_one({"timestamp": {"$gte": first, "$lt": last}}, {"_id": 1}) is not None:
             return True
         first, window = last, window * 2
