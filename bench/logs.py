@@ -35,7 +35,7 @@ from run import free_port, pct, save_figures, summary_ms  # noqa: E402
 TARGET_P50_MS = 200.0
 # "Flat": over the whole run (tails, three whole reads of the log, the follow) the server may grow by at most
 # this much. Some growth is malloc warming its arenas and does not recur; a server that kept a share of what
-# it served grows with every read (this project's did, ~+70 MiB per GiB read, before logs.py sent files whole).
+# it served grows with every read (this project's did, 20-70 MiB per GiB read, before logs.py sent files whole).
 FLAT_RSS_MARGIN_MB = 64.0
 WHOLE_READS = 3
 TAILS = (10, 1000, 100_000)

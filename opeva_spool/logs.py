@@ -68,8 +68,9 @@ def stream_log(path: str, tail: int | None, follow: bool, ended: Callable[[], bo
     Without ``follow`` it is the open file itself, at the first byte to send: Bottle hands a file to the
     WSGI server's ``wsgi.file_wrapper``, and waitress sends it straight from the file, with a
     Content-Length of what it holds then. Read in chunks by a request thread instead, each gigabyte went
-    through Python bytes and waitress's spill file, and the server grew by ~20 MiB per 1 GiB read
-    (bench/logs.py). Without a file_wrapper (another WSGI server, the in-process tests) Bottle reads it in
+    through Python bytes and waitress's spill file, and the server grew by 20-70 MiB per GiB read
+    (bench/logs.py). The cost: waitress's event-loop thread does the reads, which on a cold NFS share
+    wait a round trip per block. Without a file_wrapper (another WSGI server, the in-process tests) Bottle reads it in
     64 KiB blocks."""
     handle = open_log(path)
     if not follow:
