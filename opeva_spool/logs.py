@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 
 from . import fsio
 from .jobs import JobFolder
@@ -38,11 +38,13 @@ def tail_offset(handle, lines):
         position -= size
         handle.seek(position)
         block = handle.read(size)
-        for i in range(len(block) - 1, -1, -1):
-            if block[i] == 10:
-                newlines += 1
-                if newlines == lines:
-                    return position + i + 1
+        found = block.count(b"\n")
+        if newlines + found >= lines:  # the line starts in this block: find its newline from the block's end
+            cut = len(block)
+            for _ in range(lines - newlines):
+                cut = block.rfind(b"\n", 0, cut)
+            return position + cut + 1
+        newlines += found
     return 0
 
 
@@ -59,12 +61,28 @@ def open_log(path):
 
 
 def stream_log(path: str, tail: int | None, follow: bool, ended: Callable[[], bool],
-               gone: Callable[[], bool]) -> Iterator[bytes]:
-    """Chunks of the log at ``path``: all of it or its last ``tail`` lines, then (``follow``) what is
-    appended until ``ended()`` (then one more pass: its last lines may land just before) or ``gone()``."""
+               gone: Callable[[], bool]) -> Iterable[bytes]:
+    """The log at ``path``: all of it or its last ``tail`` lines, then (``follow``) what is appended until
+    ``ended()`` (then one more pass: its last lines may land just before) or ``gone()``.
+
+    Without ``follow`` it is the open file itself, at the first byte to send: Bottle hands a file to the
+    WSGI server's ``wsgi.file_wrapper``, and waitress sends it straight from the file, with a
+    Content-Length of what it holds then. Read in chunks by a request thread instead, each gigabyte went
+    through Python bytes and waitress's spill file, and the server grew by 20-70 MiB per GiB read
+    (bench/logs.py). The cost: waitress's event-loop thread does the reads, which on a cold NFS share
+    wait a round trip per block. Without a file_wrapper (another WSGI server, the in-process tests) Bottle reads it in
+    64 KiB blocks."""
     handle = open_log(path)
-    if handle is None and not follow:
-        return
+    if not follow:
+        if handle is None:
+            return iter(())  # no body; an empty list would be answered as JSON ``[]``
+        if tail is not None:
+            handle.seek(tail_offset(handle, tail))
+        return handle
+    return _follow(handle, path, tail, ended, gone)
+
+
+def _follow(handle, path, tail, ended, gone):
     try:
         if handle is not None and tail is not None:
             handle.seek(tail_offset(handle, tail))
@@ -76,7 +94,7 @@ def stream_log(path: str, tail: int | None, follow: bool, ended: Callable[[], bo
             if chunk:
                 yield chunk
                 continue
-            if not follow or finishing:
+            if finishing:
                 return
             finishing = ended()
             if not finishing:

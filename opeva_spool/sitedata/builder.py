@@ -6,10 +6,12 @@ what each file holds is citylearn.py's business, how measurements become one val
 """
 
 import datetime as dt
+import functools
 import math
 import os
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,7 @@ MAX_REPORTED_GAPS = 200
 # What the builder writes beside the CityLearn files: the plan, its warnings and gaps (GET /datasets reads it).
 METADATA_FILE = "dataset.json"
 _EV_ID = re.compile(r"[^A-Za-z0-9_.-]")
+_LETTER = re.compile(r"[A-Za-z]")
 
 Progress = Callable[[float, str], None]
 
@@ -39,7 +42,8 @@ class Builder:
         self.folder = folder
         self.progress = progress
         self.index = pd.date_range(plan.start, periods=plan.steps, freq=f"{plan.period}min")  # UTC, one per step
-        self.warnings = list(plan.warnings)
+        self.reading_warnings = []  # aggregating the buildings' documents
+        self.warnings = []  # filling gaps and writing files
         self.gaps = []
         self.gaps_left_off = 0
 
@@ -47,43 +51,59 @@ class Builder:
         """Write every file into the folder; the warnings and gaps met on the way."""
         plan = self.plan
         buildings = list(plan.schema["buildings"])
-        measured, sessions = {}, {}
-        for number, building_id in enumerate(buildings):
-            collection = building_collection(building_id)
-            self.progress(80.0 * number / len(buildings), f"reading {collection}")
-            docs = self._documents(collection, (*citylearn.MEASURED_COLUMNS, "charging_sessions"))
-            measured[building_id] = self._aggregate(collection, docs)
-            sessions[building_id] = self._sessions(building_id, docs)
-        self.progress(80.0, "writing files")
         cal = citylearn.calendar(self.index, plan.tz, plan.schema.get("holidays", []))
-        building_files, demands = {}, {}
-        for building_id in buildings:
-            collection = building_collection(building_id)
-            frame = self._complete(collection, measured[building_id], citylearn.BUILDING_DEFAULTS)
-            frame = self._one_load_direction(building_id, frame)
-            demands[building_id] = {c for c, _, _ in citylearn.DEMAND_DEVICES if (frame[c] > 0).any()}
-            added = citylearn.added_devices(plan.schema["buildings"][building_id], demands[building_id])
-            if added:
-                self.warnings.append(f"{collection} has measured demand but the schema declares no "
-                                     f"{', '.join(added)}: autosized defaults were added")
-            building_files[building_id] = f"{building_id}.csv"
-            citylearn.write_csv(self.folder, building_files[building_id], citylearn.building_frame(cal, frame))
+        measured, building_files, demands, charger_files, ev_ids = {}, {}, {}, {}, set()
+        fields = (*citylearn.MEASURED_COLUMNS, "charging_sessions")
+        # The next building's query runs while this one's documents become its files: the database (another
+        # process) and this thread work at once. One read ahead, so at most two buildings' documents are held.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"dataset-{plan.name}-read") as reader:
+            pending = reader.submit(self._documents, building_collection(buildings[0]), fields)
+            for number, building_id in enumerate(buildings):
+                collection = building_collection(building_id)
+                self.progress(80.0 * number / len(buildings), f"reading {collection}")
+                docs = pending.result()
+                if number + 1 < len(buildings):
+                    pending = reader.submit(self._documents, building_collection(buildings[number + 1]), fields)
+                measured[building_id] = self._aggregate(collection, docs, self.reading_warnings)
+                sessions = self._sessions(building_id, docs)
+                del docs  # before the next result arrives
+                building_files[building_id], demands[building_id] = self._building(cal, building_id,
+                                                                                   measured[building_id])
+                files, evs = self._chargers(building_id, sessions)
+                charger_files.update(files)
+                ev_ids.update(evs)
+        self.progress(80.0, "writing files")
         for file_name, defaults in citylearn.SHARED_FILES.items():
             frame = self._shared(file_name, defaults, measured)
             if file_name in citylearn.PREDICTED_FILES:
                 frame = citylearn.with_predictions(frame, plan.period)
             citylearn.write_csv(self.folder, f"{file_name}.csv", frame)
-        charger_files, ev_ids = self._chargers(sessions)
-        schema = citylearn.schema_json(plan.schema, building_files, charger_files, ev_ids, plan.steps, plan.period,
-                                       self.index[0].tz_convert(plan.tz), plan.configs, demands)
+        schema = citylearn.schema_json(plan.schema, building_files, charger_files, sorted(ev_ids), plan.steps,
+                                       plan.period, self.index[0].tz_convert(plan.tz), plan.configs, demands)
         citylearn.write_schema(self.folder, schema)
-        result = {"warnings": self.warnings, "gaps": self.gaps, "gaps_left_off": self.gaps_left_off}
+        # In the order a reader expects: the request's, then what reading met, then what filling and writing did.
+        warnings = [*plan.warnings, *self.reading_warnings, *self.warnings]
+        result = {"warnings": warnings, "gaps": self.gaps, "gaps_left_off": self.gaps_left_off}
         fsio.atomic_write_json(os.path.join(self.folder, METADATA_FILE), {
             "name": plan.name, "site": plan.site, "description": plan.description, "period": plan.period,
             "from_ts": iso(plan.start), "until_ts": iso(plan.end), "time_zone": str(plan.tz), "steps": plan.steps,
             "created_at": iso_now(), "chargers": {f: f"{b}/{c}" for (b, c), f in charger_files.items()}, **result,
         })
         return result
+
+    def _building(self, cal, building_id, measured):
+        """Write a building's CSV from its measured frame; its file name and the demands it has."""
+        collection = building_collection(building_id)
+        frame = self._complete(collection, measured, citylearn.BUILDING_DEFAULTS)
+        frame = self._one_load_direction(building_id, frame)
+        demands = {c for c, _, _ in citylearn.DEMAND_DEVICES if (frame[c] > 0).any()}
+        added = citylearn.added_devices(self.plan.schema["buildings"][building_id], demands)
+        if added:
+            self.warnings.append(f"{collection} has measured demand but the schema declares no "
+                                 f"{', '.join(added)}: autosized defaults were added")
+        file_name = f"{building_id}.csv"
+        citylearn.write_csv(self.folder, file_name, citylearn.building_frame(cal, frame))
+        return file_name, demands
 
     def _documents(self, collection, fields):
         """The collection's documents in the range, oldest first: the server filters, we never scan."""
@@ -92,12 +112,13 @@ class Builder:
         with Mongo.session():
             return list(self.plan.db[collection].find(query, projection).sort("timestamp", 1))
 
-    def _aggregate(self, source, docs):
+    def _aggregate(self, source, docs, warnings):
         """Mean per step of every known column; energies become kWh per step (mean kW x step hours)."""
         if not docs:
             return pd.DataFrame(index=range(self.plan.steps))
-        columns = [c for c in citylearn.MEASURED_COLUMNS if any(c in d for d in docs)]
-        frame = pd.DataFrame([{c: d.get(c) for c in columns} for d in docs], columns=columns)
+        present = set().union(*docs)  # every field any document has, in one pass over the documents
+        columns = [c for c in citylearn.MEASURED_COLUMNS if c in present]
+        frame = pd.DataFrame({c: [d.get(c) for d in docs] for c in columns}, columns=columns)
         frame = frame.apply(pd.to_numeric, errors="coerce").astype("float64")
         stamps = pd.DatetimeIndex([d["timestamp"] for d in docs]).tz_convert("UTC")
         steps = (stamps - self.index[0]) // pd.Timedelta(minutes=self.plan.period)
@@ -111,7 +132,7 @@ class Builder:
         if pd.notna(interval) and interval > self.plan.step:
             hold = math.ceil(interval / self.plan.step) - 1
             frame = frame.ffill(limit=hold)
-            self.warnings.append(f"{source} reports every {int(interval.total_seconds() // 60)} min, coarser than the "
+            warnings.append(f"{source} reports every {int(interval.total_seconds() // 60)} min, coarser than the "
                                  f"{self.plan.period}-min period: each value is held for {hold} more step(s)")
         return frame
 
@@ -193,7 +214,7 @@ class Builder:
             own = file_name in self.plan.db.list_collection_names()
         docs = self._documents(file_name, tuple(defaults)) if own else []
         if docs:
-            frame = self._aggregate(file_name, docs)
+            frame = self._aggregate(file_name, docs, self.warnings)
             source = file_name
         else:
             per_building = [m.reindex(columns=list(defaults)) for m in measured.values()]
@@ -225,28 +246,28 @@ class Builder:
                 session.reports.append((stamp, _soc(report.get("soc")), _time(flexibility.get("departure.time")),
                                         _soc(flexibility.get("departure.soc"))))
         if unknown:
-            self.warnings.append(f"{building_collection(building_id)}: sessions at chargers missing from the schema "
-                                 "were ignored: "
-                                 f"{', '.join(sorted(unknown))}")
+            self.reading_warnings.append(f"{building_collection(building_id)}: sessions at chargers missing from "
+                                         f"the schema were ignored: {', '.join(sorted(unknown))}")
         return result
 
-    def _chargers(self, sessions):
+    def _chargers(self, building_id, per_charger):
+        """Write a building's charger CSVs (numbered in the schema's order); their file names and the EVs seen."""
         charger_files, ev_ids = {}, set()
-        for building_id, per_charger in sessions.items():
-            for number, (charger_id, charger_sessions) in enumerate(per_charger.items(), 1):
-                file_name = citylearn.charger_file(building_id, number)
-                charger_files[(building_id, charger_id)] = file_name
-                frame = citylearn.charger_frame(charger_sessions, self.index[0].to_pydatetime(), self.plan.period,
-                                                self.plan.steps)
-                citylearn.write_csv(self.folder, file_name, frame)
-                ev_ids.update(s.ev_id for s in charger_sessions)
-        return charger_files, sorted(ev_ids)
+        for number, (charger_id, charger_sessions) in enumerate(per_charger.items(), 1):
+            file_name = citylearn.charger_file(building_id, number)
+            charger_files[(building_id, charger_id)] = file_name
+            frame = citylearn.charger_frame(charger_sessions, self.index[0].to_pydatetime(), self.plan.period,
+                                            self.plan.steps)
+            citylearn.write_csv(self.folder, file_name, frame)
+            ev_ids.update(s.ev_id for s in charger_sessions)
+        return charger_files, ev_ids
 
 
+@functools.lru_cache(maxsize=4096)  # called for every session report: a year of a site holds ~100k
 def ev_name(user_id):
     """A CityLearn EV id for a site's user id; never purely numeric (CSV readers would make it a number)."""
     name = _EV_ID.sub("_", str(user_id))[:63]
-    return name if re.search(r"[A-Za-z]", name) else f"EV_{name}"
+    return name if _LETTER.search(name) else f"EV_{name}"
 
 
 def _soc(value):

@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pymongo.collection import Collection
 from pymongo.database import Database
 
 from .. import names
@@ -21,6 +22,8 @@ MAX_STEPS = 200_000
 MAX_DESCRIPTION = 2000
 DEFAULT_PERIOD = 60
 MINUTES_PER_DAY = 1440
+# The first window in which a building's data is looked for (``has_data``).
+PROBE_FIRST_WINDOW = dt.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -93,13 +96,26 @@ def plan_build(body: dict, sitedata: SiteData, taken: Callable[[str], bool]) -> 
         raise BadRequest(f"{named} {reason}", field=f"citylearn_configs.{key}") from None
     buildings = list(schema["buildings"])
     with sitedata.mongo.session():
-        empty = [b for b in buildings
-                 if db[building_collection(b)].find_one({"timestamp": {"$gte": start, "$lt": end}}, {"_id": 1}) is None]
+        empty = [b for b in buildings if not has_data(db[building_collection(b)], start, end)]
     if empty:
         raise BadRequest(
             f"no data between {iso(start)} and {iso(end)} for building(s) {', '.join(empty)} "
             f"(collections {', '.join(building_collection(b) for b in empty)})", buildings=empty)
     return Plan(name, site, db, schema, tz, period, start, steps, configs, description, warnings)
+
+
+def has_data(collection: Collection, start: dt.datetime, end: dt.datetime) -> bool:
+    """Whether ``collection`` holds a document in ``[start, end)``, looked for in windows that double from
+    ``start``: a wire server that reads every match before it applies the limit (nx-27017 does) then reads
+    a day or two of a year's data, not the year (1.6 s -> 0.07 s a building); with an index it costs
+    MongoDB a few more index probes, and never more than log2(range / first window) queries."""
+    window, first = PROBE_FIRST_WINDOW, start
+    while first < end:
+        last = first + min(window, end - first)  # never past ``end``: near year 9999 the sum would overflow
+        if collection.find_one({"timestamp": {"$gte": first, "$lt": last}}, {"_id": 1}) is not None:
+            return True
+        first, window = last, window * 2
+    return False
 
 
 def _int_field(body: dict, field: str, default: int, minimum: int, maximum: int) -> int:
