@@ -18,6 +18,9 @@ import stat
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
+
+from . import crashpoints
 
 # ESTALE: the file was replaced or removed by another NFS client while we looked.
 _GONE = (errno.ENOENT, errno.ESTALE, errno.ENOTDIR)
@@ -31,48 +34,79 @@ def fsync_dir(path):
         os.close(fd)
 
 
-class DirSyncer:
-    """fsync of one directory, shared by concurrent callers (group commit).
+class GroupCommit:
+    """Durability shared by concurrent writers: group commit, as databases do it.
 
-    A caller needs an fsync that *starts* after its rename. While one runs, later callers
-    wait for it to end and then one of them runs the next, which covers them all: under
-    load each fsync makes many submissions durable instead of one.
+    A caller hands ``sync`` the paths it needs durable and returns only once a flush that *began
+    after* it asked has ended: that flush covers its writes, whatever else it covers. While one
+    flush runs, later callers gather into the next batch; when it ends, one of them (the leader)
+    flushes for the whole batch with ``flush(paths of the batch)``. Under load one flush makes many
+    submissions durable instead of one each. A flush that fails fails every caller of its batch
+    (each gets a FlushError of its own), and none of them is told its writes are durable.
     """
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, flush: Callable[[set[str]], None]) -> None:
+        self._flush = flush
         self._cond = threading.Condition()
-        self._started = 0  # fsyncs begun
-        self._finished = 0  # fsyncs ended (successfully or not)
-        self._errors = {}  # generation -> the OSError it raised
-        self._running = False
+        self._gathering = _Batch()  # the batch callers join now; flushed once no flush is running
+        self._flushing = False
 
-    def sync(self):
+    def sync(self, paths: Iterable[str] = ()) -> None:
         with self._cond:
-            needed = self._started + 1  # the first fsync to begin from now on
-            while self._finished < needed:
-                if self._running:
+            batch = self._gathering
+            batch.paths.update(paths)
+            while not batch.done:
+                if self._flushing:
                     self._cond.wait()
                     continue
-                self._running = True
-                self._started += 1
-                generation = self._started
+                # No flush runs, and ours has not run: ours is the batch gathering. Lead it.
+                self._flushing = True
+                self._gathering = _Batch()
                 self._cond.release()
-                error = None
                 try:
-                    fsync_dir(self.path)
-                except OSError as exc:
-                    error = exc
+                    crashpoints.reach("commit.flushing")
+                    self._flush(batch.paths)
+                    crashpoints.reach("commit.flushed")
+                except BaseException as exc:
+                    batch.error = exc
+                    if not isinstance(exc, Exception):
+                        raise  # KeyboardInterrupt, SystemExit: the batch's other callers get a FlushError
                 finally:
                     self._cond.acquire()
-                    self._running = False
-                    self._finished = generation
-                    if error is not None:
-                        self._errors = {generation: error}
+                    batch.done = True
+                    self._flushing = False
                     self._cond.notify_all()
-            error = self._errors.get(needed)
-            if error is not None:
-                raise error
+            error = batch.error
+        if error is not None:
+            # One exception object per caller: threads raising the same one would share its traceback.
+            if isinstance(error, OSError):
+                raise FlushError(error.errno, error.strerror, error.filename) from error
+            raise FlushError(errno.EIO, f"the flush failed: {error!r}") from error
+
+
+class FlushError(OSError):
+    """A group commit's flush failed: nothing its batch wrote is known to be durable."""
+
+
+class _Batch:
+    """The callers of one flush: what they need durable and how their flush ended."""
+
+    __slots__ = ("done", "error", "paths")
+
+    def __init__(self) -> None:
+        self.paths: set[str] = set()
+        self.done = False
+        self.error: BaseException | None = None
+
+
+def fsync_each(paths: Iterable[str]) -> None:
+    """fsync every file and directory of ``paths`` (a batch of group commit's ``fsync`` flush)."""
+    for path in sorted(paths):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def temp_name(directory, base):

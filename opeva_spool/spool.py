@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from . import crashpoints, fsio, names
-from .exceptions import Conflict
+from .exceptions import Conflict, SpoolError, Unavailable, storage_error
 from .jobs import ANY_HOST, CONFIG_SNAPSHOT, MAX_PRIORITY, JobFolder, JobSpec, parse_utc, utc_now, utc_now_precise
 from .states import TERMINAL_STATES, JobState, check_transition
 
@@ -57,6 +57,11 @@ UNREADABLE_ENTRY_SETTLE_SECONDS = 5.0
 NAME_KEPT = 200
 # Half-published folders and staging dirs younger than this may belong to a submission in flight.
 ORPHAN_MIN_AGE = 60.0
+# How a group commit (Spool.durable) flushes a batch: one syncfs(2) of the shared filesystem, or an fsync of
+# each file and directory of the batch (for a filesystem where syncfs would also flush much unrelated data).
+FLUSH_SYNCFS = "syncfs"
+FLUSH_FSYNC = "fsync"
+COMMIT_FLUSHES = (FLUSH_SYNCFS, FLUSH_FSYNC)
 
 
 class Entry(NamedTuple):
@@ -143,7 +148,7 @@ class JobStatus(NamedTuple):
 
 
 class Spool:
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, commit_flush: str = FLUSH_SYNCFS) -> None:
         self.root = os.path.abspath(root)
         self.spool_dir = os.path.join(self.root, "spool")
         self.jobs_dir = os.path.join(self.root, "jobs")
@@ -157,8 +162,8 @@ class Spool:
         self.trash_dir = os.path.join(self.spool_dir, "trash")
         self.inbox_dir = os.path.join(self.spool_dir, "inbox")
         self.rejected_dir = os.path.join(self.spool_dir, "rejected")
-        self._queued_syncer = fsio.DirSyncer(self.queued_dir)
-        self._jobs_syncer = fsio.DirSyncer(self.jobs_dir)
+        self.commit_flush = commit_flush
+        self._commit = fsio.GroupCommit(self._flush)
         self._readable_queued = set()  # see reject_unreadable_queued
 
     # ----- layout -------------------------------------------------------------------------
@@ -321,18 +326,16 @@ class Spool:
         entry = entry_for(spec, time.time_ns(), rank)
         location = publish_location(spec)
         entry_stage = stage + ".entry"
+        entry_path = self.entry_path(location, entry)
         folder_moved = committed = False
         try:
-            # Staging is private to this call, so files are written in place (no temp + rename).
-            # The entry is fsynced: it holds the whole spec, and readers fall back to it if an
-            # OS crash loses job_info.json or the folder's rename. The config snapshot is in no
-            # entry, so it and the folder's rename are made durable too, before the commit.
-            # (kill -9 of the server needs no fsync at all; the page cache survives it.)
+            # Staging is private to this call, so files are written in place (no temp + rename), and
+            # none is fsynced on its own: the group commit's flushes make them durable with everyone's.
             os.mkdir(stage)
             fsio.write_new(os.path.join(stage, "job_info.json"), fsio.json_bytes(spec.job_info()), durable=False)
             if config is not None:
-                fsio.write_new(os.path.join(stage, CONFIG_SNAPSHOT), config)
-            fsio.write_new(entry_stage, fsio.json_bytes(spec.to_dict()))
+                fsio.write_new(os.path.join(stage, CONFIG_SNAPSHOT), config, durable=False)
+            fsio.write_new(entry_stage, fsio.json_bytes(spec.to_dict()), durable=False)
             try:
                 os.rename(stage, target)
             except OSError as exc:
@@ -340,18 +343,24 @@ class Spool:
                     raise Conflict(f"job {spec.job_id!r} already exists", job_id=spec.job_id) from None
                 raise
             folder_moved = True
-            if config is not None:
-                self._jobs_syncer.sync()
+            # Flush 1, before the commit: the entry holds the whole spec (readers fall back to it if an OS
+            # crash loses job_info.json), so an entry in queued/ is always whole; the config snapshot is in no
+            # entry, so it and the folder's rename must survive on their own. (kill -9 of the server needs no
+            # flush at all: the page cache survives it; the flushes are for an OS or NFS server crash.)
+            self.durable(entry_stage, *((os.path.join(target, CONFIG_SNAPSHOT), self.jobs_dir) if config else ()))
             crashpoints.reach("publish.committing")
-            os.rename(entry_stage, self.entry_path(location, entry))
+            os.rename(entry_stage, entry_path)
             committed = True
             crashpoints.reach("publish.committed")
-            if location.kind == QUEUED:
-                self._queued_syncer.sync()
-            else:
-                fsio.fsync_dir(self.waiting_dir)
+            # Flush 2: the commit rename itself. Only then may the caller answer.
+            self.durable(os.path.dirname(entry_path))
             return entry
-        except BaseException:
+        except BaseException as exc:
+            # A failed flush after the commit: the entry is visible but not known durable, so it is taken back if
+            # no agent claimed it meanwhile (one rename, racing the claim); a claimed job runs, the caller is
+            # told it failed all the same (JobService.submit says the job may exist).
+            if committed and fsio.rename_claim(entry_path, entry_stage) is True:
+                committed = False
             if not committed:
                 # Nothing was committed (a full or read-only share fails here): leave nothing behind. The
                 # folder, if already renamed, is still ours alone (no entry names it: nobody can claim, stop or
@@ -362,7 +371,21 @@ class Spool:
                         os.rename(target, stage)
                 shutil.rmtree(stage, ignore_errors=True)
                 fsio.unlink_quietly(entry_stage)
+            if isinstance(exc, fsio.FlushError):
+                raise flush_refusal(exc, spec.job_id, committed) from exc
             raise
+
+    def durable(self, *paths: str) -> None:
+        """Return once what was written to ``paths`` (files, or directories for renames in them) is durable:
+        a group commit (``fsio.GroupCommit``) shared with every concurrent caller. Raises OSError if the flush
+        failed; nothing of it is then known durable."""
+        self._commit.sync(paths)
+
+    def _flush(self, paths: set[str]) -> None:
+        if self.commit_flush == FLUSH_SYNCFS:
+            fsio.sync_filesystem(self.root)  # one call, whatever the batch holds
+        else:
+            fsio.fsync_each(paths)
 
     def upgrade_legacy_queued(self) -> list[Entry]:
         """Rename queued entries of the older name format (no rank, no GPUs) into the current one; returns
@@ -382,7 +405,7 @@ class Spool:
             if fsio.rename_claim(os.path.join(self.queued_dir, name), self.entry_path(Location(QUEUED), new)):
                 upgraded.append(new)
         if upgraded:
-            self._queued_syncer.sync()
+            self.durable(self.queued_dir)
         return upgraded
 
     def read_spec(self, location: Location, entry: Entry) -> JobSpec | None:
@@ -512,7 +535,7 @@ class Spool:
                                   self.entry_path(Location(QUEUED), entry))
         if moved is False:
             return False
-        self._queued_syncer.sync()
+        self.durable(self.queued_dir)
         return True
 
     def cancel_waiting(self, entry: Entry, reason: str, **details) -> bool:
@@ -752,6 +775,18 @@ def entry_for(spec: JobSpec, submit_ns: int, rank: int) -> Entry:
     """The first attempt's Entry of a job being published."""
     gpus = GPUS_ALL if spec.gpus == "all" else int(spec.gpus or 0)
     return Entry(spec.priority, submit_ns, spec.target_host, 1, spec.job_id, rank, gpus)
+
+
+def flush_refusal(exc: OSError, job_id: str, published: bool) -> SpoolError:
+    """The JSON error of a submission whose flush failed: 507/503 as for any write the share refused (full, over
+    quota, read-only), else 503; ``published``: an agent claimed the job before it could be taken back."""
+    if published:
+        return Unavailable(f"the shared root failed to make the submission durable ({exc.strerror}), but an agent "
+                           f"had already claimed job {job_id}: it runs; it may be lost if the share crashes",
+                           job_id=job_id, reason=errno.errorcode.get(exc.errno, "EIO"))
+    return storage_error(exc) or Unavailable(
+        f"the shared root failed to make the submission durable ({exc.strerror}): nothing was published; try again",
+        reason=errno.errorcode.get(exc.errno, "EIO"))
 
 
 def publish_location(spec: JobSpec) -> Location:
