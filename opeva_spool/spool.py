@@ -163,7 +163,10 @@ class Spool:
         self.inbox_dir = os.path.join(self.spool_dir, "inbox")
         self.rejected_dir = os.path.join(self.spool_dir, "rejected")
         self.commit_flush = commit_flush
-        self._commit = fsio.GroupCommit(self._flush)
+        # Two group commits, so that a batch of renames never waits behind a batch of file data (and never pays
+        # for a syncfs): one flushes files (and directories named with them), the other only directories.
+        self._files_commit = fsio.GroupCommit(self._flush_files)
+        self._dirs_commit = fsio.GroupCommit(fsio.fsync_each)
         self._readable_queued = set()  # see reject_unreadable_queued
 
     # ----- layout -------------------------------------------------------------------------
@@ -353,7 +356,7 @@ class Spool:
             committed = True
             crashpoints.reach("publish.committed")
             # Flush 2: the commit rename itself. Only then may the caller answer.
-            self.durable(os.path.dirname(entry_path))
+            self.durable_dirs(os.path.dirname(entry_path))
             return entry
         except BaseException as exc:
             # A failed flush after the commit: the entry is visible but not known durable, so it is taken back if
@@ -376,12 +379,17 @@ class Spool:
             raise
 
     def durable(self, *paths: str) -> None:
-        """Return once what was written to ``paths`` (files, or directories for renames in them) is durable:
-        a group commit (``fsio.GroupCommit``) shared with every concurrent caller. Raises OSError if the flush
-        failed; nothing of it is then known durable."""
-        self._commit.sync(paths)
+        """Return once what was written to the files ``paths`` (and renames in directories among them) is
+        durable: a group commit (``fsio.GroupCommit``) shared with every concurrent caller, flushed as
+        ``commit_flush`` says. Raises FlushError if the flush failed; nothing of it is then known durable."""
+        self._files_commit.sync(paths)
 
-    def _flush(self, paths: set[str]) -> None:
+    def durable_dirs(self, *directories: str) -> None:
+        """Like ``durable``, for renames only: the batch's directories are fsynced (on NFS a rename is durable
+        at the server when it returns; on a local filesystem this is a journal commit, not a writeback)."""
+        self._dirs_commit.sync(directories)
+
+    def _flush_files(self, paths: set[str]) -> None:
         if self.commit_flush == FLUSH_SYNCFS:
             fsio.sync_filesystem(self.root)  # one call, whatever the batch holds
         else:
@@ -405,7 +413,7 @@ class Spool:
             if fsio.rename_claim(os.path.join(self.queued_dir, name), self.entry_path(Location(QUEUED), new)):
                 upgraded.append(new)
         if upgraded:
-            self.durable(self.queued_dir)
+            self.durable_dirs(self.queued_dir)
         return upgraded
 
     def read_spec(self, location: Location, entry: Entry) -> JobSpec | None:
@@ -535,7 +543,7 @@ class Spool:
                                   self.entry_path(Location(QUEUED), entry))
         if moved is False:
             return False
-        self.durable(self.queued_dir)
+        self.durable_dirs(self.queued_dir)
         return True
 
     def cancel_waiting(self, entry: Entry, reason: str, **details) -> bool:

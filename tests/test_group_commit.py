@@ -3,7 +3,7 @@ none is answered before a flush that began after its entry's commit rename has e
 every request of its batch with a JSON error and leaves nothing, and a server killed in the middle of
 batches loses no submit it answered.
 
-The in-process tests run the server's real HTTP stack (``serving``) and wrap the spool's real flush in a
+The in-process tests serve the server's app with waitress on 127.0.0.1 and wrap the spool's real flush in a
 hook that records what each flush covered (the entries in queued/ when it began) and can hold it or make
 it fail; the crash tests kill a real server process (kill -9 from outside, or OPEVA_CRASH_AT).
 """
@@ -21,9 +21,11 @@ import time
 import pytest
 
 from opeva_spool import fsio
+from opeva_spool.server import Server
 from opeva_spool.spool import Spool
 
-from .conftest import wait_for
+from .clients import ThreadedServer
+from .conftest import make_settings, wait_for
 from .processes import PROJECT_ROOT, spool_env, start_server, stop
 
 CLIENTS = 8
@@ -31,26 +33,27 @@ BODY = {"command": "true", "target_host": "gpu-a", "submitted_by": "ada"}
 
 
 class FlushHook:
-    """Wraps a spool's real flush: records each flush (the entries in queued/ when it began, its paths, when it
-    ended), holds flushes while ``gate`` is clear, and raises ``failure`` from the flushes ``fails`` picks."""
+    """Wraps a spool's real flushes (of files: before the commit rename; of directories: after it): records each
+    flush (its kind, the entries in queued/ when it began, when it ended), holds flushes while ``gate`` is clear,
+    and raises ``failure`` from the flushes of the kind ``fails`` names."""
 
     def __init__(self, spool):
         self.spool = spool
-        self.real = spool._flush
         self.gate = threading.Event()
         self.gate.set()
         self.failure = None
-        self.fails = lambda paths: True
+        self.fails = None
         self.flushes = []
-        spool._commit = fsio.GroupCommit(self)
+        spool._files_commit = fsio.GroupCommit(lambda paths: self.flush("files", spool._flush_files, paths))
+        spool._dirs_commit = fsio.GroupCommit(lambda paths: self.flush("dirs", fsio.fsync_each, paths))
 
-    def __call__(self, paths):
+    def flush(self, kind, real, paths):
         queued = set(os.listdir(self.spool.queued_dir))
         assert self.gate.wait(30)
-        if self.failure is not None and self.fails(paths):
+        if self.failure is not None and self.fails == kind:
             raise self.failure
-        self.real(paths)
-        self.flushes.append({"queued": queued, "paths": set(paths), "ended": time.monotonic()})
+        real(paths)
+        self.flushes.append({"kind": kind, "queued": queued, "ended": time.monotonic()})
 
 
 def submit_concurrently(port, count=CLIENTS):
@@ -78,8 +81,19 @@ def join_all(threads):
     assert not any(thread.is_alive() for thread in threads)
 
 
-def test_a_batch_is_answered_only_after_a_flush_that_covers_its_entries(serving):
-    server, port, http_client = serving(embedded_worker=False)
+@pytest.fixture
+def served(tmp_path):
+    """(server, port, HttpClient): a Server without its embedded worker, its app served by waitress on 127.0.0.1."""
+    server = Server(make_settings(tmp_path, embedded_worker=False)).start()
+    try:
+        with ThreadedServer(server.app) as http_client:
+            yield server, port_of(http_client), http_client
+    finally:
+        server.close()
+
+
+def test_a_batch_is_answered_only_after_a_flush_that_covers_its_entries(served):
+    server, port, http_client = served
     hook = FlushHook(server.spool)
     hook.gate.clear()  # the first flush holds: every other submission queues behind it
     threads, answers = submit_concurrently(port)
@@ -95,10 +109,12 @@ def test_a_batch_is_answered_only_after_a_flush_that_covers_its_entries(serving)
     queued = os.listdir(server.spool.queued_dir)
     for _, body, answered_at in answers:
         [entry_name] = [name for name in queued if name.endswith(f"_{body['job_id']}.json")]
-        assert any(entry_name in flush["queued"] and flush["ended"] <= answered_at for flush in hook.flushes), (
+        assert any(flush["kind"] == "dirs" and entry_name in flush["queued"] and flush["ended"] <= answered_at
+                   for flush in hook.flushes), (
             f"job {body['job_id']} was answered before any flush that began after its commit had ended")
-    # Shared: two flushes per submission if each had its own, far fewer when they wait together.
-    assert len(hook.flushes) < 2 * CLIENTS
+    # Shared: a flush of each kind per submission if each had its own, far fewer when they wait together.
+    assert len([flush for flush in hook.flushes if flush["kind"] == "files"]) < CLIENTS
+    assert len([flush for flush in hook.flushes if flush["kind"] == "dirs"]) < CLIENTS
     assert http_client.get("/health").status == 200
 
 
@@ -109,14 +125,13 @@ def test_a_batch_is_answered_only_after_a_flush_that_covers_its_entries(serving)
 ])
 @pytest.mark.parametrize("which", ["before the commit", "after the commit"])
 def test_a_failed_flush_gives_every_request_of_its_batch_the_json_error_and_publishes_nothing(
-        serving, code, status, error, which):
-    server, port, http_client = serving(embedded_worker=False)
+        served, code, status, error, which):
+    server, port, http_client = served
     spool = server.spool
     hook = FlushHook(spool)
     hook.failure = OSError(code, os.strerror(code))
-    # Flush 1 covers the staged entries (before the commit rename), flush 2 the commit renames in queued/.
-    hook.fails = (lambda paths: spool.queued_dir not in paths) if which == "before the commit" else (
-        lambda paths: spool.queued_dir in paths)
+    # The flush of files covers the staged entries (before the commit rename), that of directories the commit.
+    hook.fails = "files" if which == "before the commit" else "dirs"
     hook.gate.clear()
     threads, answers = submit_concurrently(port)
     wait_for(lambda: len(fsio.listdir(spool.jobs_dir)) == CLIENTS, message="8 folders built")
@@ -131,7 +146,8 @@ def test_a_failed_flush_gives_every_request_of_its_batch_the_json_error_and_publ
     assert fsio.listdir(spool.queued_dir) == []
     assert fsio.listdir(spool.jobs_dir) == []
     assert fsio.listdir(spool.staging_dir) == []
-    assert http_client.get("/jobs").json() == []
+    # A committed entry taken back may have been seen in queued/ by the watcher: its departure event follows.
+    wait_for(lambda: http_client.get("/jobs").json() == [], message="no job listed")
     # The share works again: the next submission is published and answered.
     hook.failure = None
     assert http_client.post("/run-simulation", json=BODY).status == 200
