@@ -318,7 +318,9 @@ class Spool:
         a non-empty directory fails), then the entry is renamed into queued/ (waiting/ for a
         job with dependencies: ``publish_location``). That last rename
         is the commit point: until then the job is not in the queue, and a crash in between
-        leaves a folder with no entry, which ``recover_orphans`` removes. The output
+        leaves a folder with no entry, which ``recover_orphans`` removes. The staged files are
+        flushed before it and the rename after it, each by a group commit shared with concurrent
+        submissions (``durable``, ``durable_dirs``): when this returns, the job is durable. The output
         sub-folders are made by the agent that runs the job (``Runner``), not here:
         publishing is the hot path.
         """
