@@ -57,8 +57,8 @@ UNREADABLE_ENTRY_SETTLE_SECONDS = 5.0
 NAME_KEPT = 200
 # Half-published folders and staging dirs younger than this may belong to a submission in flight.
 ORPHAN_MIN_AGE = 60.0
-# How a group commit (Spool.durable) flushes a batch: one syncfs(2) of the shared filesystem, or an fsync of
-# each file and directory of the batch (for a filesystem where syncfs would also flush much unrelated data).
+# How Spool.durable makes a submission's files durable: an fsync of each by its writer (concurrent fsyncs are
+# merged by the filesystem's journal), or a group commit flushing each batch with one syncfs(2) of the share.
 FLUSH_SYNCFS = "syncfs"
 FLUSH_FSYNC = "fsync"
 COMMIT_FLUSHES = (FLUSH_SYNCFS, FLUSH_FSYNC)
@@ -148,7 +148,7 @@ class JobStatus(NamedTuple):
 
 
 class Spool:
-    def __init__(self, root: str, commit_flush: str = FLUSH_SYNCFS) -> None:
+    def __init__(self, root: str, commit_flush: str = FLUSH_FSYNC) -> None:
         self.root = os.path.abspath(root)
         self.spool_dir = os.path.join(self.root, "spool")
         self.jobs_dir = os.path.join(self.root, "jobs")
@@ -163,8 +163,8 @@ class Spool:
         self.inbox_dir = os.path.join(self.spool_dir, "inbox")
         self.rejected_dir = os.path.join(self.spool_dir, "rejected")
         self.commit_flush = commit_flush
-        # Two group commits, so that a batch of renames never waits behind a batch of file data (and never pays
-        # for a syncfs): one flushes files (and directories named with them), the other only directories.
+        # Group commits: of files (commit_flush syncfs: one syncfs per batch), and of commit renames (the
+        # directories' fsyncs), apart so that a batch of renames never waits behind a writeback of file data.
         self._files_commit = fsio.GroupCommit(self._flush_files)
         self._dirs_commit = fsio.GroupCommit(fsio.fsync_each)
         self._readable_queued = set()  # see reject_unreadable_queued
@@ -382,9 +382,19 @@ class Spool:
 
     def durable(self, *paths: str) -> None:
         """Return once what was written to the files ``paths`` (and renames in directories among them) is
-        durable: a group commit (``fsio.GroupCommit``) shared with every concurrent caller, flushed as
-        ``commit_flush`` says. Raises FlushError if the flush failed; nothing of it is then known durable."""
-        self._files_commit.sync(paths)
+        durable, as ``commit_flush`` says: fsynced by this caller, or by a group commit (``fsio.GroupCommit``)
+        shared with every concurrent caller. Raises FlushError if that failed; nothing of it is then known
+        durable."""
+        if self.commit_flush == FLUSH_SYNCFS:
+            self._files_commit.sync(paths)
+            return
+        # Each caller fsyncs its own files, concurrently: a local filesystem's journal merges concurrent fsyncs
+        # into one commit (ext4's jbd2 does), which is the group commit there, without a writeback of the
+        # whole filesystem.
+        try:
+            fsio.fsync_each(paths)
+        except OSError as exc:
+            raise fsio.FlushError(exc.errno, exc.strerror, exc.filename) from exc
 
     def durable_dirs(self, *directories: str) -> None:
         """Like ``durable``, for renames only: the batch's directories are fsynced (on NFS a rename is durable
@@ -392,10 +402,7 @@ class Spool:
         self._dirs_commit.sync(directories)
 
     def _flush_files(self, paths: set[str]) -> None:
-        if self.commit_flush == FLUSH_SYNCFS:
-            fsio.sync_filesystem(self.root)  # one call, whatever the batch holds
-        else:
-            fsio.fsync_each(paths)
+        fsio.sync_filesystem(self.root)  # one call, whatever the batch holds
 
     def upgrade_legacy_queued(self) -> list[Entry]:
         """Rename queued entries of the older name format (no rank, no GPUs) into the current one; returns

@@ -81,10 +81,11 @@ def join_all(threads):
     assert not any(thread.is_alive() for thread in threads)
 
 
-@pytest.fixture
-def served(tmp_path):
-    """(server, port, HttpClient): a Server without its embedded worker, its app served by waitress on 127.0.0.1."""
-    server = Server(make_settings(tmp_path, embedded_worker=False)).start()
+@pytest.fixture(params=["syncfs"])
+def served(tmp_path, request):
+    """(server, port, HttpClient): a Server without its embedded worker (``commit_flush`` as parametrized: syncfs
+    unless a test says otherwise), its app served by waitress on 127.0.0.1."""
+    server = Server(make_settings(tmp_path, embedded_worker=False, commit_flush=request.param)).start()
     try:
         with ThreadedServer(server.app) as http_client:
             yield server, port_of(http_client), http_client
@@ -92,16 +93,21 @@ def served(tmp_path):
         server.close()
 
 
+@pytest.mark.parametrize("served", ["syncfs", "fsync"], indirect=True)
 def test_a_batch_is_answered_only_after_a_flush_that_covers_its_entries(served):
     server, port, http_client = served
     hook = FlushHook(server.spool)
     hook.gate.clear()  # the first flush holds: every other submission queues behind it
     threads, answers = submit_concurrently(port)
-    # Every submission has built its folder and waits on a flush; none is committed, none answered.
+    # Every submission has built its folder and waits on a flush (of files, or with commit_flush fsync of its
+    # commit rename); none is answered.
     wait_for(lambda: len(fsio.listdir(server.spool.jobs_dir)) == CLIENTS, message="8 folders built")
+    if server.settings.commit_flush == "fsync":
+        wait_for(lambda: len(fsio.listdir(server.spool.queued_dir)) == CLIENTS, message="8 entries committed")
     time.sleep(0.2)  # a request that wrongly skipped the flush would answer now
     assert answers == []
-    assert fsio.listdir(server.spool.queued_dir) == []  # no entry is committed before its data is flushed
+    if server.settings.commit_flush == "syncfs":
+        assert fsio.listdir(server.spool.queued_dir) == []  # no entry is committed before its data is flushed
     hook.gate.set()
     join_all(threads)
 
@@ -112,8 +118,10 @@ def test_a_batch_is_answered_only_after_a_flush_that_covers_its_entries(served):
         assert any(flush["kind"] == "dirs" and entry_name in flush["queued"] and flush["ended"] <= answered_at
                    for flush in hook.flushes), (
             f"job {body['job_id']} was answered before any flush that began after its commit had ended")
-    # Shared: a flush of each kind per submission if each had its own, far fewer when they wait together.
-    assert len([flush for flush in hook.flushes if flush["kind"] == "files"]) < CLIENTS
+    # Shared: a flush per submission if each had its own, far fewer when they wait together. (With commit_flush
+    # fsync each submission fsyncs its own files: no flush of files passes through the group commit.)
+    files = len([flush for flush in hook.flushes if flush["kind"] == "files"])
+    assert files < CLIENTS if server.settings.commit_flush == "syncfs" else files == 0
     assert len([flush for flush in hook.flushes if flush["kind"] == "dirs"]) < CLIENTS
     assert http_client.get("/health").status == 200
 
@@ -196,9 +204,10 @@ def check_answered_jobs_survived(root, tmp_path, answered):
 
 
 @pytest.mark.slow
-def test_a_server_killed_in_the_middle_of_batches_loses_no_answered_submit(tmp_path):
+@pytest.mark.parametrize("commit_flush", ["syncfs", "fsync"])
+def test_a_server_killed_in_the_middle_of_batches_loses_no_answered_submit(tmp_path, commit_flush):
     root = tmp_path / "share"
-    proc, http_client = start_server(root, tmp_path, **FAST)
+    proc, http_client = start_server(root, tmp_path, commit_flush=commit_flush, **FAST)
     port = port_of(http_client)
     answered, stop_event = [], threading.Event()
     threads = [threading.Thread(target=submit_until_killed, args=(port, answered, stop_event))
@@ -220,7 +229,7 @@ def test_a_server_killed_in_the_middle_of_batches_loses_no_answered_submit(tmp_p
 @pytest.mark.parametrize("point", ["commit.flushing", "commit.flushed"])
 def test_a_server_killed_at_a_flush_answers_none_of_its_batch_and_leaves_no_half_job(tmp_path, point):
     root = tmp_path / "share"
-    proc, http_client = start_server(root, tmp_path, crash_at=point, **FAST)
+    proc, http_client = start_server(root, tmp_path, crash_at=point, commit_flush="syncfs", **FAST)
     port = port_of(http_client)
     answered, stop_event = [], threading.Event()
     threads = [threading.Thread(target=submit_until_killed, args=(port, answered, stop_event))
