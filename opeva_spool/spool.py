@@ -319,8 +319,8 @@ class Spool:
         job with dependencies: ``publish_location``). That last rename
         is the commit point: until then the job is not in the queue, and a crash in between
         leaves a folder with no entry, which ``recover_orphans`` removes. The staged files are
-        flushed before it and the rename after it, each by a group commit shared with concurrent
-        submissions (``durable``, ``durable_dirs``): when this returns, the job is durable. The output
+        flushed before it (``durable``) and the rename after it, by a group commit shared with concurrent
+        submissions (``durable_dirs``): when this returns, the job is durable. The output
         sub-folders are made by the agent that runs the job (``Runner``), not here:
         publishing is the hot path.
         """
@@ -335,7 +335,7 @@ class Spool:
         folder_moved = committed = False
         try:
             # Staging is private to this call, so files are written in place (no temp + rename), and
-            # none is fsynced on its own: the group commit's flushes make them durable with everyone's.
+            # flushed together below (``durable``: with commit_flush syncfs, with everyone's).
             os.mkdir(stage)
             fsio.write_new(os.path.join(stage, "job_info.json"), fsio.json_bytes(spec.job_info()), durable=False)
             if config is not None:
