@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 # done/ can hold every job ever run; it is listed in full only every this many scans.
 FULL_SCAN_EVERY = 12
-WAITRESS_THREADS = 8
+WAITRESS_THREADS = 16
 # Connections beyond the open streams (waitress's own default limit).
 ORDINARY_CONNECTIONS = 100
 # At shutdown, in-flight requests get this long to finish before their connections are closed.
@@ -66,7 +66,7 @@ def dependency_checks(settings, sitedata):
 class Server:
     def __init__(self, settings):
         self.settings = settings
-        self.spool = Spool(settings.shared_root)
+        self.spool = Spool(settings.shared_root, settings.commit_flush)
         self.spool.ensure_layout()
         # First: a committed sweep that a crash left half moved out is completed before the spool is listed,
         # and before recover_orphans could take a job folder whose entry is still in the sweep for an orphan.

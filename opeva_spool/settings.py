@@ -16,6 +16,7 @@ import yaml
 
 from .exceptions import SettingsError
 from .jobs import EMBEDDED_HOST
+from .spool import COMMIT_FLUSHES, FLUSH_FSYNC
 
 DEFAULT_SHARED_ROOT = "/opt/opeva_shared_data"
 DEFAULT_BIND = "127.0.0.1"
@@ -54,6 +55,7 @@ class Settings:
     process_command: str = DEFAULT_PROCESS_COMMAND
     observer: str = "native"
     scan_interval: float = DEFAULT_SCAN_INTERVAL
+    commit_flush: str = FLUSH_FSYNC
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     api_token: str = ""
     tokens_file: str = ""
@@ -99,6 +101,10 @@ DESCRIPTIONS = {
     "process_command": "Command template for process-runtime jobs (the same fields, and {python}: this interpreter).",
     "observer": "`native` (inotify) or `polling` (sees other hosts' writes on NFS).",
     "scan_interval": "Seconds between full scans of the spool (events are only hints).",
+    "commit_flush": "How a submission's files are made durable before its commit: `fsync` (each by its writer; "
+                    "the filesystem's journal merges concurrent ones) or `syncfs` (one syncfs of the share per "
+                    "batch of concurrent submissions: group commit, for a share where each fsync is a round "
+                    "trip). The commit renames are always group-committed (docs/spool.md).",
     "max_body_bytes": "Largest accepted request body; larger gets 413.",
     "api_token": "When set, an admin token: mutating endpoints need `Authorization: Bearer <token>` "
                  "(docs/security.md).",
@@ -176,6 +182,9 @@ def load_settings(config_file: str | None = None, environ: Mapping[str, str] | N
     settings = Settings(**coerced)
     if settings.observer not in ("native", "polling"):
         raise SettingsError(f"setting 'observer' must be 'native' or 'polling', not {settings.observer!r}")
+    if settings.commit_flush not in COMMIT_FLUSHES:
+        raise SettingsError(f"setting 'commit_flush' must be one of {', '.join(COMMIT_FLUSHES)}, "
+                            f"not {settings.commit_flush!r}")
     if settings.runtime not in ("process", "docker"):
         raise SettingsError(f"setting 'runtime' must be 'process' or 'docker', not {settings.runtime!r}")
     if settings.open_reads.lower() not in OPEN_READS_VALUES:

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from . import crashpoints, fsio, names
-from .exceptions import Conflict
+from .exceptions import Conflict, SpoolError, Unavailable, storage_error
 from .jobs import ANY_HOST, CONFIG_SNAPSHOT, MAX_PRIORITY, JobFolder, JobSpec, parse_utc, utc_now, utc_now_precise
 from .states import TERMINAL_STATES, JobState, check_transition
 
@@ -57,6 +57,11 @@ UNREADABLE_ENTRY_SETTLE_SECONDS = 5.0
 NAME_KEPT = 200
 # Half-published folders and staging dirs younger than this may belong to a submission in flight.
 ORPHAN_MIN_AGE = 60.0
+# How Spool.durable makes a submission's files durable: an fsync of each by its writer (concurrent fsyncs are
+# merged by the filesystem's journal), or a group commit flushing each batch with one syncfs(2) of the share.
+FLUSH_SYNCFS = "syncfs"
+FLUSH_FSYNC = "fsync"
+COMMIT_FLUSHES = (FLUSH_SYNCFS, FLUSH_FSYNC)
 
 
 class Entry(NamedTuple):
@@ -143,7 +148,7 @@ class JobStatus(NamedTuple):
 
 
 class Spool:
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, commit_flush: str = FLUSH_FSYNC) -> None:
         self.root = os.path.abspath(root)
         self.spool_dir = os.path.join(self.root, "spool")
         self.jobs_dir = os.path.join(self.root, "jobs")
@@ -157,8 +162,11 @@ class Spool:
         self.trash_dir = os.path.join(self.spool_dir, "trash")
         self.inbox_dir = os.path.join(self.spool_dir, "inbox")
         self.rejected_dir = os.path.join(self.spool_dir, "rejected")
-        self._queued_syncer = fsio.DirSyncer(self.queued_dir)
-        self._jobs_syncer = fsio.DirSyncer(self.jobs_dir)
+        self.commit_flush = commit_flush
+        # Group commits: of files (commit_flush syncfs: one syncfs per batch), and of commit renames (the
+        # directories' fsyncs), apart so that a batch of renames never waits behind a writeback of file data.
+        self._files_commit = fsio.GroupCommit(self._flush_files)
+        self._dirs_commit = fsio.GroupCommit(fsio.fsync_each)
         self._readable_queued = set()  # see reject_unreadable_queued
 
     # ----- layout -------------------------------------------------------------------------
@@ -310,7 +318,9 @@ class Spool:
         a non-empty directory fails), then the entry is renamed into queued/ (waiting/ for a
         job with dependencies: ``publish_location``). That last rename
         is the commit point: until then the job is not in the queue, and a crash in between
-        leaves a folder with no entry, which ``recover_orphans`` removes. The output
+        leaves a folder with no entry, which ``recover_orphans`` removes. The staged files are
+        flushed before it (``durable``) and the rename after it, by a group commit shared with concurrent
+        submissions (``durable_dirs``): when this returns, the job is durable. The output
         sub-folders are made by the agent that runs the job (``Runner``), not here:
         publishing is the hot path.
         """
@@ -321,18 +331,16 @@ class Spool:
         entry = entry_for(spec, time.time_ns(), rank)
         location = publish_location(spec)
         entry_stage = stage + ".entry"
+        entry_path = self.entry_path(location, entry)
         folder_moved = committed = False
         try:
-            # Staging is private to this call, so files are written in place (no temp + rename).
-            # The entry is fsynced: it holds the whole spec, and readers fall back to it if an
-            # OS crash loses job_info.json or the folder's rename. The config snapshot is in no
-            # entry, so it and the folder's rename are made durable too, before the commit.
-            # (kill -9 of the server needs no fsync at all; the page cache survives it.)
+            # Staging is private to this call, so files are written in place (no temp + rename), and
+            # flushed together below (``durable``: with commit_flush syncfs, with everyone's).
             os.mkdir(stage)
             fsio.write_new(os.path.join(stage, "job_info.json"), fsio.json_bytes(spec.job_info()), durable=False)
             if config is not None:
-                fsio.write_new(os.path.join(stage, CONFIG_SNAPSHOT), config)
-            fsio.write_new(entry_stage, fsio.json_bytes(spec.to_dict()))
+                fsio.write_new(os.path.join(stage, CONFIG_SNAPSHOT), config, durable=False)
+            fsio.write_new(entry_stage, fsio.json_bytes(spec.to_dict()), durable=False)
             try:
                 os.rename(stage, target)
             except OSError as exc:
@@ -340,18 +348,24 @@ class Spool:
                     raise Conflict(f"job {spec.job_id!r} already exists", job_id=spec.job_id) from None
                 raise
             folder_moved = True
-            if config is not None:
-                self._jobs_syncer.sync()
+            # Flush 1, before the commit: the entry holds the whole spec (readers fall back to it if an OS
+            # crash loses job_info.json), so an entry in queued/ is always whole; the config snapshot is in no
+            # entry, so it and the folder's rename must survive on their own. (kill -9 of the server needs no
+            # flush at all: the page cache survives it; the flushes are for an OS or NFS server crash.)
+            self.durable(entry_stage, *((os.path.join(target, CONFIG_SNAPSHOT), self.jobs_dir) if config else ()))
             crashpoints.reach("publish.committing")
-            os.rename(entry_stage, self.entry_path(location, entry))
+            os.rename(entry_stage, entry_path)
             committed = True
             crashpoints.reach("publish.committed")
-            if location.kind == QUEUED:
-                self._queued_syncer.sync()
-            else:
-                fsio.fsync_dir(self.waiting_dir)
+            # Flush 2: the commit rename itself. Only then may the caller answer.
+            self.durable_dirs(os.path.dirname(entry_path))
             return entry
-        except BaseException:
+        except BaseException as exc:
+            # A failed flush after the commit: the entry is visible but not known durable, so it is taken back if
+            # no agent claimed it meanwhile (one rename, racing the claim); a claimed job runs, the caller is
+            # told it failed all the same (JobService.submit says the job may exist).
+            if committed and fsio.rename_claim(entry_path, entry_stage) is True:
+                committed = False
             if not committed:
                 # Nothing was committed (a full or read-only share fails here): leave nothing behind. The
                 # folder, if already renamed, is still ours alone (no entry names it: nobody can claim, stop or
@@ -362,7 +376,33 @@ class Spool:
                         os.rename(target, stage)
                 shutil.rmtree(stage, ignore_errors=True)
                 fsio.unlink_quietly(entry_stage)
+            if isinstance(exc, fsio.FlushError):
+                raise flush_refusal(exc, spec.job_id, committed) from exc
             raise
+
+    def durable(self, *paths: str) -> None:
+        """Return once what was written to the files ``paths`` (and renames in directories among them) is
+        durable, as ``commit_flush`` says: fsynced by this caller, or by a group commit (``fsio.GroupCommit``)
+        shared with every concurrent caller. Raises FlushError if that failed; nothing of it is then known
+        durable."""
+        if self.commit_flush == FLUSH_SYNCFS:
+            self._files_commit.sync(paths)
+            return
+        # Each caller fsyncs its own files, concurrently: a local filesystem's journal merges concurrent fsyncs
+        # into one commit (ext4's jbd2 does), which is the group commit there, without a writeback of the
+        # whole filesystem.
+        try:
+            fsio.fsync_each(paths)
+        except OSError as exc:
+            raise fsio.FlushError(exc.errno, exc.strerror, exc.filename) from exc
+
+    def durable_dirs(self, *directories: str) -> None:
+        """Like ``durable``, for renames only: the batch's directories are fsynced (on NFS a rename is durable
+        at the server when it returns; on a local filesystem this is a journal commit, not a writeback)."""
+        self._dirs_commit.sync(directories)
+
+    def _flush_files(self, paths: set[str]) -> None:
+        fsio.sync_filesystem(self.root)  # one call, whatever the batch holds
 
     def upgrade_legacy_queued(self) -> list[Entry]:
         """Rename queued entries of the older name format (no rank, no GPUs) into the current one; returns
@@ -382,7 +422,7 @@ class Spool:
             if fsio.rename_claim(os.path.join(self.queued_dir, name), self.entry_path(Location(QUEUED), new)):
                 upgraded.append(new)
         if upgraded:
-            self._queued_syncer.sync()
+            self.durable_dirs(self.queued_dir)
         return upgraded
 
     def read_spec(self, location: Location, entry: Entry) -> JobSpec | None:
@@ -512,7 +552,7 @@ class Spool:
                                   self.entry_path(Location(QUEUED), entry))
         if moved is False:
             return False
-        self._queued_syncer.sync()
+        self.durable_dirs(self.queued_dir)
         return True
 
     def cancel_waiting(self, entry: Entry, reason: str, **details) -> bool:
@@ -752,6 +792,18 @@ def entry_for(spec: JobSpec, submit_ns: int, rank: int) -> Entry:
     """The first attempt's Entry of a job being published."""
     gpus = GPUS_ALL if spec.gpus == "all" else int(spec.gpus or 0)
     return Entry(spec.priority, submit_ns, spec.target_host, 1, spec.job_id, rank, gpus)
+
+
+def flush_refusal(exc: OSError, job_id: str, published: bool) -> SpoolError:
+    """The JSON error of a submission whose flush failed: 507/503 as for any write the share refused (full, over
+    quota, read-only), else 503; ``published``: an agent claimed the job before it could be taken back."""
+    if published:
+        return Unavailable(f"the shared root failed to make the submission durable ({exc.strerror}), but an agent "
+                           f"had already claimed job {job_id}: it runs; it may be lost if the share crashes",
+                           job_id=job_id, reason=errno.errorcode.get(exc.errno, "EIO"))
+    return storage_error(exc) or Unavailable(
+        f"the shared root failed to make the submission durable ({exc.strerror}): nothing was published; try again",
+        reason=errno.errorcode.get(exc.errno, "EIO"))
 
 
 def publish_location(spec: JobSpec) -> Location:

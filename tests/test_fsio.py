@@ -33,33 +33,31 @@ def test_reads_of_half_written_files_are_none_for_objects(tmp_path, content):
     assert fsio.read_json_object(str(tmp_path / "missing.json")) is None
 
 
-def test_concurrent_dir_syncs_share_fsyncs_and_all_return(tmp_path, monkeypatch):
-    calls = []
-    real = fsio.fsync_dir
+def test_concurrent_group_commits_share_flushes_and_all_return(tmp_path):
+    flushes = []
     gate = threading.Event()
 
-    def slow_fsync(path):
-        calls.append(path)
-        gate.wait(5)  # hold the first fsync so the other callers pile up behind it
-        real(path)
+    def slow_flush(paths):
+        flushes.append(set(paths))
+        gate.wait(5)  # hold the first flush so the other callers pile up behind it
 
-    monkeypatch.setattr(fsio, "fsync_dir", slow_fsync)
-    syncer = fsio.DirSyncer(str(tmp_path))
-    threads = [threading.Thread(target=syncer.sync) for _ in range(8)]
+    commit = fsio.GroupCommit(slow_flush)
+    threads = [threading.Thread(target=commit.sync, args=([str(tmp_path / str(n))],)) for n in range(8)]
     for thread in threads:
         thread.start()
     gate.set()
     for thread in threads:
         thread.join(10)
     assert not any(thread.is_alive() for thread in threads)
-    # The first caller's fsync, then one more for everyone who arrived while it ran (or a few).
-    assert 2 <= len(calls) < 8
+    # The first caller's flush, then one more for everyone who arrived while it ran (or a few).
+    assert 2 <= len(flushes) < 8
+    assert set().union(*flushes) == {str(tmp_path / str(n)) for n in range(8)}
 
 
-def test_a_failed_dir_sync_is_reported_to_its_callers(tmp_path, monkeypatch):
-    def broken(path):
+def test_a_failed_group_commit_is_reported_to_its_callers(tmp_path):
+    def broken(paths):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(fsio, "fsync_dir", broken)
-    with pytest.raises(OSError):
-        fsio.DirSyncer(str(tmp_path)).sync()
+    with pytest.raises(fsio.FlushError) as raised:
+        fsio.GroupCommit(broken).sync([str(tmp_path)])
+    assert raised.value.errno == 5
