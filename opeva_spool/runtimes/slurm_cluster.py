@@ -32,6 +32,7 @@ COMMAND_TIMEOUT = 30.0  # seconds for one Slurm command; a client blocks this lo
 FIELD_SEPARATOR = "|"  # between squeue -O fields; the job name comes last, so it may contain one
 SQUEUE_FIELDS = ("JobID", "State", "Reason", "exit_code", "Name")  # exit_code: a raw wait status
 SACCT_FIELDS = ("JobID", "State", "Reason", "ExitCode", "JobName")  # ExitCode: "exit:signal"
+JOB_ID = re.compile(r"\d+(_\d+)?")  # a job's id, or an array task's (<array job id>_<task>)
 # A reply that means "no such job here (any more)": the id never existed or the job was purged.
 UNKNOWN_JOB = "Invalid job id specified"
 ALREADY_ENDED = "already completing or completed"
@@ -175,13 +176,17 @@ class Cluster(abc.ABC):
 
     def _checked(self, argv: Sequence[str], stdin: str | None = None, *,
                  failure: EndReason = EndReason.ENGINE_ERROR) -> subprocess.CompletedProcess:
+        """run, raising ClusterError with Slurm's message when the command failed."""
         done = self.run(argv, stdin)
         if done.returncode:
-            message = slurm_message(done.stderr)
-            if any(text in done.stderr for text in UNREACHABLE):
-                failure = EndReason.ENGINE_UNAVAILABLE
-            raise ClusterError(failure, argv, message)
+            raise self._error(argv, done, failure)
         return done
+
+    @staticmethod
+    def _error(argv: Sequence[str], done: subprocess.CompletedProcess, failure: EndReason) -> ClusterError:
+        if any(text in done.stderr for text in UNREACHABLE):
+            failure = EndReason.ENGINE_UNAVAILABLE
+        return ClusterError(failure, argv, slurm_message(done.stderr))
 
     # --- jobs -------------------------------------------------------------------------------------
 
@@ -213,7 +218,7 @@ class Cluster(abc.ABC):
         argv = ["scancel", slurm_id] if signal is None else ["scancel", f"--signal={signal}", "--full", slurm_id]
         done = self.run(argv)
         if done.returncode and UNKNOWN_JOB not in done.stderr and ALREADY_ENDED not in done.stderr:
-            self._checked(argv)  # raise with Slurm's message (the same answer again)
+            raise self._error(argv, done, EndReason.ENGINE_ERROR)
 
     def states(self, slurm_ids: Iterable[str], *, positions: bool = False) -> dict[str, ClusterJob]:
         """What the cluster knows of these jobs, by id; an id it knows nothing of is left out.
@@ -230,8 +235,9 @@ class Cluster(abc.ABC):
         if missing and self.has_accounting():
             found.update(self._sacct(["-j", ",".join(missing)]))
             missing = [slurm_id for slurm_id in missing if slurm_id not in found]
+        missing = [slurm_id for slurm_id in missing if JOB_ID.fullmatch(slurm_id)]  # others are no job's
         if missing:
-            found.update(self._jobcomp(rf"JobId=({'|'.join(re.escape(slurm_id) for slurm_id in missing)}) "))
+            found.update(self._jobcomp("-E", f"^JobId=({'|'.join(missing)}) "))
         if positions and any(job.phase is ClusterPhase.PENDING for job in found.values()):
             found = self._with_positions(found)
         return {slurm_id: found[slurm_id] for slurm_id in wanted if slurm_id in found}
@@ -239,7 +245,7 @@ class Cluster(abc.ABC):
     def find(self, name_prefix: str) -> dict[str, ClusterJob]:
         """This user's jobs whose name starts with ``name_prefix``, by id: those squeue holds and
         those the job-completion log recorded (to adopt an attempt whose id was never recorded)."""
-        found = {slurm_id: job for slurm_id, job in self._jobcomp(rf"Name={re.escape(name_prefix)}").items()
+        found = {slurm_id: job for slurm_id, job in self._jobcomp("-F", f" Name={name_prefix}").items()
                  if job.name.startswith(name_prefix)}
         found.update({slurm_id: job for slurm_id, job in self._squeue(["--me"]).items()
                       if job.name.startswith(name_prefix)})
@@ -273,7 +279,7 @@ class Cluster(abc.ABC):
         if done.returncode:
             if UNKNOWN_JOB in done.stderr:  # every id asked for is unknown (one known id and it answers 0)
                 return {}
-            self._checked(argv)
+            raise self._error(argv, done, EndReason.ENGINE_ERROR)
         jobs = {}
         for line in done.stdout.splitlines():
             slurm_id, state, reason, raw, name = line.split(FIELD_SEPARATOR, 4)
@@ -297,13 +303,13 @@ class Cluster(abc.ABC):
                                         "" if reason == "None" else reason, code, signal, source="sacct")
         return jobs
 
-    def _jobcomp(self, pattern: str) -> dict[str, ClusterJob]:
-        """The job-completion log's records matching an extended regex, by id (the last record wins:
-        a requeued job ends more than once)."""
+    def _jobcomp(self, syntax: str, pattern: str) -> dict[str, ClusterJob]:
+        """The job-completion log's records that grep finds (``syntax`` -E or -F), by id; the last
+        record wins (a requeued job ends more than once)."""
         path = self.jobcomp_path()
         if not path:
             return {}
-        done = self.run(["grep", "-E", "--", pattern, path])
+        done = self.run(["grep", syntax, "--", pattern, path])
         if done.returncode == 1:  # grep: no line matched
             return {}
         if done.returncode:
