@@ -1,6 +1,7 @@
 # Sourced by .ci/run (and by tests/slurm_support.py): a throw-away one-node Slurm 22.05 cluster on
 # loopback, everything as root, for the slurm runtime tests.
-#   ensure_slurm_packages   install slurmctld slurmd slurm-client munge charliecloud-runtime if missing
+#   ensure_slurm_packages   install slurmctld slurmd slurm-client munge charliecloud-runtime, and for
+#                           accounting slurmdbd mariadb-server-core mariadb-client-core, if missing
 #                           (under the apt lock; needs .ci/locks.sh and .ci/apt.sh)
 #   slurm_up DIR            write DIR/slurm.conf and start munged, slurmctld and slurmd with their state,
 #                           sockets, pid files and logs in DIR; returns once the node is idle
@@ -18,14 +19,17 @@
 _OPEVA_CI_SLURM_DIR=""   # the dir of the cluster start_slurm started, once it has
 
 # Knobs (environment): SLURM_CPUS (CPUs the node advertises; default nproc), SLURM_MIN_JOB_AGE
-# (seconds slurmctld keeps a finished job; default 300, the tests' purge case lowers it).
+# (seconds slurmctld keeps a finished job; default 300, the tests' purge case lowers it),
+# SLURM_ACCOUNTING=1 (also a MariaDB and slurmdbd, so that sacct works: ~2 s more to start; the CI
+# cluster has none, like many small clusters, and only the test of the sacct path asks for it).
 SLURM_UP_TIMEOUT=${SLURM_UP_TIMEOUT:-20}      # seconds until the node must be idle
 SLURM_DRAIN_TIMEOUT=${SLURM_DRAIN_TIMEOUT:-15}  # seconds for cancelled jobs to leave the node
 SLURM_KILL_AFTER=${SLURM_KILL_AFTER:-10}      # seconds after SIGTERM before a daemon gets SIGKILL
 
 ensure_slurm_packages() {
     local pkg missing=()
-    for pkg in slurmctld slurmd slurm-client munge charliecloud-runtime; do
+    for pkg in slurmctld slurmd slurm-client munge charliecloud-runtime \
+        slurmdbd mariadb-server-core mariadb-client-core; do   # not mariadb-server: it upgrades perl
         ci_pkg_installed "$pkg" || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -eq 0 ]; then
@@ -34,12 +38,12 @@ ensure_slurm_packages() {
     ci_apt_install "${missing[@]}"
 }
 
-# Two TCP ports free on 127.0.0.1 now. Another process may take one before slurmctld or slurmd binds
+# N TCP ports free on 127.0.0.1 now. Another process may take one before slurmctld or slurmd binds
 # it: slurm_up then sees the daemon die and tries again with new ports.
 _slurm_free_ports() {
-    python3 - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(2)]
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))
@@ -47,7 +51,17 @@ EOF
 }
 
 _slurm_write_conf() {
-    local dir=$1 ctld_port=$2 slurmd_port=$3 host
+    local dir=$1 ctld_port=$2 slurmd_port=$3 host accounting
+    accounting="AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none"
+    if [ -s "$dir/slurmdbd.port" ]; then
+        # AccountingStoragePass: the dbd connection ignores AuthInfo and would look for /run/munge's socket
+        accounting="AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=$(cat "$dir/slurmdbd.port")
+AccountingStoragePass=$dir/munge/munge.sock
+JobAcctGatherType=jobacct_gather/linux"
+    fi
     host=$(hostname -s)   # slurmctld refuses to run unless SlurmctldHost is this host's short name
     cat >"$dir/slurm.conf" <<EOF
 # A one-node CI cluster written by .ci/slurm.sh: loopback only, everything as root.
@@ -73,9 +87,8 @@ MailProg=/bin/true
 # no cgroup plugins: nothing enforces memory or CPUs here
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-# no slurmdbd: sacct is unavailable; finished jobs are found in squeue (MinJobAge) and the jobcomp file
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
+# without slurmdbd sacct is unavailable: finished jobs are in squeue (for MinJobAge), then in the jobcomp file
+$accounting
 JobCompType=jobcomp/filetxt
 JobCompLoc=$dir/log/jobcomp.txt
 MpiDefault=none
@@ -152,23 +165,78 @@ _slurm_start_daemons() {
     done
 }
 
+# A MariaDB (datadir in DIR, 127.0.0.1 on a free port) and a slurmdbd (free port) for SLURM_ACCOUNTING=1.
+# slurmdbd reads DIR/slurmdbd.conf, next to SLURM_CONF; it always listens on 0.0.0.0 (no option in 22.05).
+_slurm_start_accounting() {
+    local dir=$1 db_port dbd_port i
+    read -r db_port dbd_port <<<"$(_slurm_free_ports 2)"
+    mkdir -p "$dir/db"
+    mariadb-install-db --no-defaults --datadir="$dir/db" --user=root --auth-root-authentication-method=normal \
+        --skip-test-db >"$dir/log/mariadb-install.log" 2>&1 || return 1
+    mariadbd --no-defaults --datadir="$dir/db" --user=root --bind-address=127.0.0.1 --port="$db_port" \
+        --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" --log-error="$dir/log/mysqld.log" \
+        --innodb-buffer-pool-size=64M </dev/null >/dev/null 2>&1 &
+    for i in $(seq 100); do
+        mariadb -S "$dir/mysqld.sock" -u root -e 'select 1' >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    mariadb -S "$dir/mysqld.sock" -u root -e "CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm';
+        GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';" || return 1
+    cat >"$dir/slurmdbd.conf" <<EOF
+AuthType=auth/munge
+AuthInfo=socket=$dir/munge/munge.sock
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort=$dbd_port
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$db_port
+StorageUser=slurm
+StoragePass=slurm
+StorageLoc=slurm_acct_db
+PidFile=$dir/slurmdbd.pid
+LogFile=$dir/log/slurmdbd.log
+EOF
+    chmod 600 "$dir/slurmdbd.conf"   # slurmdbd refuses a readable one (it holds the DB password)
+    SLURM_CONF="$dir/slurm.conf" slurmdbd || return 1
+    echo "$dbd_port" >"$dir/slurmdbd.port"
+}
+
+# Wait until slurmdbd answers (needs DIR/slurm.conf for its address), at most 10 s.
+_slurm_wait_accounting() {
+    local dir=$1 i
+    for i in $(seq 100); do
+        SLURM_CONF="$dir/slurm.conf" timeout 5 sacctmgr -n show cluster >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "slurm_up: slurmdbd did not answer within 10 s" >&2
+    return 1
+}
+
 slurm_up() {
     local dir=$1 ports attempt
-    mkdir -p "$dir"/{state,spool,log,munge}
-    chmod 755 "$dir" "$dir/munge"   # munged: every dir above its socket needs o+x (mktemp makes 0700)
     if [ ${#dir} -gt 80 ]; then
         echo "slurm_up: $dir is too long for the munge socket path (108 bytes at most)" >&2
         return 1
     fi
+    mkdir -p "$dir"/{state,spool,log,munge}
+    chmod 755 "$dir" "$dir/munge"   # munged: every dir above its socket needs o+x (mktemp makes 0700)
     if [ -z "$(_slurm_live_pid "$dir/munge/munged.pid")" ]; then
         mungekey -c -f -k "$dir/munge/munge.key" >/dev/null
         munged -S "$dir/munge/munge.sock" --key-file="$dir/munge/munge.key" --log-file="$dir/log/munged.log" \
             --pid-file="$dir/munge/munged.pid" --seed-file="$dir/munge/munged.seed" || return 1
     fi
+    if [ "${SLURM_ACCOUNTING:-0}" = 1 ] && [ -z "$(_slurm_live_pid "$dir/slurmdbd.pid")" ]; then
+        _slurm_start_accounting "$dir" || return 1
+    fi
     for attempt in 1 2 3; do
-        ports=$(_slurm_free_ports)
+        ports=$(_slurm_free_ports 2)
         # unquoted: two words, the two ports
         _slurm_write_conf "$dir" $ports
+        if [ "$attempt" = 1 ] && [ -s "$dir/slurmdbd.port" ]; then
+            _slurm_wait_accounting "$dir" || return 1
+        fi
         if _slurm_start_daemons "$dir"; then
             echo "slurm: one-node cluster up (SLURM_CONF=$dir/slurm.conf, ports $ports)"
             return 0
@@ -196,7 +264,8 @@ slurm_down() {
             done
         fi
     fi
-    _slurm_stop_pids "$dir/slurmctld.pid" "$dir/slurmd.pid" "$dir/munge/munged.pid"
+    _slurm_stop_pids "$dir/slurmctld.pid" "$dir/slurmd.pid" "$dir/slurmdbd.pid" "$dir/mysqld.pid" \
+        "$dir/munge/munged.pid"
     rm -rf "$dir" || echo "slurm_down: cannot remove $dir" >&2
 }
 

@@ -19,6 +19,7 @@ import pytest
 
 SLURM_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".ci", "slurm.sh")
 SLURM_PROGRAMS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue")
+ACCOUNTING_PROGRAMS = ("slurmdbd", "mariadbd", "mariadb-install-db", "sacct")  # for SLURM_ACCOUNTING=1
 WARM_UP_TIMEOUT = 20.0  # seconds for the throw-away first job to end
 
 
@@ -53,12 +54,13 @@ def _script(function: str, directory: str, env: dict[str, str] | None = None) ->
 def private_cluster(**knobs: str):
     """A cluster of its own in a scratch dir, stopped (jobs cancelled, daemons ended) on exit.
 
-    knobs are .ci/slurm.sh's environment settings, e.g. SLURM_MIN_JOB_AGE="2".
+    knobs are .ci/slurm.sh's environment settings, e.g. SLURM_MIN_JOB_AGE="2", SLURM_ACCOUNTING="1".
     """
-    missing = [name for name in SLURM_PROGRAMS if not shutil.which(name)]
+    programs = SLURM_PROGRAMS + (ACCOUNTING_PROGRAMS if knobs.get("SLURM_ACCOUNTING") == "1" else ())
+    missing = [name for name in programs if not shutil.which(name)]
     if missing or os.geteuid() != 0:
-        _unavailable(f"a private Slurm cluster needs root and the Debian packages slurmctld slurmd "
-                     f"slurm-client munge (missing: {' '.join(missing) or 'root'})")
+        _unavailable(f"a private Slurm cluster needs root and the Debian packages of .ci/slurm.sh "
+                     f"(missing: {' '.join(missing) or 'root'})")
     # Short dir: the munge socket path in it must fit the 108-byte limit of unix socket names.
     directory = tempfile.mkdtemp(prefix="sl", dir="/tmp")
     try:
