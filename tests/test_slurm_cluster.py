@@ -143,6 +143,7 @@ def test_an_unknown_id_is_left_out_of_the_answer(cluster):
     known = cluster.submit("#!/bin/sh\ntrue\n", job_name=unique())
     assert list(cluster.states([known, "999999"])) == [known]
     assert cluster.states(["999999"]) == {}
+    assert cluster.states(["not-a-job", "1,2"]) == {}  # never handed to squeue as a filter
     assert cluster.states([]) == {}
 
 

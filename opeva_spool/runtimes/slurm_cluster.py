@@ -198,6 +198,9 @@ class Cluster(abc.ABC):
         ``release`` is called, so the caller can record the id before the job can start. ``options``
         are sbatch's own arguments (``["--cpus-per-task", "4", "--output", path]``). A job the
         cluster can never run is refused here: ClusterError(start_failed) with Slurm's reason.
+
+        Race: sbatch may time out (ClusterError(engine_unavailable)) after slurmctld queued the job.
+        Call ``find`` with the job's name before submitting it again, never resubmit blindly.
         """
         text = script if script.startswith("#!") else None
         argv = ["sbatch", "--parsable", "--job-name", job_name, *(["--hold"] if hold else []), *options]
@@ -221,13 +224,14 @@ class Cluster(abc.ABC):
             raise self._error(argv, done, EndReason.ENGINE_ERROR)
 
     def states(self, slurm_ids: Iterable[str], *, positions: bool = False) -> dict[str, ClusterJob]:
-        """What the cluster knows of these jobs, by id; an id it knows nothing of is left out.
+        """What the cluster knows of these jobs, by id; an id it knows nothing of (or that is no job id) is left out.
 
         One squeue call covers every id; only jobs squeue has purged already (older than MinJobAge)
         cost one more call: sacct when the cluster keeps accounting, else the job-completion log.
         ``positions`` costs one more squeue call (over all pending jobs) when some job is pending.
         """
-        wanted = list(dict.fromkeys(str(slurm_id) for slurm_id in slurm_ids))
+        wanted = [slurm_id for slurm_id in dict.fromkeys(str(slurm_id) for slurm_id in slurm_ids)
+                  if JOB_ID.fullmatch(slurm_id)]
         if not wanted:
             return {}
         found = self._squeue(["-j", ",".join(wanted)])
@@ -235,7 +239,6 @@ class Cluster(abc.ABC):
         if missing and self.has_accounting():
             found.update(self._sacct(["-j", ",".join(missing)]))
             missing = [slurm_id for slurm_id in missing if slurm_id not in found]
-        missing = [slurm_id for slurm_id in missing if JOB_ID.fullmatch(slurm_id)]  # others are no job's
         if missing:
             found.update(self._jobcomp("-E", f"^JobId=({'|'.join(missing)}) "))
         if positions and any(job.phase is ClusterPhase.PENDING for job in found.values()):
