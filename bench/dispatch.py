@@ -214,9 +214,7 @@ def main():
     print(f"{'double claims':58} {c['double_claims']:9d}            0 {'PASS' if c['double_claims'] == 0 else 'MISS'}"
           f"  (unclaimed {c['unclaimed']}, record mismatches {c['record_agent_mismatch']})")
     print(f"{'first 1,000 claims by submitter':58} {json.dumps(c['first_1000_by_submitter'])}")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as handle:
-        json.dump(raw, handle, indent=2)
+    bench.save_figures(args.out, raw)
     print(f"raw figures: {args.out}")
     passed = (d["unchanged"]["p95_ms"] <= DECISION_TARGET_MS and d["changed"]["p95_ms"] <= DECISION_TARGET_MS
               and rate >= CLAIMS_TARGET and c["double_claims"] == 0 and d["wrong_choices"] == 0)

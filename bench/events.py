@@ -182,9 +182,7 @@ def main(argv=None):
     for name, value, target in rows:
         verdict = "" if target is None else f"{target[0]:<16} {'PASS' if target[1] else 'MISS'}"
         print(f"{name:<64} {value:>22}  {verdict}")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as handle:
-        json.dump({"latency": latency, "idle_cpu": cpu, "machine": bench.machine_facts(workdir)}, handle, indent=1)
+    bench.save_figures(args.out, {"latency": latency, "idle_cpu": cpu, "machine": bench.machine_facts(workdir)})
     return 0 if p95 <= LATENCY_TARGET_MS and flat else 1
 
 

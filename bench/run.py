@@ -85,6 +85,13 @@ def pct(values, q):
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
+def save_figures(path, figures):
+    """Write a benchmark's raw figures as JSON to ``path``, making its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(figures, handle, indent=2)
+
+
 def summary_ms(seconds):
     ms = [s * 1000.0 for s in seconds]
     return {"n": len(ms), "p50_ms": pct(ms, 50), "p95_ms": pct(ms, 95), "p99_ms": pct(ms, 99),
@@ -760,9 +767,7 @@ def main(argv=None):
     out = {"git": _git_state(), "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(),
            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": time.perf_counter() - began,
            "quick": args.quick, "machine": machine_facts(tempfile.gettempdir()), "figures": figs, "raw": raw}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as handle:
-        json.dump(out, handle, indent=2)
+    save_figures(args.out, out)
     m = out["machine"]
     print()
     print(f"opeva-spool benchmark ({'quick' if args.quick else 'full'}), {m['nproc']} x {m['cpu_model']}, "

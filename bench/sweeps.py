@@ -126,9 +126,7 @@ def main(argv=None):
     print(f"\n{'1,000-job sweep accepted (one POST /sweeps), p50 / max':<58} "
           f"{bench.pct(times, 50):.3f} / {max(times):.3f} s   <= {TARGET_SECONDS:g} s  {'PASS' if passed else 'MISS'}")
     print(f"{'  server CPU per 1,000-job sweep, p50 / max':<58} {bench.pct(cpus, 50):.3f} / {max(cpus):.3f} s")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as handle:
-        json.dump(raw, handle, indent=1)
+    bench.save_figures(args.out, raw)
     return 0 if passed else 1
 
 

@@ -210,7 +210,8 @@ def test_frozen_docker_agent_s_guard_kills_its_containers_before_the_server_requ
     status = wait_status(server, job_id, "finished", timeout=10)
     assert (status["attempt"], status["host"]) == (2, host_b)
     # The thawed agent released its dead container and wrote no ending for the job.
-    wait_for(lambda: not docker_engine[1].containers.list(all=True, filters={"label": f"opeva.host={host_a}"}),
+    wait_for(lambda: not docker_engine[1].containers.list(all=True, filters={"label": f"opeva.host={host_a}"},
+                                                          ignore_removed=True),
              timeout=5, message="the stale container to be removed")
     assert (record(share, job_id, 1) or {}).get("state") != "finished"
 

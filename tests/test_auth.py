@@ -375,3 +375,30 @@ def test_a_caller_without_a_user_owns_nothing_unless_auth_is_off():
             nobody.check_worker("gpu-a")
     auth.ANONYMOUS.check_owner("alice", "job j1")  # auth off: everybody may do everything
     auth.ANONYMOUS.check_worker("gpu-a")
+
+
+def test_the_dashboard_names_the_tokens_user_and_hides_what_its_roles_do_not_allow(serving, tokens, browser):
+    _, _, http = serving(tokens_file=tokens[0], embedded_worker=False)
+    job_id = submit(as_user(http, tokens, "alice"))["job_id"]
+
+    def shown_as(user, path, css):
+        """Whether ``css`` shows on the dashboard page ``path`` for ``user``'s token, once it says who that is."""
+        browser.get(http.base_url + "/ui/app.css")  # the dashboard's origin: its sessionStorage
+        browser.execute_script("sessionStorage.setItem('opeva.token', arguments[0])", tokens[1][user])
+        browser.get(http.base_url + path)
+        wait_for(lambda: browser.execute_script("return document.querySelector('#whoami')?.textContent") == user,
+                 20, message=f"the nav naming {user}")
+        wait_for(lambda: browser.execute_script("return !!document.querySelector(arguments[0])", css), 20,
+                 message=f"{css} drawn")  # a table's buttons come with its rows, maybe after the nav
+        return browser.execute_script("return getComputedStyle(document.querySelector(arguments[0])).display"
+                                      " !== 'none'", css)
+
+    assert http.get("/whoami", headers=bearer(tokens[1]["reader"])).json() == {
+        "user": "reader", "roles": ["read"], "auth": True}
+    assert not shown_as("reader", f"/ui/job?id={job_id}", "#stop")
+    assert not shown_as("reader", "/ui/", "#show-submit")
+    assert shown_as("alice", f"/ui/job?id={job_id}", "#stop")
+    assert shown_as("alice", "/ui/", "#show-submit")
+    assert not shown_as("alice", "/ui/hosts", "button[data-needs=admin]")  # drawn, but hidden
+    assert shown_as("root", "/ui/hosts", "button[data-needs=admin]")
+    browser.execute_script("sessionStorage.clear(); document.cookie = 'opeva_token=; path=/; max-age=0'")

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import docker
 import pytest
 
 from opeva_spool import fsio
@@ -50,10 +51,19 @@ def stop_worker(proc):
             proc.wait()
 
 
+def containers_of(client, label):
+    """The containers carrying ``label`` (the SDK inspects each after listing them all: one the worker removes in
+    between is left out, not an error)."""
+    return client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
+
+
 def remove_containers(docker_engine, worker_id):
     client = docker_engine[1]
-    for container in client.containers.list(all=True, filters={"label": f"opeva.worker_id={worker_id}"}):
-        container.remove(force=True)
+    for container in containers_of(client, f"opeva.worker_id={worker_id}"):
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass  # the worker removed it meanwhile
 
 
 def worker_log(tmp_path):
@@ -281,7 +291,7 @@ def test_the_example_worker_sees_stop_requested_and_ends_the_job_stopped(
         wait_for_status(client, job_id, "stopped", timeout=60)
         info = client.get(f"/job-info/{job_id}").json()
         assert info["reason"] == "stop_requested" and info["exit_code"] == 143
-        wait_for(lambda: not docker_engine[1].containers.list(all=True, filters={"label": f"opeva.job_id={job_id}"}),
+        wait_for(lambda: not containers_of(docker_engine[1], f"opeva.job_id={job_id}"),
                  message="the stopped container removed")
     finally:
         stop_worker(worker)
@@ -311,7 +321,7 @@ def test_a_worker_killed_mid_job_has_its_jobs_requeued_or_failed_per_max_retries
         wait_for_status(client, retried, "finished", timeout=60)
         assert client.get(f"/job-info/{retried}").json()["attempt"] == 2
         wait_for(lambda: "attempt-2" in client.get(f"/logs/{retried}").text, message="attempt 2's log")
-        wait_for(lambda: not docker_engine[1].containers.list(all=True, filters={"label": f"opeva.job_id={lost}"}),
+        wait_for(lambda: not containers_of(docker_engine[1], f"opeva.job_id={lost}"),
                  message="the lost attempt's container removed")
         assert status_of(client, lost)["status"] == "failed"
     finally:

@@ -113,7 +113,7 @@ class Job(threading.Thread):
             worker.docker.images.get(image)
         except docker.errors.ImageNotFound:
             worker.docker.images.pull(image)
-        stale = worker.docker.containers.list(all=True, filters={"name": f"^{name}$"})
+        stale = worker.docker.containers.list(all=True, filters={"name": f"^{name}$"}, ignore_removed=True)
         for container in stale:  # a superseded attempt's container of the same name (left by a killed worker)
             container.remove(force=True)
         volumes = {worker.args.shared_dir: {"bind": DATA, "mode": "rw"}} if worker.sees_share else {}
@@ -261,7 +261,9 @@ class Worker:
     def reconcile(self, held: list[str]) -> None:
         """After a restart: follow again the containers of the attempts the server says we hold; remove the others
         of ours (attempts the server gave away while we were down); an attempt whose container is gone failed."""
-        ours = self.docker.containers.list(all=True, filters={"label": f"{LABEL_WORKER}={self.args.worker_id}"})
+        # ignore_removed: a container removed between the listing and its inspection is left out, not an error.
+        ours = self.docker.containers.list(all=True, filters={"label": f"{LABEL_WORKER}={self.args.worker_id}"},
+                                           ignore_removed=True)
         adopted = set()
         for container in ours:
             job_id, attempt = container.labels.get(LABEL_JOB), container.labels.get(LABEL_ATTEMPT, "")

@@ -2,37 +2,32 @@
 
 import bottle
 
+from ..workers import STATUSES
 from .app import json_body
-from .openapi import describe
+from .openapi import BOOLEAN, INTEGER, NUMBER, STRING, array, describe, nullable, obj
 
-WORKER_ID = {"type": "string", "description": "the worker's host name (names.HOST)"}
-OK_REPLY = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
-JOB_PAYLOAD = {
-    "type": "object",
-    "properties": {
-        "job_id": {"type": "string"},
-        "config_path": {"type": ["string", "null"], "description": "relative to the share; the container reads "
-                                                                   "/data/<config_path>"},
-        "job_name": {"type": "string"},
-        "image": {"type": "string"},
-        "command": {"type": "string"},
-        "container_name": {"type": "string"},
-        "env": {"type": "object", "additionalProperties": {"type": "string"}},
-        "attempt": {"type": "integer", "description": "echo it in job-status"},
-        "gpus": {"type": "array", "items": {"type": "string"}},
-        "offline_after": {"type": "number", "description": "seconds of silence after which the job is requeued"},
-    },
-    "required": ["job_id", "config_path", "attempt"],
-}
-
+WORKER_ID = {**STRING, "description": "the worker's host name (names.HOST)"}
+OK_REPLY = obj({"ok": BOOLEAN}, ["ok"])
+JOB_PAYLOAD = obj({
+    "job_id": STRING,
+    "config_path": {**nullable("string"), "description": "relative to the share; the container reads "
+                                                         "/data/<config_path>"},
+    "job_name": STRING,
+    "image": STRING,
+    "command": STRING,
+    "container_name": STRING,
+    "env": {"type": "object", "additionalProperties": STRING},
+    "attempt": {**INTEGER, "description": "echo it in job-status"},
+    "gpus": array(STRING),
+    "offline_after": {**NUMBER, "description": "seconds of silence after which the job is requeued"},
+}, ["job_id", "config_path", "attempt"])
 
 def install(app, ctx):
     workers = ctx.workers
 
     @app.post("/api/agent/heartbeat", role="worker")
     @describe("An HTTP worker's heartbeat: registers the worker as a host and keeps it online",
-              body={"type": "object", "properties": {"worker_id": WORKER_ID, "info": {"type": "object"}},
-                    "required": ["worker_id"]},
+              body=obj({"worker_id": WORKER_ID, "info": obj()}, ["worker_id"]),
               reply=OK_REPLY, statuses=(400, 401, 403, 409, 413))
     def heartbeat():
         body = json_body()
@@ -40,7 +35,7 @@ def install(app, ctx):
 
     @app.post("/api/agent/next-job", role="worker")
     @describe("Claim the next job for an HTTP worker: 200 with its payload, 204 when nothing fits",
-              body={"type": "object", "properties": {"worker_id": WORKER_ID}, "required": ["worker_id"]},
+              body=obj({"worker_id": WORKER_ID}, ["worker_id"]),
               reply=JOB_PAYLOAD, statuses=(204, 400, 401, 403, 404, 409, 413))
     def next_job():
         payload = workers.next_job(json_body().get("worker_id"))
@@ -51,16 +46,10 @@ def install(app, ctx):
 
     @app.post("/api/agent/job-status", role="worker")
     @describe("An HTTP worker reports its attempt: running (also periodically) or how it ended; idempotent",
-              body={"type": "object", "properties": {
-                  "job_id": {"type": "string"},
-                  "status": {"type": "string", "enum": ["running", "finished", "failed", "stopped", "canceled"]},
-                  "worker_id": WORKER_ID,
-                  "attempt": {"type": "integer", "minimum": 1},
-                  "container_id": {"type": ["string", "null"]},
-                  "container_name": {"type": ["string", "null"]},
-                  "exit_code": {"type": ["integer", "null"]},
-                  "error": {"type": ["string", "null"]},
-                  "details": {"type": ["object", "null"]}}, "required": ["job_id", "status"]},
+              body=obj({"job_id": STRING, "status": {**STRING, "enum": list(STATUSES)}, "worker_id": WORKER_ID,
+                        "attempt": {**INTEGER, "minimum": 1}, "container_id": nullable("string"),
+                        "container_name": nullable("string"), "exit_code": nullable("integer"),
+                        "error": nullable("string"), "details": nullable("object")}, ["job_id", "status"]),
               reply=OK_REPLY, statuses=(400, 401, 403, 404, 409, 413))
     def job_status():
         return workers.job_status(json_body())

@@ -269,6 +269,7 @@ def make_app(ctx: Context, route_modules: Iterable[ModuleType]) -> bottle.Bottle
     app.install(Audit(AuditLog(ctx.settings.shared_root)))
     authenticator = auth.Authenticator(ctx.settings.api_token, ctx.settings.tokens_file,
                                        open_reads(ctx.settings.open_reads))
+    app.config["opeva.auth_enabled"] = authenticator.enabled  # /whoami says it
     if authenticator.enabled:  # else every caller is auth.ANONYMOUS
         app.install(RoleAuth(authenticator))
     for module in route_modules:

@@ -9,7 +9,7 @@ import bottle
 from .. import __version__, auth, names
 from ..exceptions import NotFound, Unavailable
 from .app import Context
-from .openapi import BOOLEAN, STRING, array, describe, obj
+from .openapi import BOOLEAN, STRING, array, describe, nullable, obj
 from .ui import UI_PATH, wants_html
 
 DEPENDENCY_CHECK_TTL = 10.0
@@ -52,6 +52,16 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
     spool = ctx.spool
     monitor = ctx.monitor
     dependency_checks = {name: CachedCheck(check) for name, check in ctx.dependency_checks.items()}
+
+    @app.get("/whoami")
+    @describe("Who the caller is: the token's user and the roles it holds (an admin holds every role); with auth "
+              "off nobody, holding every role. The dashboard hides what the roles do not allow",
+              reply=obj({"user": nullable("string"), "roles": array(STRING), "auth": BOOLEAN},
+                        ["user", "roles", "auth"]))
+    def whoami():
+        identity = auth.current()
+        return {"user": identity.user, "roles": sorted(auth.ALL_ROLES if identity.is_admin else identity.roles),
+                "auth": app.config["opeva.auth_enabled"]}
 
     @app.get("/hosts")
     @describe("Known hosts and what their agents' heartbeats say",

@@ -65,9 +65,31 @@ export function renderShell(active) {
     el("a", {class: "brand", href: "./"}, "opeva-spool"),
     el("nav", {}, PAGES.map(([key, label]) =>
       el("a", {href: key === "jobs" ? "./" : key, class: key === active ? "active" : null}, label))),
+    el("span", {id: "whoami", class: "muted"}),
     el("label", {class: "token", title: "sent as 'Authorization: Bearer'; kept for this session only"},
       "token ", tokenInput));
   document.body.prepend(header, el("div", {id: "message", role: "status", hidden: true}));
+  showIdentity();
+  window.addEventListener(TOKEN_CHANGED, showIdentity);
+}
+
+/** Who the token is (GET /whoami): its user in the nav, its roles on <body data-roles>, where app.css hides the
+ * buttons marked data-needs="<role>" that the roles do not allow. Without an accepted token nothing is hidden:
+ * the server's 401 then says a token is needed. */
+async function showIdentity() {
+  const shown = $("#whoami");
+  delete document.body.dataset.roles;
+  shown.textContent = "";
+  if (!token()) return;
+  try {
+    const who = await api("whoami");
+    if (!who.user) return; // auth off: everybody may do everything
+    document.body.dataset.roles = who.roles.join(" ");
+    shown.textContent = who.user;
+    shown.title = `roles: ${who.roles.join(", ")}`;
+  } catch {
+    // a token the server refuses: the page's own calls show why
+  }
 }
 
 let messageTimer = null;

@@ -24,7 +24,7 @@ async function loadDatasets() {
       el("td", {class: "hide-narrow"}, localTime(d.created_at)),
       el("td", {},
         el("a", {class: "button", href: apiUrl(`dataset/download/${encodeURIComponent(d.name)}`)}, "Download"), " ",
-        el("button", {type: "button", class: "danger", onclick: () => remove(d.name)}, "Delete"))))
+        el("button", {type: "button", class: "danger", dataset: {needs: "submit"}, onclick: () => remove(d.name)}, "Delete"))))
       : [el("tr", {}, el("td", {colspan: 7, class: "muted"}, "no datasets yet"))]));
   } catch (err) {
     showError(err);

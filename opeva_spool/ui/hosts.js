@@ -27,7 +27,8 @@ function drainButton(host) {
     return el("button", {type: "button", disabled: true, dataset: {host: host.host}},
       pending.get(host.host).draining ? "drain requested…" : "resume requested…");
   }
-  const button = el("button", {type: "button", class: host.draining ? "primary" : null, dataset: {host: host.host}},
+  const button = el("button", {type: "button", class: host.draining ? "primary" : null,
+    dataset: {host: host.host, needs: "admin"}},
     host.draining ? "draining — resume" : "drain");
   button.addEventListener("click", async () => {
     button.disabled = true;
