@@ -224,20 +224,19 @@ class SlurmExecution(Execution):
         return facts
 
     def signal_stop(self) -> None:
+        # scancel: Slurm sends SIGTERM, then SIGKILL after its KillWait; the job ends CANCELLED in the
+        # cluster's books, as an HPC user's own scancel would leave it.
         self._stopping = True
-        pending = self._last is None or self._last.phase is ClusterPhase.PENDING
-        if not pending:
-            try:
-                # --full: the batch shell too; the job may catch TERM and save its work
-                self.runtime.cluster.cancel(self.slurm_id, signal="TERM")
-                return
-            except ClusterError:
-                pass  # Slurm refuses a signal to a job that is not running (any more): cancel it
         self.runtime.cluster.cancel(self.slurm_id)
 
     def kill(self) -> None:
-        # scancel: SIGTERM, then the cluster's SIGKILL after its KillWait
         self._stopping = True
+        if self._last is not None and self._last.phase is ClusterPhase.RUNNING:
+            try:
+                self.runtime.cluster.cancel(self.slurm_id, signal="KILL")
+                return
+            except ClusterError:
+                pass  # Slurm refuses a signal to a job that is not running (any more): cancel it
         self.runtime.cluster.cancel(self.slurm_id)
 
     def release(self) -> None:
