@@ -30,9 +30,9 @@ class Hpc:
         self.agent = None
         self.jobs = []
 
-    def start_agent(self):
+    def start_agent(self, **settings):
         self.agent = start_agent(self.root, self.tmp_path, HOST, runtime="slurm", slurm_conf=self.cluster.conf,
-                                 capacity=8, slurm_poll_interval=0.3, **FAST)
+                                 capacity=8, slurm_poll_interval=0.3, **FAST, **settings)
         wait_for(lambda: self.host_view().get("state") == "online" and self.host_view().get("detached"),
                  timeout=20, message=f"{HOST} to be online")
         return self.agent
@@ -151,6 +151,20 @@ def test_a_killed_agent_restarted_adopts_its_jobs_without_submitting_them_again(
     assert len(hpc.slurm_jobs(job_id)) == 1
     log = hpc.http.get(f"/logs/{job_id}").text
     assert "started" in log and "done" in log
+
+
+def test_an_agent_killed_between_sbatch_and_the_record_adopts_the_held_job_by_name(hpc):
+    stop(hpc.agent)
+    hpc.start_agent(crash_at="start.launched")  # SIGKILL right after sbatch --hold, before the record
+    job_id = hpc.submit(["sh", "-c", "echo adopted"])
+    hpc.agent.wait(SETTLE)
+    [held] = wait_for(lambda: hpc.slurm_jobs(job_id), SETTLE, message="the held Slurm job")
+    assert held.endswith("|PENDING") and hpc.record(job_id)["state"] == "dispatched"
+    hpc.start_agent()
+    hpc.wait_status(job_id, "finished")
+    assert hpc.record(job_id)["slurm_job_id"] == held.split("|")[0]
+    assert len(hpc.slurm_jobs(job_id)) == 1
+    assert "adopted" in hpc.http.get(f"/logs/{job_id}").text
 
 
 @pytest.mark.slow
