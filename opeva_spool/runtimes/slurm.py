@@ -116,9 +116,10 @@ class ClusterPoller:
         self._lock = threading.Lock()
 
     def watch(self, slurm_id: str) -> None:
+        # Not a refresh now: a burst of submissions would cost one squeue each. The new job is read at the
+        # next refresh, within one interval.
         with self._lock:
             self._watched.setdefault(slurm_id, 0)
-            self._refreshed_at = -math.inf  # a new job: the next reader asks the cluster at once
 
     def forget(self, slurm_id: str) -> None:
         with self._lock:
@@ -265,6 +266,9 @@ class SlurmRuntime(Runtime):
         self.command_template = settings.slurm_command
         self.spool = Spool(settings.shared_root)
         self.poller = ClusterPoller(self.cluster, settings.slurm_poll_interval)
+        # Runners read the poller's answer; looking twice per refresh keeps the delay under one interval
+        # without waking hundreds of runner threads for nothing.
+        self.poll_seconds = settings.slurm_poll_interval / 2
         # Copies jobs/<id>/ to and from a cluster that does not see the share (runtimes/slurm_sync.py); None here.
         self.sync = None
         self._cluster_name: str | None = None
