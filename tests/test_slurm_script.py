@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from opeva_spool import fsio
+from opeva_spool import fsck, fsio
 from opeva_spool.exceptions import BadRequest
 from opeva_spool.hosts import LivenessMonitor
 from opeva_spool.jobs import build_spec, time_limit_seconds
@@ -114,3 +114,18 @@ def test_a_lost_slurm_hosts_jobs_are_requeued_only_once_their_time_limit_has_sur
     assert set(os.listdir(spool.running_dir("hpc"))) == {long.name, pending.name, unlimited.name}
     assert spool.read_attempt(over)["reason"] == "host_lost"
     assert monitor.describe("hpc")["detached"] is True
+
+
+def test_fsck_reports_a_silent_slurm_hosts_running_job_and_never_requeues_it(tmp_path):
+    spool = Spool(str(tmp_path / "share"))
+    spool.ensure_layout()
+    fsio.makedirs(spool.running_dir("hpc"))
+    fsio.atomic_write_json(spool.heartbeat_path("hpc"), {"host": "hpc", "counter": 1, "detached": True})
+    entry = running_attempt(spool, "at-cluster", "hpc", cluster_state="RUNNING", slurm_job_id="7")
+    old = time.time() - 3600
+    for path in (spool.heartbeat_path("hpc"), spool.folder(entry.job_id).attempt_record(1)):
+        os.utime(path, (old, old))
+    report = fsck.check(spool.root, repair=True, min_age=10, offline_after=30)
+    assert [finding.kind for finding in report.findings] == ["running_on_silent_cluster_host"]
+    assert not report.findings[0].repaired
+    assert os.listdir(spool.running_dir("hpc")) == [entry.name]

@@ -158,7 +158,7 @@ class SlurmExecution(Execution):
         self.job_name = job_name
         self.time_limit = time_limit  # seconds, or None when the partition decides (we cannot know)
         self.job_id = (parse_job_name(job_name) or ("", 0))[0]
-        self._released = False
+        self.released = False  # True once scontrol release went through (or the job was never held)
         self._stopping = False
         self._last: ClusterJob | None = None
         self._code: int | None = None
@@ -169,16 +169,18 @@ class SlurmExecution(Execution):
                 "time_limit_seconds": self.time_limit}
 
     def begin(self) -> None:
+        if self.released:
+            return
         try:
             self.runtime.cluster.release(self.slurm_id)
-            self._released = True
+            self.released = True
         except ClusterError as exc:  # held until a later poll manages to release it
             log.warning("cannot release Slurm job %s yet: %s", self.slurm_id, exc.detail)
 
     def poll(self) -> int | None:
         if self._code is not None:
             return self._code
-        if not self._released:
+        if not self.released:
             self.begin()
         job, misses = self.runtime.poller.job(self.slurm_id)
         if job is None:
@@ -364,8 +366,11 @@ class SlurmRuntime(Runtime):
             candidates = sorted((job.slurm_id for job in by_name.get(key, ())), key=_id_order)
             slurm_id = recorded or (candidates[0] if candidates else "")
             if slurm_id:
-                adopted[key] = SlurmExecution(self, slurm_id, slurm_job_name(*key),
-                                              record.get("time_limit_seconds"))
+                execution = SlurmExecution(self, slurm_id, slurm_job_name(*key), record.get("time_limit_seconds"))
+                # Only a job still held needs begin() to release it (one the cluster no longer lists may be
+                # purged: releasing it would only fail).
+                execution.released = not (slurm_id in found and found[slurm_id].reason.startswith("JobHeld"))
+                adopted[key] = execution
             for other in candidates:
                 if other != slurm_id:
                     self._cancel_stale(other, "a second job of one attempt")
