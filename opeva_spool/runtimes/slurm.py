@@ -189,10 +189,10 @@ class SlurmExecution(Execution):
             return self._code
         self._last = job
         if job.phase.ended:
+            self.runtime.pull(self.job_id)  # before the ending is recorded: its log and results are back
             self._code = self._exit_code(job)
-            self.runtime.pull(self.job_id)
         elif job.phase is ClusterPhase.RUNNING:
-            self.runtime.pull(self.job_id, throttled=True)
+            self.runtime.pull(self.job_id)
         return self._code
 
     @staticmethod
@@ -297,8 +297,9 @@ class SlurmRuntime(Runtime):
         """A path under the shared root as the cluster's nodes see it."""
         return os.path.join(self.cluster_root, os.path.relpath(path, self.settings.shared_root))
 
-    def pull(self, job_id: str, throttled: bool = False) -> None:
-        """Bring jobs/<id>/ back from a cluster that does not see the share (nothing to do for one that does)."""
+    def pull(self, job_id: str) -> None:
+        """Bring jobs/<id>/ back from a cluster that does not see the share (nothing to do for one that does):
+        on each look while the job runs (the sync throttles those) and once when it has ended."""
         if self.sync is not None and job_id:
             self.sync.pull(job_id)
 
