@@ -301,7 +301,10 @@ class SlurmRuntime(Runtime):
         """Bring jobs/<id>/ back from a cluster that does not see the share (nothing to do for one that does):
         on each look while the job runs (the sync throttles those) and once when it has ended."""
         if self.sync is not None and job_id:
-            self.sync.pull(job_id)
+            try:
+                self.sync.pull(job_id)
+            except (OSError, RuntimeFailure) as exc:  # a missed copy must not end the attempt: the next look retries
+                log.warning("cannot bring back jobs/%s from the cluster: %s", job_id, exc)
 
     def script_for(self, launch: Launch) -> str:
         folder = JobFolder.of_log(launch.log_path)
