@@ -43,6 +43,9 @@ JOB_NAME_PREFIX = "opeva-"
 # controller restarts, a job may be briefly absent from every answer.
 MISSES_BEFORE_LOST = 5
 LOST_EXIT_CODE = 255  # the conventional "status unknown", as the Docker runtime's vanished container
+# A pending job's queue position is rewritten into its record at most this often: every start at the cluster
+# moves every pending job up by one, and each record write is an fsync.
+POSITION_REFRESH = 10.0
 SCRIPT_DIR = "slurm"  # jobs/<id>/slurm/attempt-<n>.sh: a copy of what was submitted, for the user to read
 
 
@@ -162,6 +165,7 @@ class SlurmExecution(Execution):
         self._stopping = False
         self._last: ClusterJob | None = None
         self._code: int | None = None
+        self._position: tuple[int | None, float] = (None, -math.inf)  # (as last reported, when it was taken)
         runtime.poller.watch(slurm_id)
 
     def describe(self) -> dict:
@@ -223,7 +227,11 @@ class SlurmExecution(Execution):
             return {}
         facts = {"cluster_state": job.state, "cluster_reason": job.reason or None}
         if job.phase is ClusterPhase.PENDING:
-            facts["cluster_position"] = job.position
+            position, taken = self._position
+            if job.position != position and (position is None or time.monotonic() - taken >= POSITION_REFRESH):
+                position = job.position
+                self._position = (position, time.monotonic())
+            facts["cluster_position"] = position
         return facts
 
     def signal_stop(self) -> None:
