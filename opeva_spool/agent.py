@@ -29,6 +29,8 @@ from .watching import DirectoryWatcher
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2  # how often a runner checks its execution and stop requests
+# A runner of a detached runtime (Slurm) looks only when the agent's watch wakes it, and at least this often.
+DETACHED_LOOK_SECONDS = 30.0
 
 
 class HostPresence:
@@ -165,8 +167,10 @@ class Runner(threading.Thread):
         self.agent, self.entry, self.spec, self.gpus = agent, entry, spec, gpus
         self.execution = execution  # given when re-attached after an agent restart
         self.stop_event = threading.Event()
+        self.wake = threading.Event()  # set by the agent's watch (detached runtimes): look now
         self.lease_epoch = agent.heartbeat.lapses  # a lapse after this may have killed the job (guard)
         self.progress = ProgressRecorder(agent.spool.folder(entry.job_id))
+        self.recorded_facts = {}  # the execution's facts() last written into the attempt record
 
     def run(self):
         agent, entry = self.agent, self.entry
@@ -201,9 +205,13 @@ class Runner(threading.Thread):
                 return self._finish(JobState.FAILED, {"reason": failure.reason, "error": failure.detail,
                                                       "gpus": list(self.gpus)})
             crashpoints.reach("start.launched")
+        if (agent.spool.read_attempt(entry) or {}).get("state") != JobState.RUNNING.value:
+            # Also for an adopted execution whose start was never recorded (a Slurm job submitted held
+            # just before the agent died): the record names it before begin() lets it run.
             agent.spool.write_attempt(entry, agent.host, agent.agent_id, JobState.RUNNING,
                                       started_at=utc_now(), runtime=agent.runtime.name, gpus=list(self.gpus),
                                       **self.execution.describe())
+        self.execution.begin()
         self._supervise(folder)
 
     def _supervise(self, folder):
@@ -211,11 +219,16 @@ class Runner(threading.Thread):
         while True:
             code = execution.poll()
             self._record_progress()  # after the poll: an attempt that just ended has its last version kept
+            self._record_facts()
             if code is not None:
                 execution.release()
+                outcome = execution.outcome()
+                if outcome is not None:
+                    state, reason, error = outcome
+                    return self._finish(state, {"exit_code": code, "reason": reason, "error": error})
                 if code == 0:
                     return self._finish(JobState.FINISHED, {"exit_code": code})
-                if agent.heartbeat.lease_broken(self.lease_epoch):
+                if self.lease_fenced() and agent.heartbeat.lease_broken(self.lease_epoch):
                     # Race: this agent was frozen past its lease and its guard killed the job;
                     # the exit code is the guard's doing, not the job's failure.
                     self._note_if_current(folder, f"{EndReason.LEASE_LOST}: the guard ended the job, exit code {code}")
@@ -234,7 +247,22 @@ class Runner(threading.Thread):
                 self._note_if_current(folder, f"{reason}: stopped with SIGTERM (SIGKILL after {grace:g}s), "
                                               f"exit code {code}")
                 return self._after_stop(reason, code)
-            self.stop_event.wait(POLL_SECONDS)
+            self._idle()
+
+    def _idle(self):
+        if not self.agent.runtime.detached:
+            self.stop_event.wait(self.agent.runtime.poll_seconds or POLL_SECONDS)
+            return
+        # Race: a wake set during the look above is kept (wait returns at once); one set after the clear is
+        # seen by the next look, which follows immediately.
+        self.wake.wait(DETACHED_LOOK_SECONDS)
+        self.wake.clear()
+
+    def needs_look(self, stop_requested: set[str], owned: set[str]) -> bool:
+        """Whether something may have changed for this attempt (the agent's watch asks, for detached runtimes)."""
+        entry, execution = self.entry, self.execution
+        return (execution is None or entry.job_id in stop_requested or entry.name not in owned
+                or self.agent.stopping.is_set() or execution.changed())
 
     def _failed(self, folder, code):
         """The job exited non-zero on its own: retry it if its spec asks and retries are left, else end it failed."""
@@ -251,6 +279,17 @@ class Runner(threading.Thread):
         if agent.spool.retry(entry, agent.host, agent.agent_id, delay, **details) is None:
             log.warning("job %s attempt %s was superseded; its retry is not queued", entry.job_id, entry.attempt)
         return None
+
+    def _record_facts(self):
+        facts = self.execution.facts()
+        if facts and facts != self.recorded_facts:
+            self.agent.spool.write_attempt(self.entry, self.agent.host, self.agent.agent_id, JobState.RUNNING,
+                                           **facts)
+            self.recorded_facts = facts
+
+    def lease_fenced(self) -> bool:
+        """Whether a lapsed lease ends this attempt: not one a cluster runs (Runtime.detached)."""
+        return not self.agent.runtime.detached
 
     def _record_progress(self):
         try:
@@ -282,7 +321,7 @@ class Runner(threading.Thread):
     def stop_reason(self) -> EndReason | None:
         """Why this attempt must end now, or None while it may run on."""
         agent, entry = self.agent, self.entry
-        if agent.heartbeat.lease_broken(self.lease_epoch):
+        if self.lease_fenced() and agent.heartbeat.lease_broken(self.lease_epoch):
             return EndReason.LEASE_LOST
         if agent.spool.stop_requested(entry.job_id):
             return EndReason.STOP_REQUESTED
@@ -331,6 +370,8 @@ class Agent:
         self.watcher.watch(self.spool.queued_dir, self._on_queue_event)
         self.watcher.start()
         self._thread(self._claim_loop)
+        if self.runtime.detached:
+            self._thread(self._watch_loop)
         return self
 
     def _thread(self, target):
@@ -349,6 +390,7 @@ class Agent:
         self.watcher.stop()
         for runner in self.runners():
             runner.stop_event.set()
+            runner.wake.set()
         for thread in self._threads:
             thread.join(timeout)
         for runner in self.runners():
@@ -388,12 +430,33 @@ class Agent:
             "free_gpus": self.gpu_pool.free(),
             "running": self.running_job_ids(),
             "runtime": self.runtime.name,
+            "detached": self.runtime.detached,  # its jobs outlive it at a cluster: the server does not requeue them
             "draining": self.draining,
         }
 
     def _beat_loop(self):
         # A renewed lease after a lapse: the stopped jobs went back to the queue, look at it at once.
         self.heartbeat.run(self.stopping, on_lapse_renewed=self.wake.set)
+
+    def _watch_loop(self):
+        """Detached runtimes (Slurm): one look for all runners per tick, so an agent with hundreds of jobs at a
+        cluster wakes only the runners whose job changed, was asked to stop, or left this host's running/: one
+        listing of requests/ and one of running/<host> instead of two stats per runner (runtimes/slurm.py's
+        poller makes the cluster's side one squeue)."""
+        while not self.stopping.wait(self.runtime.poll_seconds or POLL_SECONDS):
+            runners = self.runners()
+            if not runners:
+                continue
+            try:
+                stop_requested = {name.removesuffix(".stop") for name in fsio.listdir(self.spool.requests_dir)
+                                  if name.endswith(".stop")}
+                owned = set(fsio.listdir(self.spool.running_dir(self.host)))
+            except OSError as exc:  # the share is unreachable: every runner looks for itself
+                log.warning("cannot list %s's stop requests and entries: %s", self.host, exc)
+                stop_requested, owned = {runner.entry.job_id for runner in runners}, set()
+            for runner in runners:
+                if runner.needs_look(stop_requested, owned):
+                    runner.wake.set()
 
     # ----- recovery -----------------------------------------------------------------------
 
@@ -511,7 +574,7 @@ class Agent:
             command = self.runtime.default_command(spec.job_id, config_path, spec.config_file)
         env = launch_env(self.runtime.job_root, self.host, entry, spec, config_path)
         return Launch(job_id=spec.job_id, attempt=entry.attempt, host=self.host, command=command, env=env,
-                      log_path=log_path, image=spec.image, gpus=gpus, lease=self.lease())
+                      log_path=log_path, image=spec.image, gpus=gpus, lease=self.lease(), resources=spec.resources)
 
     def note(self, folder: JobFolder, message: str) -> None:
         """A line of ours in the job's log (the agent is that file's writer); never through a link."""

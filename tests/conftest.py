@@ -13,12 +13,13 @@ from opeva_spool.settings import Settings
 
 from .clients import HttpClient, ThreadedServer, WsgiClient
 
-pytest_plugins = ["tests.mongo_support", "tests.docker_support", "tests.browser_support"]
+pytest_plugins = ["tests.mongo_support", "tests.docker_support", "tests.browser_support", "tests.slurm_support"]
 
-ENVIRONMENT_MARKS = ("docker", "mongo", "sshfs", "citylearn", "slow", "browser")
+ENVIRONMENT_MARKS = ("docker", "mongo", "sshfs", "citylearn", "slow", "browser", "slurm")
 # A test that uses one of these fixtures needs that part, whether or not its module says so.
 MARK_OF_FIXTURE = {"docker_engine": "docker", "busybox_image": "docker", "mongo_uri": "mongo",
-                   "mongo_client": "mongo", "lab_site": "mongo", "browser": "browser"}
+                   "mongo_client": "mongo", "lab_site": "mongo", "browser": "browser",
+                   "slurm_cluster": "slurm"}
 
 
 def pytest_collection_modifyitems(items):

@@ -23,7 +23,8 @@ SUBMIT_BODY = obj({
     "target_host": {"type": ["string", "array"], "items": STRING, "description": "a host, a list of hosts, or any"},
     "job_name": STRING, "priority": INTEGER, "max_retries": INTEGER, "retry_on_failure": BOOLEAN,
     "gpus": {"type": ["integer", "string"], "description": "a number of GPUs, or all"},
-    "submitted_by": STRING, "after": array(STRING), "after_any": array(STRING)})
+    "submitted_by": STRING, "after": array(STRING), "after_any": array(STRING),
+    "resources": {"type": "object", "description": "cpus, mem, time for a Slurm host's sbatch"}})
 SUBMITTED = obj({"job_id": STRING, "status": {"type": "string", "enum": ["queued", "waiting"]},
                  "host": STRING, "job_name": STRING, "config_path": nullable("string"),
                  "config_sha256": nullable("string"), "priority": INTEGER, "submitted_at": STRING},
@@ -50,7 +51,9 @@ def install(app, ctx):
     @describe("A job's state, host and attempt (with its queue place while queued)", statuses=(400, 404),
               reply=obj({"job_id": STRING, "status": STATE, "host": nullable("string"), "target_host": STRING,
                          "attempt": INTEGER, "priority": INTEGER, "queue_position": nullable("integer"),
-                         "waiting_reason": nullable("string"), "waiting_for": array()}, ["job_id", "status"]))
+                         "waiting_reason": nullable("string"), "waiting_for": array(),
+                         "queued_at_cluster": obj({"reason": nullable("string"), "position": nullable("integer")})},
+                        ["job_id", "status"]))
     def status(job_id):
         return service.status(job_id)
 
