@@ -37,6 +37,7 @@ DEFAULT_MAX_STREAMS_PER_CLIENT = 32
 DEFAULT_GPU_RESERVE_AFTER = 60.0
 DEFAULT_RETRY_BACKOFF = 10.0
 DEFAULT_RETRY_BACKOFF_MAX = 600.0
+DEFAULT_SLURM_SYNC_INTERVAL = 10.0  # seconds between two copies of a running Slurm job's folder back (SSH mode)
 # open_reads: "auto" keeps reads open with only api_token set (as before roles) and closes them with a tokens file.
 OPEN_READS_AUTO = "auto"
 OPEN_READS_VALUES = {OPEN_READS_AUTO: None, "true": True, "yes": True, "on": True, "1": True,
@@ -81,6 +82,12 @@ class Settings:
     docker_allow_pull: bool = False
     docker_env: dict = field(default_factory=dict)
     job_user: str = ""
+    # --- slurm runtime: how the cluster is reached ---
+    slurm_conf: str = ""
+    slurm_ssh: str = ""
+    slurm_ssh_config: str = ""
+    slurm_remote_root: str = ""
+    slurm_sync_interval: float = DEFAULT_SLURM_SYNC_INTERVAL
     # --- site data ---
     mongo_uri: str = ""
     mongo_timeout_ms: int = DEFAULT_MONGO_TIMEOUT_MS
@@ -128,6 +135,17 @@ DESCRIPTIONS = {
     "docker_env": "Extra environment for every container (YAML mapping).",
     "job_user": "`uid:gid` that job containers run as, so the service can read what they write on the share; "
                 "empty: the agent's own uid:gid.",
+    "slurm_conf": "slurm.conf the Slurm clients read (SLURM_CONF; over SSH: a path on the login node); empty: "
+                  "their default.",
+    "slurm_ssh": "`user@login-node`: drive the cluster over SSH (one shared connection, BatchMode); empty: "
+                 "Slurm's clients on this machine.",
+    "slurm_ssh_config": "An ssh_config file for that connection (port, identity, jump host) instead of "
+                        "~/.ssh/config.",
+    "slurm_remote_root": "The share's path on the cluster when it does not mount the share: job folders are "
+                         "copied there (rsync over the SSH connection) and back; empty: the cluster sees "
+                         "`shared_root`.",
+    "slurm_sync_interval": "Seconds between two copies of a running job's folder back from the cluster "
+                           "(with `slurm_remote_root`).",
     "mongo_uri": "MongoDB URI for site data; empty disables the site endpoints (503).",
     "mongo_timeout_ms": "Server-selection and socket timeout for MongoDB, in milliseconds.",
     "webhook_url": "When set, a JSON POST to this http(s) URL each time a job ends (docs/events.md); empty: off.",
