@@ -6,10 +6,9 @@ Slurm cluster is, so "the login node" is this machine seen through SSH. ``ssh_co
 ``login`` with the throwaway key, the port and no host-key checking.
 """
 
+import contextlib
 import os
 import shutil
-
-import pytest
 
 from .sshfs_support import SSH_PORT, SSHD, SshfsHosts, unavailable
 
@@ -52,8 +51,9 @@ class LoginNode:
         self.sshd.close()
 
 
-@pytest.fixture(scope="module")
-def login_node(tmp_path_factory):
+@contextlib.contextmanager
+def running_login_node(tmp_path_factory):
+    """A started LoginNode, closed on exit; skips (fails under CI) without the prerequisites."""
     why = missing_prerequisites()
     if why:
         unavailable(why)

@@ -18,7 +18,7 @@ from opeva_spool.settings import load_settings
 from opeva_spool.states import EndReason
 
 from .conftest import wait_for
-from .slurm_ssh_support import LOGIN, login_node  # noqa: F401 (a fixture)
+from .slurm_ssh_support import LOGIN, running_login_node
 from .sshfs_support import SSH_PORT
 
 SETTLE_TIMEOUT = 20.0
@@ -74,8 +74,14 @@ def test_an_unreachable_login_node_makes_the_cluster_unavailable_not_a_refusal(t
 
 # ----- over SSH, against the real cluster --------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def login_node(tmp_path_factory):
+    with running_login_node(tmp_path_factory) as node:
+        yield node
+
+
 @pytest.fixture
-def ssh_cluster(login_node, slurm_cluster):  # noqa: F811 (login_node is the imported fixture)
+def ssh_cluster(login_node, slurm_cluster):
     cluster = SshCluster(LOGIN, ssh_config=login_node.ssh_config, slurm_conf=slurm_cluster.conf)
     cluster.submitted = []
     yield cluster
@@ -102,7 +108,7 @@ def ssh_connections(login_node):
 
 @pytest.mark.slurm
 def test_a_held_job_submitted_over_ssh_runs_once_released_and_every_command_shares_one_connection(
-        ssh_cluster, login_node, tmp_path):  # noqa: F811
+        ssh_cluster, login_node, tmp_path):
     name = unique()
     script = f"#!/bin/sh\necho \"ran as $SLURM_JOB_NAME\" > {tmp_path}/out.txt\nexit 3\n"
     slurm_id = ssh_cluster.submit(script, job_name=name, options=["--chdir", str(tmp_path),
@@ -142,7 +148,7 @@ def test_a_running_job_is_cancelled_over_ssh(ssh_cluster, tmp_path):
 # ----- sync: rsync over the same connection --------------------------------------------------------------
 
 @pytest.fixture
-def sync(login_node, tmp_path):  # noqa: F811
+def sync(login_node, tmp_path):
     here, there = tmp_path / "here", tmp_path / "there"
     here.mkdir()
     there.mkdir()
@@ -199,7 +205,7 @@ def test_pull_brings_results_back_appends_the_log_and_leaves_the_servers_files_a
 
 @pytest.mark.slurm
 def test_a_job_on_a_cluster_without_the_share_gets_its_config_and_sends_its_outputs_back(
-        sync, login_node, slurm_cluster, tmp_path):  # noqa: F811
+        sync, login_node, slurm_cluster, tmp_path):
     cluster = SshCluster(LOGIN, ssh_config=login_node.ssh_config, slurm_conf=slurm_cluster.conf)
     sync.cluster = cluster  # the same login node, with the cluster's slurm.conf
     job_folder(tmp_path / "here", "j3", {"config.yaml": "steps: 3\n"})
