@@ -61,7 +61,7 @@ def test_a_sif_file_runs_under_apptainer_or_singularity(engines, tool):
 def test_an_image_the_cluster_cannot_run_is_refused_naming_what_it_can(image, engines, says):
     with pytest.raises(RuntimeFailure) as refused:
         container_argv(image, ["train"], "/scratch/opeva", "/data", engines=engines)
-    assert refused.value.reason == EndReason.BAD_COMMAND
+    assert refused.value.reason == EndReason.IMAGE_MISSING
     assert refused.value.detail.startswith(f"the Slurm cluster cannot run the image {image!r}: ")
     assert says in refused.value.detail
 

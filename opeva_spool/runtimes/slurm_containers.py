@@ -33,7 +33,7 @@ def container_argv(image: str, argv: list[str], share: str, job_root: str,
                    engines: Collection[str] | None = None) -> list[str]:
     """argv run inside ``image`` with ``share`` (the share's path on the cluster) bound at ``job_root``.
 
-    Raises RuntimeFailure(bad_command) for an image this cluster cannot run, naming what it can.
+    Raises RuntimeFailure(image_missing) for an image this cluster cannot run, naming what it can.
     """
     bind = f"{share.rstrip('/') or '/'}:{job_root}"
     if image.startswith("/") and not image.endswith(SIF_SUFFIX) and _has(engines, CHARLIECLOUD):
@@ -42,7 +42,7 @@ def container_argv(image: str, argv: list[str], share: str, job_root: str,
         apptainer = next((name for name in APPTAINERS if _has(engines, name)), None)
         if apptainer:
             return [apptainer, "exec", "--bind", bind, image, *argv]
-    raise RuntimeFailure(EndReason.BAD_COMMAND, f"the Slurm cluster cannot run the image {image!r}: "
+    raise RuntimeFailure(EndReason.IMAGE_MISSING, f"the Slurm cluster cannot run the image {image!r}: "
                                                 f"{supported(engines)}")
 
 
