@@ -167,6 +167,7 @@ class Runner(threading.Thread):
         self.stop_event = threading.Event()
         self.lease_epoch = agent.heartbeat.lapses  # a lapse after this may have killed the job (guard)
         self.progress = ProgressRecorder(agent.spool.folder(entry.job_id))
+        self.recorded_facts = {}  # the execution's facts() last written into the attempt record
 
     def run(self):
         agent, entry = self.agent, self.entry
@@ -201,9 +202,13 @@ class Runner(threading.Thread):
                 return self._finish(JobState.FAILED, {"reason": failure.reason, "error": failure.detail,
                                                       "gpus": list(self.gpus)})
             crashpoints.reach("start.launched")
+        if (agent.spool.read_attempt(entry) or {}).get("state") != JobState.RUNNING.value:
+            # Also for an adopted execution whose start was never recorded (a Slurm job submitted held
+            # just before the agent died): the record names it before begin() lets it run.
             agent.spool.write_attempt(entry, agent.host, agent.agent_id, JobState.RUNNING,
                                       started_at=utc_now(), runtime=agent.runtime.name, gpus=list(self.gpus),
                                       **self.execution.describe())
+        self.execution.begin()
         self._supervise(folder)
 
     def _supervise(self, folder):
@@ -211,11 +216,16 @@ class Runner(threading.Thread):
         while True:
             code = execution.poll()
             self._record_progress()  # after the poll: an attempt that just ended has its last version kept
+            self._record_facts()
             if code is not None:
                 execution.release()
+                outcome = execution.outcome()
+                if outcome is not None:
+                    state, reason, error = outcome
+                    return self._finish(state, {"exit_code": code, "reason": reason, "error": error})
                 if code == 0:
                     return self._finish(JobState.FINISHED, {"exit_code": code})
-                if agent.heartbeat.lease_broken(self.lease_epoch):
+                if self.lease_fenced() and agent.heartbeat.lease_broken(self.lease_epoch):
                     # Race: this agent was frozen past its lease and its guard killed the job;
                     # the exit code is the guard's doing, not the job's failure.
                     self._note_if_current(folder, f"{EndReason.LEASE_LOST}: the guard ended the job, exit code {code}")
@@ -252,6 +262,17 @@ class Runner(threading.Thread):
             log.warning("job %s attempt %s was superseded; its retry is not queued", entry.job_id, entry.attempt)
         return None
 
+    def _record_facts(self):
+        facts = self.execution.facts()
+        if facts and facts != self.recorded_facts:
+            self.agent.spool.write_attempt(self.entry, self.agent.host, self.agent.agent_id, JobState.RUNNING,
+                                           **facts)
+            self.recorded_facts = facts
+
+    def lease_fenced(self) -> bool:
+        """Whether a lapsed lease ends this attempt: not one a cluster runs (Runtime.detached)."""
+        return not self.agent.runtime.detached
+
     def _record_progress(self):
         try:
             self.progress.sample()
@@ -282,7 +303,7 @@ class Runner(threading.Thread):
     def stop_reason(self) -> EndReason | None:
         """Why this attempt must end now, or None while it may run on."""
         agent, entry = self.agent, self.entry
-        if agent.heartbeat.lease_broken(self.lease_epoch):
+        if self.lease_fenced() and agent.heartbeat.lease_broken(self.lease_epoch):
             return EndReason.LEASE_LOST
         if agent.spool.stop_requested(entry.job_id):
             return EndReason.STOP_REQUESTED
@@ -388,6 +409,7 @@ class Agent:
             "free_gpus": self.gpu_pool.free(),
             "running": self.running_job_ids(),
             "runtime": self.runtime.name,
+            "detached": self.runtime.detached,  # its jobs outlive it at a cluster: the server does not requeue them
             "draining": self.draining,
         }
 
@@ -501,7 +523,7 @@ class Agent:
     def config_path_for(self, spec: JobSpec) -> str:
         """The job's config as the runtime sees it: its snapshot in the job folder ("" for a job without one)."""
         relpath = config_relpath(self.spool, spec)
-        return f"{self.runtime.job_root}/{relpath}" if relpath else ""
+        return f"{self.runtime.job_root_for(spec.image)}/{relpath}" if relpath else ""
 
     def launch_for(self, entry: Entry, spec: JobSpec, log_path: str, gpus: tuple[str, ...]) -> Launch:
         """Everything the runtime needs to start this attempt; RuntimeFailure if its command cannot be made."""
@@ -509,9 +531,9 @@ class Agent:
         command = spec.command
         if command is None:
             command = self.runtime.default_command(spec.job_id, config_path, spec.config_file)
-        env = launch_env(self.runtime.job_root, self.host, entry, spec, config_path)
+        env = launch_env(self.runtime.job_root_for(spec.image), self.host, entry, spec, config_path)
         return Launch(job_id=spec.job_id, attempt=entry.attempt, host=self.host, command=command, env=env,
-                      log_path=log_path, image=spec.image, gpus=gpus, lease=self.lease())
+                      log_path=log_path, image=spec.image, gpus=gpus, lease=self.lease(), resources=spec.resources)
 
     def note(self, folder: JobFolder, message: str) -> None:
         """A line of ours in the job's log (the agent is that file's writer); never through a link."""

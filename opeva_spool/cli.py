@@ -42,7 +42,7 @@ from .client import (
 )
 from .exceptions import BadRequest, SpoolError
 from .jobs import EMBEDDED_HOST, parse_utc
-from .settings import Settings, load_settings, settings_markdown
+from .settings import RUNTIMES, Settings, load_settings, settings_markdown
 from .states import JobState
 from .usage import BY_USER, USAGE_GROUPINGS
 
@@ -1050,7 +1050,7 @@ def parser():
     agent = command("agent", cmd_agent, "run the worker for one host")
     agent.add_argument("--root", help=_from_setting("shared root", "shared_root"))
     agent.add_argument("--host", help=_from_setting("the host name this agent works for", "host"))
-    agent.add_argument("--runtime", choices=("process", "docker"), help=_from_setting("how jobs run", "runtime"))
+    agent.add_argument("--runtime", choices=RUNTIMES, help=_from_setting("how jobs run", "runtime"))
 
     drain = command("drain", cmd_drain, "make a host's agent finish its jobs and take no new ones (written on the "
                                         "share directly; 'hosts drain HOST' asks the server instead)")

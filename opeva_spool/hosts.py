@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from . import __version__, fsio
 from .runtimes.guard import lease_clock
+from .runtimes.slurm_cluster import ClusterPhase, map_state
 from .settings import Settings
 from .spool import Entry, Spool
 from .states import EndReason
@@ -32,6 +33,9 @@ from .states import EndReason
 log = logging.getLogger(__name__)
 
 ONLINE, SUSPECT, OFFLINE = "online", "suspect", "offline"
+# A detached host's (Slurm) running attempt is requeued only once its time limit and this much more have
+# passed since its host was last seen: the cluster's KillWait and OverTimeLimit, and a margin for them.
+DETACHED_END_GRACE = 300.0
 
 
 def boot_id():
@@ -136,10 +140,11 @@ class HostView:
 class LivenessMonitor:
     """Reads heartbeats, judges hosts, and puts a lost host's jobs back in the queue."""
 
-    def __init__(self, spool, configured_hosts, offline_after, on_moved=None):
+    def __init__(self, spool, configured_hosts, offline_after, on_moved=None, detached_grace=DETACHED_END_GRACE):
         self.spool = spool
         self.configured_hosts = tuple(configured_hosts)
         self.offline_after = offline_after
+        self.detached_grace = detached_grace
         self.on_moved = on_moved or (lambda location, entry: None)
         self.started = time.monotonic()
         self._views = {}
@@ -191,19 +196,47 @@ class LivenessMonitor:
             "runtime": doc.get("runtime"),
             "version": doc.get("version"),
             "draining": bool(doc.get("draining", False)),
+            "detached": bool(doc.get("detached", False)),
         }
 
+    def detached(self, host):
+        """True if the host's jobs run on without its agent (a Slurm cluster's), as its heartbeat says."""
+        with self._lock:
+            view = self._views.get(host)
+        return bool(view is not None and view.doc.get("detached"))
+
+    def ended_at_cluster(self, host, entry):
+        """True once a detached host's attempt cannot be running any more: it was running at the cluster
+        (not pending: it might start later) when its agent last recorded it, and its time limit plus
+        ``detached_grace`` has passed since the host was last seen. Measured on this server's clock from
+        the last heartbeat change, so no clocks are compared: the attempt started before that moment."""
+        record = self.spool.read_attempt(entry) or {}
+        limit, state = record.get("time_limit_seconds"), record.get("cluster_state")
+        if not isinstance(limit, (int, float)) or not limit or not state:
+            return False  # no limit known, or never seen at the cluster: only its agent can tell
+        if map_state(state)[0] is ClusterPhase.PENDING:
+            return False
+        return self.age(host) > limit + self.detached_grace
+
     def reclaim_offline(self):
-        """Requeue (or fail, per max_retries) the running entries of every offline host."""
+        """Requeue (or fail, per max_retries) the running entries of every offline host.
+
+        A detached host's (Slurm's) attempts are left to its restarted agent, which adopts them, until
+        their time limit has surely passed (``ended_at_cluster``): the cluster runs them on, no guard can
+        end them, and requeuing one would run the job twice at once.
+        """
         for host in self.spool.worker_hosts():
             if self.state(host) != OFFLINE:
                 continue
+            detached = self.detached(host)
             for name in fsio.listdir(self.spool.running_dir(host)):
                 entry = Entry.parse(name)
                 if entry is None:
                     continue
                 if self.spool.recorded_ending(entry):
                     continue  # ended; its owner (or complete_finished) moves it
+                if detached and not self.ended_at_cluster(host, entry):
+                    continue
                 placed = self.spool.recover_lost(entry, host, reason=EndReason.HOST_LOST)
                 if placed:
                     self.on_moved(*placed)

@@ -33,6 +33,16 @@ IMAGE_REFERENCE = re.compile(
     r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?",
     re.ASCII,
 )
+# An image file or folder on an HPC cluster (the slurm runtime: Charliecloud, Apptainer): an absolute path
+# of plain names, none of them "." or "..".
+IMAGE_PATH = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._+-]+)+/?", re.ASCII)
+# What a job may ask a batch scheduler for (the slurm runtime's sbatch options); other runtimes ignore it.
+RESOURCE_KEYS = ("cpus", "mem", "time")
+MAX_RESOURCE_CPUS = 100_000
+MEMORY = re.compile(r"^[1-9][0-9]{0,8}[KMGT]?$")  # sbatch --mem: a number, in MB unless a unit follows
+# Slurm's time formats: minutes, minutes:seconds, hours:minutes:seconds, days-hours[:minutes[:seconds]].
+TIME_LIMIT = re.compile(r"^(?:(\d{1,5})-(\d{1,2})(?::(\d{1,2}))?(?::(\d{1,2}))?"
+                        r"|(\d{1,7})(?::(\d{1,2}))?(?::(\d{1,2}))?)$")
 # The snapshot of the job's config in its folder, taken at submit: what the job runs with.
 CONFIG_SNAPSHOT = "config.yaml"
 
@@ -87,12 +97,14 @@ class JobSpec:
     sweep: str | None = None  # the id of the sweep this job belongs to
     sweep_index: int | None = None
     overrides: dict = field(default_factory=dict)  # the sweep's dotted-key overrides applied to its config
+    resources: dict = field(default_factory=dict)  # {cpus, mem, time} for a batch scheduler (slurm runtime)
 
     def to_dict(self):
         # Not dataclasses.asdict: its deep copy is a tenth of a submission's CPU time.
         data = dict(self.__dict__)
         data["env"] = dict(self.env)
         data["overrides"] = dict(self.overrides)
+        data["resources"] = dict(self.resources)
         for key in ("target_hosts", "after", "after_any"):
             data[key] = list(data[key])
         if isinstance(self.command, list):
@@ -164,10 +176,51 @@ def _gpus(value):
 def _image(value):
     if value is None or value == "":
         return ""
-    if not isinstance(value, str) or len(value) > 256 or not IMAGE_REFERENCE.fullmatch(value):
+    if not isinstance(value, str) or len(value) > 256 or not (IMAGE_REFERENCE.fullmatch(value)
+                                                              or IMAGE_PATH.fullmatch(value)):
         raise BadRequest("'image' must be a Docker image reference such as 'python:3.11-slim' or "
-                         "'registry:5000/org/name:tag' (lowercase name, at most 256 characters)", field="image")
+                         "'registry:5000/org/name:tag' (lowercase name, at most 256 characters), or on a Slurm "
+                         "host an image's absolute path on the cluster", field="image")
     return value
+
+
+def time_limit_seconds(text: str) -> int | None:
+    """Seconds of a Slurm time limit ("90" minutes, "1:30:00", "2-12"); None for none ("", UNLIMITED) or a
+    text that is not one."""
+    match = TIME_LIMIT.match(text.strip())
+    if match is None:
+        return None
+    days, day_hours, day_minutes, day_seconds, first, second, third = (int(part or 0) for part in match.groups())
+    if match.group(1) is not None:
+        return ((days * 24 + day_hours) * 60 + day_minutes) * 60 + day_seconds
+    if match.group(7) is not None:  # hours:minutes:seconds
+        return (first * 60 + second) * 60 + third
+    return first * 60 + second  # minutes[:seconds]
+
+
+def _resources(value):
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or set(value) - set(RESOURCE_KEYS):
+        raise BadRequest(f"'resources' must be an object with some of {', '.join(RESOURCE_KEYS)}", field="resources")
+    resources = {}
+    cpus = value.get("cpus")
+    if cpus is not None:
+        if isinstance(cpus, bool) or not isinstance(cpus, int) or not 1 <= cpus <= MAX_RESOURCE_CPUS:
+            raise BadRequest(f"'resources.cpus' must be an integer from 1 to {MAX_RESOURCE_CPUS}", field="resources")
+        resources["cpus"] = cpus
+    mem = value.get("mem")
+    if mem is not None:
+        if isinstance(mem, bool) or not MEMORY.match(str(mem)):
+            raise BadRequest("'resources.mem' must be megabytes or a size such as '500M', '4G'", field="resources")
+        resources["mem"] = str(mem)
+    limit = value.get("time")
+    if limit is not None:
+        if isinstance(limit, bool) or not time_limit_seconds(str(limit)):
+            raise BadRequest("'resources.time' must be minutes or a Slurm time such as '2:00:00', '1-00:00:00'",
+                             field="resources")
+        resources["time"] = str(limit)
+    return resources
 
 
 def experiment_fields(config):
@@ -302,6 +355,7 @@ def build_spec(body: dict, known_hosts, *, job_id: str, config: JobConfig | None
         after=after,
         after_any=after_any,
         retry_on_failure=retry_on_failure,
+        resources=_resources(body.get("resources")),
     )
 
 

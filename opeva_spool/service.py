@@ -19,6 +19,7 @@ from .exceptions import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from .fairshare import FairShare
 from .index import IndexedJob, JobIndex
 from .jobs import JobConfig
+from .runtimes.slurm_cluster import ClusterPhase, map_state
 from .settings import Settings
 from .spool import DONE, WAITING, Entry, JobStatus, Location, Spool, publish_location
 from .states import JobState, check_transition
@@ -36,7 +37,7 @@ IMAGE_ENDINGS = {"completed": JobState.FINISHED, "failed": JobState.FAILED}
 MAX_MOVE_TRIES = 20
 # What a resubmission copies from the old job's spec, and what its request may change.
 RESUBMITTED_FIELDS = {"job_name", "target_host", "command", "image", "env", "priority", "max_retries", "gpus",
-                      "submitted_by", "retry_on_failure"}
+                      "submitted_by", "retry_on_failure", "resources"}
 RESUBMIT_OVERRIDES = {"target_host", "priority"}
 # The fields of an attempt record that /job-info lists per attempt.
 ATTEMPT_FIELDS = ("host", "state", "claimed_at", "started_at", "ended_at", "exit_code", "reason", "retry_at")
@@ -209,6 +210,8 @@ class JobService:
             answer.update(status=STOP_REQUESTED, stop_requested=True)
         if job.state == JobState.QUEUED and self.queue is not None:
             answer.update(self.queue.place(job.entry))  # queue_position, waiting_reason
+        if job.state == JobState.RUNNING:
+            answer.update(queued_at_cluster(self.spool.read_attempt(job.entry) or {}))
         if job.state == JobState.WAITING:
             spec = self.spool.read_spec(job.location, job.entry)
             answer["waiting_for"] = self._waiting_for(spec.to_dict() if spec else {})  # {}: it moved meanwhile
@@ -557,6 +560,13 @@ def progress_percent(doc: dict) -> float | None:
 
 def _never():
     return False
+
+
+def queued_at_cluster(record: dict) -> dict:
+    """``{"queued_at_cluster": {reason, position}}`` while a Slurm host's attempt waits at its cluster, else {}."""
+    if map_state(str(record.get("cluster_state") or ""))[0] is not ClusterPhase.PENDING:
+        return {}
+    return {"queued_at_cluster": {"reason": record.get("cluster_reason"), "position": record.get("cluster_position")}}
 
 
 def _no_such_job(job_id):

@@ -35,9 +35,11 @@ JOB_USER = re.compile(r"^\d+:\d+$")  # numeric: the ids must mean the same on th
 DEFAULT_MAX_STREAMS = 256
 DEFAULT_MAX_STREAMS_PER_CLIENT = 32
 DEFAULT_GPU_RESERVE_AFTER = 60.0
+DEFAULT_SLURM_POLL_INTERVAL = 2.0  # one squeue per agent this often, whatever the number of jobs
+DEFAULT_SLURM_SYNC_INTERVAL = 10.0  # seconds between two copies of a running Slurm job's folder back (SSH mode)
 DEFAULT_RETRY_BACKOFF = 10.0
 DEFAULT_RETRY_BACKOFF_MAX = 600.0
-DEFAULT_SLURM_SYNC_INTERVAL = 10.0  # seconds between two copies of a running Slurm job's folder back (SSH mode)
+RUNTIMES = ("process", "docker", "slurm")
 # open_reads: "auto" keeps reads open with only api_token set (as before roles) and closes them with a tokens file.
 OPEN_READS_AUTO = "auto"
 OPEN_READS_VALUES = {OPEN_READS_AUTO: None, "true": True, "yes": True, "on": True, "1": True,
@@ -82,8 +84,16 @@ class Settings:
     docker_allow_pull: bool = False
     docker_env: dict = field(default_factory=dict)
     job_user: str = ""
-    # --- slurm runtime: how the cluster is reached ---
+    # --- slurm runtime (docs/deploy.md, HPC) ---
     slurm_conf: str = ""
+    slurm_command: str = DEFAULT_PROCESS_COMMAND
+    slurm_partition: str = ""
+    slurm_account: str = ""
+    slurm_qos: str = ""
+    slurm_time_limit: str = ""
+    slurm_cpus: int = 0
+    slurm_mem: str = ""
+    slurm_poll_interval: float = DEFAULT_SLURM_POLL_INTERVAL
     slurm_ssh: str = ""
     slurm_ssh_config: str = ""
     slurm_remote_root: str = ""
@@ -117,7 +127,7 @@ DESCRIPTIONS = {
     "max_streams_per_client": "Most of them one client address holds (behind a proxy: all clients); beyond it 429.",
     "embedded_worker": "`serve` also runs the worker for host `local`.",
     "host": "Name of the host an agent works for.",
-    "runtime": "`process` (subprocess) or `docker`.",
+    "runtime": "`process` (subprocess), `docker`, or `slurm` (each attempt an sbatch job; docs/deploy.md).",
     "capacity": "Most jobs an agent runs at once.",
     "gpu_ids": "GPU ids this host may hand out (comma-separated in env).",
     "stop_grace": "Seconds between SIGTERM and SIGKILL when stopping a job.",
@@ -135,8 +145,17 @@ DESCRIPTIONS = {
     "docker_env": "Extra environment for every container (YAML mapping).",
     "job_user": "`uid:gid` that job containers run as, so the service can read what they write on the share; "
                 "empty: the agent's own uid:gid.",
-    "slurm_conf": "slurm.conf the Slurm clients read (SLURM_CONF; over SSH: a path on the login node); empty: "
-                  "their default.",
+    "slurm_conf": "The cluster's slurm.conf for the `slurm` runtime's commands (SLURM_CONF; over SSH a path on the "
+                  "login node); empty: the clients' default.",
+    "slurm_command": "Command template for `slurm` jobs that name no command (the fields of `process_command`).",
+    "slurm_partition": "`sbatch --partition` of every `slurm` job; empty: the cluster's default partition.",
+    "slurm_account": "`sbatch --account`; empty: the user's default account.",
+    "slurm_qos": "`sbatch --qos`; empty: the default QOS.",
+    "slurm_time_limit": "`sbatch --time` (Slurm's format: `90`, `2:00:00`, `1-00:00:00`) unless the job's "
+                        "`resources.time` says; empty: the partition's default.",
+    "slurm_cpus": "`sbatch --cpus-per-task` unless the job's `resources.cpus` says; 0: Slurm's default (1).",
+    "slurm_mem": "`sbatch --mem` (`4G`, `500M`) unless the job's `resources.mem` says; empty: the cluster's default.",
+    "slurm_poll_interval": "Seconds between the `slurm` agent's squeue calls (one call for all its jobs).",
     "slurm_ssh": "`user@login-node`: drive the cluster over SSH (one shared connection, BatchMode); empty: "
                  "Slurm's clients on this machine.",
     "slurm_ssh_config": "An ssh_config file for that connection (port, identity, jump host) instead of "
@@ -194,8 +213,8 @@ def load_settings(config_file: str | None = None, environ: Mapping[str, str] | N
     settings = Settings(**coerced)
     if settings.observer not in ("native", "polling"):
         raise SettingsError(f"setting 'observer' must be 'native' or 'polling', not {settings.observer!r}")
-    if settings.runtime not in ("process", "docker"):
-        raise SettingsError(f"setting 'runtime' must be 'process' or 'docker', not {settings.runtime!r}")
+    if settings.runtime not in RUNTIMES:
+        raise SettingsError(f"setting 'runtime' must be one of {', '.join(RUNTIMES)}, not {settings.runtime!r}")
     if settings.open_reads.lower() not in OPEN_READS_VALUES:
         raise SettingsError(f"setting 'open_reads' must be auto, true or false, not {settings.open_reads!r}")
     if settings.job_user and not JOB_USER.match(settings.job_user):

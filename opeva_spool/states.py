@@ -87,6 +87,18 @@ class EndReason(str, enum.Enum):
     ENGINE_UNAVAILABLE = "engine_unavailable"
     CREATE_FAILED = "create_failed"
     START_FAILED = "start_failed"
+    CLUSTER_REFUSED = "cluster_refused"  # the Slurm cluster refused the job at submit (Slurm's reason in ``error``)
+    # A Slurm job ended in one of the cluster's failed states (the state lower-cased; runtimes/slurm_cluster.py).
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out_of_memory"
+    NODE_FAIL = "node_fail"
+    PREEMPTED = "preempted"
+    BOOT_FAIL = "boot_fail"
+    DEADLINE = "deadline"
+    SPECIAL_EXIT = "special_exit"
+    REVOKED = "revoked"
+    CANCELLED_AT_CLUSTER = "cancelled_at_cluster"  # scancel by someone else than the agent (an operator)
+    LOST_AT_CLUSTER = "lost_at_cluster"  # the cluster no longer knows the job, nor how it ended
     # The runtime could not act on a job it runs (logged; the agent retries or ends it as agent_error).
     ENGINE_ERROR = "engine_error"
     REAP_FAILED = "reap_failed"

@@ -62,7 +62,7 @@ SWEEP_FIELDS = {"sweep_id", "name", "config_path", "config", "save_as", "overwri
                 "allow_new_keys"}
 # Fields passed on to every job of the sweep, as POST /run-simulation takes them.
 JOB_FIELDS = {"target_host", "gpus", "priority", "image", "command", "env", "max_retries", "retry_on_failure",
-              "submitted_by", "after", "after_any", "job_name"}
+              "submitted_by", "after", "after_any", "job_name", "resources"}
 # A manifest's fields left out of its header (the part kept in memory and listed by GET /sweeps).
 BULKY_FIELDS = ("jobs", "runs")
 SORT_ORDERS = ("asc", "desc")

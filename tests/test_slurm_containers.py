@@ -18,6 +18,7 @@ from opeva_spool.runtimes.slurm_containers import WITH_USER, container_argv, pro
 from opeva_spool.states import EndReason
 
 from .conftest import wait_for
+from .test_slurm_runtime import Hpc
 
 BUSYBOX = "/bin/busybox"  # Debian's busybox-static: one static binary, so it runs in an empty tree
 APPLETS = ("sh", "cat", "echo", "id", "env", "ls")
@@ -112,3 +113,28 @@ def test_a_charliecloud_job_runs_at_the_cluster_and_writes_into_the_share_at_dat
     assert (share / "jobs" / job_id / "seen.txt").read_text() == "steps: 3\n"
     # The image's own tree, not the node's: busybox's bin, no /usr.
     assert "usr" not in (share / "jobs" / job_id / "root.txt").read_text().split()
+
+
+@pytest.mark.slurm
+def test_a_charliecloud_job_submitted_through_the_api_runs_in_its_image_with_the_share_at_data(
+        slurm_cluster, busybox_image, tmp_path):
+    hpc = Hpc(slurm_cluster, tmp_path)
+    try:
+        hpc.start_agent()
+        job_id = hpc.submit(["/bin/sh", "-c", 'echo "config at $OPEVA_CONFIG_PATH"; cat "$OPEVA_CONFIG_PATH"; '
+                             'ls /; echo done > /data/jobs/$OPEVA_JOB_ID/out.txt'],
+                            image=busybox_image, config={"steps": 5})
+        hpc.wait_status(job_id, "finished")
+        log = hpc.http.get(f"/logs/{job_id}").text
+        assert f"config at /data/jobs/{job_id}/config.yaml" in log and "steps: 5" in log
+        assert "usr" not in log.split()  # the image's root, not the node's
+        assert (hpc.root / "jobs" / job_id / "out.txt").read_text() == "done\n"
+        assert "ch-run --bind" in (hpc.root / "jobs" / job_id / "slurm" / "attempt-1.sh").read_text()
+
+        refused = hpc.submit(["true"], image="/images/sim.sif")  # no Apptainer on this cluster
+        hpc.wait_status(refused, "failed")
+        info = hpc.info(refused)
+        assert info["reason"] == "image_missing"
+        assert "it runs a Charliecloud image directory" in hpc.record(refused)["error"]
+    finally:
+        hpc.close()

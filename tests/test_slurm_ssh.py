@@ -5,6 +5,7 @@ The login node is this machine seen through an sshd on a bridge of its own
 paths reached only over SSH. The pure parts (settings -> transport, quoting) run in the core suite.
 """
 
+import json
 import os
 import subprocess
 import uuid
@@ -20,6 +21,7 @@ from opeva_spool.states import EndReason
 from .conftest import wait_for
 from .slurm_ssh_support import LOGIN, running_login_node
 from .sshfs_support import SSH_PORT
+from .test_slurm_runtime import Hpc
 
 SETTLE_TIMEOUT = 20.0
 
@@ -223,3 +225,52 @@ def test_a_job_on_a_cluster_without_the_share_gets_its_config_and_sends_its_outp
     here = tmp_path / "here" / "jobs" / "j3"
     assert (here / "seen.yaml").read_text() == "steps: 3\n"
     assert (here / "logs" / "j3.log").read_text() == "started\ndone\n"
+
+
+# ----- end to end: the API, a server and a Slurm host's agent that reaches its cluster over SSH ------------
+
+@pytest.fixture
+def ssh_hpc(login_node, slurm_cluster, tmp_path):
+    deployments = []
+
+    def deploy(**settings):
+        hpc = Hpc(slurm_cluster, tmp_path, slurm_ssh=LOGIN, slurm_ssh_config=login_node.ssh_config, **settings)
+        deployments.append(hpc)
+        hpc.start_agent()
+        return hpc
+
+    yield deploy
+    for hpc in deployments:
+        hpc.close()
+
+
+@pytest.mark.slurm
+def test_a_job_on_a_cluster_reached_over_ssh_finishes_with_its_log(ssh_hpc, login_node):
+    hpc = ssh_hpc()
+    job_id = hpc.submit(["sh", "-c", 'echo "hello from $SLURM_JOB_ID as $OPEVA_JOB_ID"; exit 0'])
+    hpc.wait_status(job_id, "finished")
+    record = hpc.record(job_id)
+    assert record["runtime"] == "slurm" and record["exit_code"] == 0
+    assert f"hello from {record['slurm_job_id']} as {job_id}" in hpc.http.get(f"/logs/{job_id}").text
+    assert len(hpc.slurm_jobs(job_id)) == 1
+    assert ssh_connections(login_node) == 1  # sbatch, release and every poll: one connection
+
+
+@pytest.mark.slurm
+def test_a_job_on_a_cluster_without_the_share_gets_its_config_and_its_outputs_come_back(ssh_hpc, tmp_path):
+    remote = tmp_path / "cluster-scratch"
+    remote.mkdir()
+    hpc = ssh_hpc(slurm_remote_root=str(remote), slurm_sync_interval=0.5)
+    job_id = hpc.submit(["sh", "-c", 'echo "root $OPEVA_BASE_DIR"; cat "$OPEVA_CONFIG_PATH"; sleep 2; '
+                         'echo \'{"progress": 100}\' > "$OPEVA_BASE_DIR/jobs/$OPEVA_JOB_ID/progress.json"; '
+                         'mkdir -p results && echo 42 > results/answer.txt'],
+                        config={"steps": 7})
+    hpc.wait_status(job_id, "finished")
+    there, here = remote / "jobs" / job_id, hpc.root / "jobs" / job_id
+    assert "steps: 7" in (there / "config.yaml").read_text()
+    assert not (there / "attempts").exists()
+    log = hpc.http.get(f"/logs/{job_id}").text
+    assert f"root {remote}" in log and "steps: 7" in log
+    assert json.loads((here / "progress.json").read_text()) == {"progress": 100}
+    assert (here / "results" / "answer.txt").read_text() == "42\n"
+    assert hpc.record(job_id)["exit_code"] == 0

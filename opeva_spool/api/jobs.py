@@ -23,7 +23,8 @@ SUBMIT_BODY = obj({
     "target_host": {"type": ["string", "array"], "items": STRING, "description": "a host, a list of hosts, or any"},
     "job_name": STRING, "priority": INTEGER, "max_retries": INTEGER, "retry_on_failure": BOOLEAN,
     "gpus": {"type": ["integer", "string"], "description": "a number of GPUs, or all"},
-    "submitted_by": STRING, "after": array(STRING), "after_any": array(STRING)})
+    "submitted_by": STRING, "after": array(STRING), "after_any": array(STRING),
+    "resources": {"type": "object", "description": "cpus, mem, time for a Slurm host's sbatch"}})
 SUBMITTED = obj({"job_id": STRING, "status": {"type": "string", "enum": ["queued", "waiting"]},
                  "host": STRING, "job_name": STRING, "config_path": nullable("string"),
                  "config_sha256": nullable("string"), "priority": INTEGER, "submitted_at": STRING},

@@ -1,4 +1,4 @@
-"""Runtimes: how an agent runs one attempt of a job (a subprocess, a Docker container)."""
+"""Runtimes: how an agent runs one attempt of a job (a subprocess, a Docker container, a Slurm batch job)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ def make_runtime(settings: Settings) -> Runtime:
         from .docker import DockerRuntime
 
         return DockerRuntime(settings)
+    if settings.runtime == "slurm":
+        from .slurm import SlurmRuntime
+
+        return SlurmRuntime(settings)
     from .process import ProcessRuntime
 
     return ProcessRuntime(settings)

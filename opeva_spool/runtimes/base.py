@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from .. import fsio
 from ..exceptions import RuntimeFailure
 from ..jobs import JobFolder
-from ..states import EndReason
+from ..states import EndReason, JobState
 
 
 def open_log(log_path: str):
@@ -47,6 +47,7 @@ class Launch:
     image: str = ""  # the job's own image; empty: the runtime's default (Docker only)
     gpus: tuple[str, ...] = ()  # the specific GPU ids the agent assigned to this attempt
     lease: Lease | None = None  # None: no guard (a runtime used on its own, as in its tests)
+    resources: dict | None = None  # the spec's {cpus, mem, time}, for a batch scheduler (slurm)
 
     def argv(self) -> list[str]:
         if isinstance(self.command, str):
@@ -72,6 +73,20 @@ class Execution(abc.ABC):
     def describe(self) -> dict:
         """Facts for the attempt record and job-info (a pid, a container id and name)."""
         return {}
+
+    def begin(self) -> None:  # noqa: B027 (a hook: only executions started on hold need it)
+        """Let it run: called once its attempt record (with ``describe()``) is on disk. A runtime that
+        starts jobs on hold (Slurm) releases them here, so a crash never leaves a running job unrecorded."""
+
+    def facts(self) -> dict:
+        """What the attempt record should say about it now besides its state (a cluster's queue state);
+        the runner writes them when they change."""
+        return {}
+
+    def outcome(self) -> tuple[JobState, EndReason, str] | None:
+        """(state, reason, error) once it ended, when the runtime knows more than the exit code (a cluster's
+        TIMEOUT, a cancel by its operator); None: judge by the exit code."""
+        return None
 
     def release(self) -> None:  # noqa: B027 (a hook: only some executions hold something)
         """Free what the runtime holds for it (log streams, container); called once it ended."""
@@ -106,10 +121,19 @@ class Runtime(abc.ABC):
     job_root = ""
     #: What a job without a command of its own runs: a ``str.format`` template of ``template_fields``.
     command_template = ""
+    #: True if something else (a Slurm cluster) ends its jobs: no lease guard can fence them, so the agent
+    #: does not stop them when its lease lapses and the server does not requeue them when the host goes
+    #: offline before their time limit has passed (hosts.LivenessMonitor).
+    detached = False
 
     @abc.abstractmethod
     def start(self, launch: Launch) -> Execution:
         """Start one attempt; returns an Execution. Raises RuntimeFailure if it cannot start."""
+
+    def job_root_for(self, image: str) -> str:
+        """Where the shared root appears to a job with this image ("" for none); ``job_root`` unless a
+        runtime runs some jobs in a container and others not (slurm)."""
+        return self.job_root
 
     def template_fields(self, job_id: str, config_path: str, config_file: str) -> dict[str, str]:
         """The names a command template may use; a runtime adds its own."""
