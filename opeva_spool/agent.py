@@ -244,7 +244,7 @@ class Runner(threading.Thread):
                 self._note_if_current(folder, f"{reason}: stopped with SIGTERM (SIGKILL after {grace:g}s), "
                                               f"exit code {code}")
                 return self._after_stop(reason, code)
-            self.stop_event.wait(POLL_SECONDS)
+            self.stop_event.wait(agent.runtime.poll_seconds or POLL_SECONDS)
 
     def _failed(self, folder, code):
         """The job exited non-zero on its own: retry it if its spec asks and retries are left, else end it failed."""

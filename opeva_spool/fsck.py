@@ -306,6 +306,13 @@ class Checker:
         silent = self._age(beat if os.path.exists(beat) else self.spool.running_dir(host))
         if silent < self.offline_after:
             return  # its host is alive: its agent owns the attempt
+        if (fsio.read_json_object(beat) or {}).get("detached"):
+            # A Slurm host's job runs on at the cluster without its agent: a requeue would run it twice.
+            self._find("running_on_silent_cluster_host", path,
+                       f"job {entry.job_id} attempt {entry.attempt} is {record.get('state', 'dispatched')} on Slurm "
+                       f"host {host}, whose agent has been silent for {silent:.0f} s; the cluster may still run it",
+                       "restart the host's agent: it adopts the job (docs/guarantees.md, A lost Slurm agent)")
+            return
         self._find("running_on_silent_host", path,
                    f"job {entry.job_id} attempt {entry.attempt} is {record.get('state', 'dispatched')} on host {host}, "
                    f"whose heartbeat has not changed for {silent:.0f} s", "requeue it or fail it per max_retries "

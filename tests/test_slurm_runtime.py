@@ -23,17 +23,16 @@ SETTLE = 30.0  # seconds for a job to reach a state (sbatch + release + one sche
 class Hpc:
     """A server and a Slurm host's agent over one shared root; counts what reached the cluster by name."""
 
-    def __init__(self, cluster, tmp_path, **agent_settings):
+    def __init__(self, cluster, tmp_path):
         self.cluster, self.tmp_path = cluster, tmp_path
-        self.agent_settings = agent_settings  # more of the agent's settings (the SSH mode's)
         self.root = tmp_path / "share"
         self.server, self.http = start_server(self.root, tmp_path, hosts=HOST, embedded_worker="false", **FAST)
         self.agent = None
         self.jobs = []
 
-    def start_agent(self):
+    def start_agent(self, **settings):
         self.agent = start_agent(self.root, self.tmp_path, HOST, runtime="slurm", slurm_conf=self.cluster.conf,
-                                 capacity=8, slurm_poll_interval=0.3, **FAST, **self.agent_settings)
+                                 capacity=8, slurm_poll_interval=0.3, **FAST, **settings)
         wait_for(lambda: self.host_view().get("state") == "online" and self.host_view().get("detached"),
                  timeout=20, message=f"{HOST} to be online")
         return self.agent
@@ -152,6 +151,20 @@ def test_a_killed_agent_restarted_adopts_its_jobs_without_submitting_them_again(
     assert len(hpc.slurm_jobs(job_id)) == 1
     log = hpc.http.get(f"/logs/{job_id}").text
     assert "started" in log and "done" in log
+
+
+def test_an_agent_killed_between_sbatch_and_the_record_adopts_the_held_job_by_name(hpc):
+    stop(hpc.agent)
+    hpc.start_agent(crash_at="start.launched")  # SIGKILL right after sbatch --hold, before the record
+    job_id = hpc.submit(["sh", "-c", "echo adopted"])
+    hpc.agent.wait(SETTLE)
+    [held] = wait_for(lambda: hpc.slurm_jobs(job_id), SETTLE, message="the held Slurm job")
+    assert held.endswith("|PENDING") and hpc.record(job_id)["state"] == "dispatched"
+    hpc.start_agent()
+    hpc.wait_status(job_id, "finished")
+    assert hpc.record(job_id)["slurm_job_id"] == held.split("|")[0]
+    assert len(hpc.slurm_jobs(job_id)) == 1
+    assert "adopted" in hpc.http.get(f"/logs/{job_id}").text
 
 
 @pytest.mark.slow

@@ -234,9 +234,9 @@ def ssh_hpc(login_node, slurm_cluster, tmp_path):
     deployments = []
 
     def deploy(**settings):
-        hpc = Hpc(slurm_cluster, tmp_path, slurm_ssh=LOGIN, slurm_ssh_config=login_node.ssh_config, **settings)
+        hpc = Hpc(slurm_cluster, tmp_path)
         deployments.append(hpc)
-        hpc.start_agent()
+        hpc.start_agent(slurm_ssh=LOGIN, slurm_ssh_config=login_node.ssh_config, **settings)
         return hpc
 
     yield deploy

@@ -125,6 +125,8 @@ class Runtime(abc.ABC):
     #: does not stop them when its lease lapses and the server does not requeue them when the host goes
     #: offline before their time limit has passed (hosts.LivenessMonitor).
     detached = False
+    #: How often a runner looks at an execution and its stop request; None: the agent's own default.
+    poll_seconds: float | None = None
 
     @abc.abstractmethod
     def start(self, launch: Launch) -> Execution:

@@ -118,9 +118,10 @@ class ClusterPoller:
         self._lock = threading.Lock()
 
     def watch(self, slurm_id: str) -> None:
+        # Not a refresh now: a burst of submissions would cost one squeue each. The new job is read at the
+        # next refresh, within one interval.
         with self._lock:
             self._watched.setdefault(slurm_id, 0)
-            self._refreshed_at = -math.inf  # a new job: the next reader asks the cluster at once
 
     def forget(self, slurm_id: str) -> None:
         with self._lock:
@@ -159,7 +160,7 @@ class SlurmExecution(Execution):
         self.job_name = job_name
         self.time_limit = time_limit  # seconds, or None when the partition decides (we cannot know)
         self.job_id = (parse_job_name(job_name) or ("", 0))[0]
-        self._released = False
+        self.released = False  # True once scontrol release went through (or the job was never held)
         self._stopping = False
         self._last: ClusterJob | None = None
         self._code: int | None = None
@@ -170,16 +171,18 @@ class SlurmExecution(Execution):
                 "time_limit_seconds": self.time_limit}
 
     def begin(self) -> None:
+        if self.released:
+            return
         try:
             self.runtime.cluster.release(self.slurm_id)
-            self._released = True
+            self.released = True
         except ClusterError as exc:  # held until a later poll manages to release it
             log.warning("cannot release Slurm job %s yet: %s", self.slurm_id, exc.detail)
 
     def poll(self) -> int | None:
         if self._code is not None:
             return self._code
-        if not self._released:
+        if not self.released:
             self.begin()
         job, misses = self.runtime.poller.job(self.slurm_id)
         if job is None:
@@ -226,20 +229,19 @@ class SlurmExecution(Execution):
         return facts
 
     def signal_stop(self) -> None:
+        # scancel: Slurm sends SIGTERM, then SIGKILL after its KillWait; the job ends CANCELLED in the
+        # cluster's books, as an HPC user's own scancel would leave it.
         self._stopping = True
-        pending = self._last is None or self._last.phase is ClusterPhase.PENDING
-        if not pending:
-            try:
-                # --full: the batch shell too; the job may catch TERM and save its work
-                self.runtime.cluster.cancel(self.slurm_id, signal="TERM")
-                return
-            except ClusterError:
-                pass  # Slurm refuses a signal to a job that is not running (any more): cancel it
         self.runtime.cluster.cancel(self.slurm_id)
 
     def kill(self) -> None:
-        # scancel: SIGTERM, then the cluster's SIGKILL after its KillWait
         self._stopping = True
+        if self._last is not None and self._last.phase is ClusterPhase.RUNNING:
+            try:
+                self.runtime.cluster.cancel(self.slurm_id, signal="KILL")
+                return
+            except ClusterError:
+                pass  # Slurm refuses a signal to a job that is not running (any more): cancel it
         self.runtime.cluster.cancel(self.slurm_id)
 
     def release(self) -> None:
@@ -269,6 +271,9 @@ class SlurmRuntime(Runtime):
         self.command_template = settings.slurm_command
         self.spool = Spool(settings.shared_root)
         self.poller = ClusterPoller(self.cluster, settings.slurm_poll_interval)
+        # Runners read the poller's answer; looking twice per refresh keeps the delay under one interval
+        # without waking hundreds of runner threads for nothing.
+        self.poll_seconds = settings.slurm_poll_interval / 2
         # Copies jobs/<id>/ to and from a cluster that does not see the share (slurm_remote_root); else None.
         self.sync = make_sync(settings, self.cluster)
         self._cluster_name: str | None = None
@@ -380,8 +385,11 @@ class SlurmRuntime(Runtime):
             candidates = sorted((job.slurm_id for job in by_name.get(key, ())), key=_id_order)
             slurm_id = recorded or (candidates[0] if candidates else "")
             if slurm_id:
-                adopted[key] = SlurmExecution(self, slurm_id, slurm_job_name(*key),
-                                              record.get("time_limit_seconds"))
+                execution = SlurmExecution(self, slurm_id, slurm_job_name(*key), record.get("time_limit_seconds"))
+                # Only a job still held needs begin() to release it (one the cluster no longer lists may be
+                # purged: releasing it would only fail).
+                execution.released = not (slurm_id in found and found[slurm_id].reason.startswith("JobHeld"))
+                adopted[key] = execution
             for other in candidates:
                 if other != slurm_id:
                     self._cancel_stale(other, "a second job of one attempt")
