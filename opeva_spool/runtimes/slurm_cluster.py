@@ -25,6 +25,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -396,6 +397,7 @@ class SshCluster(Cluster):
         self.slurm_conf = slurm_conf
         # Private (0700): whoever can reach the control socket can run commands as us on the login node.
         self.control_dir = tempfile.mkdtemp(prefix="opeva-ssh-")
+        self._finalizer = weakref.finalize(self, _end_connection, self.ssh_command(), destination, self.control_dir)
 
     def ssh_command(self) -> list[str]:
         """ssh with the shared connection's options, without destination or command (also rsync's ``-e``)."""
@@ -427,13 +429,21 @@ class SshCluster(Cluster):
         return done
 
     def close(self) -> None:
-        """End the shared connection and remove its directory; the cluster is not used after this."""
-        try:
-            subprocess.run([*self.ssh_command(), "-O", "exit", self.destination], capture_output=True,
-                           stdin=subprocess.DEVNULL, timeout=self.timeout)
-        except (OSError, subprocess.TimeoutExpired):
-            pass  # no master (never connected, or it persisted past its time): nothing to end
-        shutil.rmtree(self.control_dir, ignore_errors=True)
+        """End the shared connection and remove its directory; the cluster is not used after this.
+
+        Also done when the cluster is garbage-collected or the process exits (an agent stopped by
+        SIGTERM), so no master connection or directory outlives its agent for long.
+        """
+        self._finalizer()
+
+def _end_connection(ssh_command: list[str], destination: str, control_dir: str) -> None:
+    """Ask the master connection to exit and remove its directory (never raises: it runs at exit too)."""
+    try:
+        subprocess.run([*ssh_command, "-O", "exit", destination], capture_output=True, stdin=subprocess.DEVNULL,
+                       timeout=COMMAND_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        pass  # no master (never connected, or it persisted past its time): nothing to end
+    shutil.rmtree(control_dir, ignore_errors=True)
 
 
 def make_cluster(settings: Settings) -> Cluster:
