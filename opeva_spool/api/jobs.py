@@ -51,7 +51,9 @@ def install(app, ctx):
     @describe("A job's state, host and attempt (with its queue place while queued)", statuses=(400, 404),
               reply=obj({"job_id": STRING, "status": STATE, "host": nullable("string"), "target_host": STRING,
                          "attempt": INTEGER, "priority": INTEGER, "queue_position": nullable("integer"),
-                         "waiting_reason": nullable("string"), "waiting_for": array()}, ["job_id", "status"]))
+                         "waiting_reason": nullable("string"), "waiting_for": array(),
+                         "queued_at_cluster": obj({"reason": nullable("string"), "position": nullable("integer")})},
+                        ["job_id", "status"]))
     def status(job_id):
         return service.status(job_id)
 

@@ -44,6 +44,9 @@ JOB_NAME_PREFIX = "opeva-"
 # controller restarts, a job may be briefly absent from every answer.
 MISSES_BEFORE_LOST = 5
 LOST_EXIT_CODE = 255  # the conventional "status unknown", as the Docker runtime's vanished container
+# A pending job's queue position is rewritten into its record at most this often: every start at the cluster
+# moves every pending job up by one, and each record write is an fsync.
+POSITION_REFRESH = 10.0
 CONTAINER_ROOT = "/data"  # where a container job sees the share, as under Docker
 SCRIPT_DIR = "slurm"  # jobs/<id>/slurm/attempt-<n>.sh: a copy of what was submitted, for the user to read
 
@@ -164,6 +167,7 @@ class SlurmExecution(Execution):
         self._stopping = False
         self._last: ClusterJob | None = None
         self._code: int | None = None
+        self._position: tuple[int | None, float] = (None, -math.inf)  # (as last reported, when it was taken)
         runtime.poller.watch(slurm_id)
 
     def describe(self) -> dict:
@@ -191,10 +195,10 @@ class SlurmExecution(Execution):
             return self._code
         self._last = job
         if job.phase.ended:
+            self.runtime.pull(self.job_id, final=True)  # before the ending is recorded: its log and results are back
             self._code = self._exit_code(job)
-            self.runtime.pull(self.job_id)
         elif job.phase is ClusterPhase.RUNNING:
-            self.runtime.pull(self.job_id, throttled=True)
+            self.runtime.pull(self.job_id)
         return self._code
 
     @staticmethod
@@ -225,7 +229,11 @@ class SlurmExecution(Execution):
             return {}
         facts = {"cluster_state": job.state, "cluster_reason": job.reason or None}
         if job.phase is ClusterPhase.PENDING:
-            facts["cluster_position"] = job.position
+            position, taken = self._position
+            if job.position != position and (position is None or time.monotonic() - taken >= POSITION_REFRESH):
+                position = job.position
+                self._position = (position, time.monotonic())
+            facts["cluster_position"] = position
         return facts
 
     def signal_stop(self) -> None:
@@ -304,13 +312,14 @@ class SlurmRuntime(Runtime):
         """A path under the shared root as the cluster's nodes see it."""
         return os.path.join(self.cluster_root, os.path.relpath(path, self.settings.shared_root))
 
-    def pull(self, job_id: str, throttled: bool = False) -> None:
-        """Bring jobs/<id>/ back from a cluster that does not see the share (nothing to do for one that does)."""
+    def pull(self, job_id: str, *, final: bool = False) -> None:
+        """Bring jobs/<id>/ back from a cluster that does not see the share (nothing to do for one that does):
+        on each look while the job runs (the sync throttles those) and once when it has ended (``final``)."""
         if self.sync is not None and job_id:
             try:
-                self.sync.pull(job_id, final=not throttled)
-            except ClusterError as exc:  # the job is unaffected; a later copy (or the final one) brings it all
-                log.warning("cannot copy job %s back from the cluster: %s", job_id, exc.detail)
+                self.sync.pull(job_id, final=final)
+            except (OSError, RuntimeFailure) as exc:  # a missed copy must not end the attempt: the next look retries
+                log.warning("cannot bring back jobs/%s from the cluster: %s", job_id, exc)
 
     def engines(self) -> frozenset[str] | None:
         """The container tools the cluster has, asked once; None while it cannot be asked."""
