@@ -260,7 +260,8 @@ def test_a_job_on_a_cluster_reached_over_ssh_finishes_with_its_log(ssh_hpc, logi
 def test_a_job_on_a_cluster_without_the_share_gets_its_config_and_its_outputs_come_back(ssh_hpc, tmp_path):
     remote = tmp_path / "cluster-scratch"
     remote.mkdir()
-    hpc = ssh_hpc(slurm_remote_root=str(remote), slurm_sync_interval=0.5)
+    # A copy back at the first look only, then none until the end: the final copy must not be throttled.
+    hpc = ssh_hpc(slurm_remote_root=str(remote), slurm_sync_interval=3600)
     job_id = hpc.submit(["sh", "-c", 'echo "root $OPEVA_BASE_DIR"; cat "$OPEVA_CONFIG_PATH"; sleep 2; '
                          'echo \'{"progress": 100}\' > "$OPEVA_BASE_DIR/jobs/$OPEVA_JOB_ID/progress.json"; '
                          'mkdir -p results && echo 42 > results/answer.txt'],
