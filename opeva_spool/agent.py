@@ -29,6 +29,8 @@ from .watching import DirectoryWatcher
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2  # how often a runner checks its execution and stop requests
+# A runner of a detached runtime (Slurm) looks only when the agent's watch wakes it, and at least this often.
+DETACHED_LOOK_SECONDS = 30.0
 
 
 class HostPresence:
@@ -165,6 +167,7 @@ class Runner(threading.Thread):
         self.agent, self.entry, self.spec, self.gpus = agent, entry, spec, gpus
         self.execution = execution  # given when re-attached after an agent restart
         self.stop_event = threading.Event()
+        self.wake = threading.Event()  # set by the agent's watch (detached runtimes): look now
         self.lease_epoch = agent.heartbeat.lapses  # a lapse after this may have killed the job (guard)
         self.progress = ProgressRecorder(agent.spool.folder(entry.job_id))
         self.recorded_facts = {}  # the execution's facts() last written into the attempt record
@@ -244,7 +247,22 @@ class Runner(threading.Thread):
                 self._note_if_current(folder, f"{reason}: stopped with SIGTERM (SIGKILL after {grace:g}s), "
                                               f"exit code {code}")
                 return self._after_stop(reason, code)
-            self.stop_event.wait(agent.runtime.poll_seconds or POLL_SECONDS)
+            self._idle()
+
+    def _idle(self):
+        if not self.agent.runtime.detached:
+            self.stop_event.wait(self.agent.runtime.poll_seconds or POLL_SECONDS)
+            return
+        # Race: a wake set during the look above is kept (wait returns at once); one set after the clear is
+        # seen by the next look, which follows immediately.
+        self.wake.wait(DETACHED_LOOK_SECONDS)
+        self.wake.clear()
+
+    def needs_look(self, stop_requested: set[str], owned: set[str]) -> bool:
+        """Whether something may have changed for this attempt (the agent's watch asks, for detached runtimes)."""
+        entry, execution = self.entry, self.execution
+        return (execution is None or entry.job_id in stop_requested or entry.name not in owned
+                or self.agent.stopping.is_set() or execution.changed())
 
     def _failed(self, folder, code):
         """The job exited non-zero on its own: retry it if its spec asks and retries are left, else end it failed."""
@@ -352,6 +370,8 @@ class Agent:
         self.watcher.watch(self.spool.queued_dir, self._on_queue_event)
         self.watcher.start()
         self._thread(self._claim_loop)
+        if self.runtime.detached:
+            self._thread(self._watch_loop)
         return self
 
     def _thread(self, target):
@@ -370,6 +390,7 @@ class Agent:
         self.watcher.stop()
         for runner in self.runners():
             runner.stop_event.set()
+            runner.wake.set()
         for thread in self._threads:
             thread.join(timeout)
         for runner in self.runners():
@@ -416,6 +437,26 @@ class Agent:
     def _beat_loop(self):
         # A renewed lease after a lapse: the stopped jobs went back to the queue, look at it at once.
         self.heartbeat.run(self.stopping, on_lapse_renewed=self.wake.set)
+
+    def _watch_loop(self):
+        """Detached runtimes (Slurm): one look for all runners per tick, so an agent with hundreds of jobs at a
+        cluster wakes only the runners whose job changed, was asked to stop, or left this host's running/: one
+        listing of requests/ and one of running/<host> instead of two stats per runner (runtimes/slurm.py's
+        poller makes the cluster's side one squeue)."""
+        while not self.stopping.wait(self.runtime.poll_seconds or POLL_SECONDS):
+            runners = self.runners()
+            if not runners:
+                continue
+            try:
+                stop_requested = {name.removesuffix(".stop") for name in fsio.listdir(self.spool.requests_dir)
+                                  if name.endswith(".stop")}
+                owned = set(fsio.listdir(self.spool.running_dir(self.host)))
+            except OSError as exc:  # the share is unreachable: every runner looks for itself
+                log.warning("cannot list %s's stop requests and entries: %s", self.host, exc)
+                stop_requested, owned = {runner.entry.job_id for runner in runners}, set()
+            for runner in runners:
+                if runner.needs_look(stop_requested, owned):
+                    runner.wake.set()
 
     # ----- recovery -----------------------------------------------------------------------
 

@@ -83,6 +83,10 @@ class Execution(abc.ABC):
         the runner writes them when they change."""
         return {}
 
+    def changed(self) -> bool:
+        """Whether a look (poll, facts) may find something new; a detached runtime's runners look only then."""
+        return True
+
     def outcome(self) -> tuple[JobState, EndReason, str] | None:
         """(state, reason, error) once it ended, when the runtime knows more than the exit code (a cluster's
         TIMEOUT, a cancel by its operator); None: judge by the exit code."""

@@ -183,6 +183,13 @@ class SlurmExecution(Execution):
         except ClusterError as exc:  # held until a later poll manages to release it
             log.warning("cannot release Slurm job %s yet: %s", self.slurm_id, exc.detail)
 
+    def changed(self) -> bool:
+        # Running at the cluster: every look (its progress is sampled, its output pulled); else only on news.
+        if self._code is not None or not self.released:
+            return True
+        job, _ = self.runtime.poller.job(self.slurm_id)
+        return job is None or job != self._last or job.phase is ClusterPhase.RUNNING
+
     def poll(self) -> int | None:
         if self._code is not None:
             return self._code
