@@ -564,7 +564,7 @@ class Agent:
     def config_path_for(self, spec: JobSpec) -> str:
         """The job's config as the runtime sees it: its snapshot in the job folder ("" for a job without one)."""
         relpath = config_relpath(self.spool, spec)
-        return f"{self.runtime.job_root}/{relpath}" if relpath else ""
+        return f"{self.runtime.job_root_for(spec.image)}/{relpath}" if relpath else ""
 
     def launch_for(self, entry: Entry, spec: JobSpec, log_path: str, gpus: tuple[str, ...]) -> Launch:
         """Everything the runtime needs to start this attempt; RuntimeFailure if its command cannot be made."""
@@ -572,7 +572,7 @@ class Agent:
         command = spec.command
         if command is None:
             command = self.runtime.default_command(spec.job_id, config_path, spec.config_file)
-        env = launch_env(self.runtime.job_root, self.host, entry, spec, config_path)
+        env = launch_env(self.runtime.job_root_for(spec.image), self.host, entry, spec, config_path)
         return Launch(job_id=spec.job_id, attempt=entry.attempt, host=self.host, command=command, env=env,
                       log_path=log_path, image=spec.image, gpus=gpus, lease=self.lease(), resources=spec.resources)
 

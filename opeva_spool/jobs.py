@@ -33,6 +33,9 @@ IMAGE_REFERENCE = re.compile(
     r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?",
     re.ASCII,
 )
+# An image file or folder on an HPC cluster (the slurm runtime: Charliecloud, Apptainer): an absolute path
+# of plain names, none of them "." or "..".
+IMAGE_PATH = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._+-]+)+/?", re.ASCII)
 # What a job may ask a batch scheduler for (the slurm runtime's sbatch options); other runtimes ignore it.
 RESOURCE_KEYS = ("cpus", "mem", "time")
 MAX_RESOURCE_CPUS = 100_000
@@ -173,9 +176,11 @@ def _gpus(value):
 def _image(value):
     if value is None or value == "":
         return ""
-    if not isinstance(value, str) or len(value) > 256 or not IMAGE_REFERENCE.fullmatch(value):
+    if not isinstance(value, str) or len(value) > 256 or not (IMAGE_REFERENCE.fullmatch(value)
+                                                              or IMAGE_PATH.fullmatch(value)):
         raise BadRequest("'image' must be a Docker image reference such as 'python:3.11-slim' or "
-                         "'registry:5000/org/name:tag' (lowercase name, at most 256 characters)", field="image")
+                         "'registry:5000/org/name:tag' (lowercase name, at most 256 characters), or on a Slurm "
+                         "host an image's absolute path on the cluster", field="image")
     return value
 
 

@@ -37,6 +37,7 @@ DEFAULT_MAX_STREAMS = 256
 DEFAULT_MAX_STREAMS_PER_CLIENT = 32
 DEFAULT_GPU_RESERVE_AFTER = 60.0
 DEFAULT_SLURM_POLL_INTERVAL = 2.0  # one squeue per agent this often, whatever the number of jobs
+DEFAULT_SLURM_SYNC_INTERVAL = 10.0  # seconds between two copies of a running Slurm job's folder back (SSH mode)
 DEFAULT_RETRY_BACKOFF = 10.0
 DEFAULT_RETRY_BACKOFF_MAX = 600.0
 RUNTIMES = ("process", "docker", "slurm")
@@ -95,6 +96,10 @@ class Settings:
     slurm_cpus: int = 0
     slurm_mem: str = ""
     slurm_poll_interval: float = DEFAULT_SLURM_POLL_INTERVAL
+    slurm_ssh: str = ""
+    slurm_ssh_config: str = ""
+    slurm_remote_root: str = ""
+    slurm_sync_interval: float = DEFAULT_SLURM_SYNC_INTERVAL
     # --- site data ---
     mongo_uri: str = ""
     mongo_timeout_ms: int = DEFAULT_MONGO_TIMEOUT_MS
@@ -146,8 +151,8 @@ DESCRIPTIONS = {
     "docker_env": "Extra environment for every container (YAML mapping).",
     "job_user": "`uid:gid` that job containers run as, so the service can read what they write on the share; "
                 "empty: the agent's own uid:gid.",
-    "slurm_conf": "The cluster's slurm.conf for the `slurm` runtime's commands (SLURM_CONF); empty: the clients' "
-                  "default.",
+    "slurm_conf": "The cluster's slurm.conf for the `slurm` runtime's commands (SLURM_CONF; over SSH a path on the "
+                  "login node); empty: the clients' default.",
     "slurm_command": "Command template for `slurm` jobs that name no command (the fields of `process_command`).",
     "slurm_partition": "`sbatch --partition` of every `slurm` job; empty: the cluster's default partition.",
     "slurm_account": "`sbatch --account`; empty: the user's default account.",
@@ -157,6 +162,15 @@ DESCRIPTIONS = {
     "slurm_cpus": "`sbatch --cpus-per-task` unless the job's `resources.cpus` says; 0: Slurm's default (1).",
     "slurm_mem": "`sbatch --mem` (`4G`, `500M`) unless the job's `resources.mem` says; empty: the cluster's default.",
     "slurm_poll_interval": "Seconds between the `slurm` agent's squeue calls (one call for all its jobs).",
+    "slurm_ssh": "`user@login-node`: drive the cluster over SSH (one shared connection, BatchMode); empty: "
+                 "Slurm's clients on this machine.",
+    "slurm_ssh_config": "An ssh_config file for that connection (port, identity, jump host) instead of "
+                        "~/.ssh/config.",
+    "slurm_remote_root": "The share's path on the cluster when it does not mount the share: job folders are "
+                         "copied there (rsync over the SSH connection) and back; empty: the cluster sees "
+                         "`shared_root`.",
+    "slurm_sync_interval": "Seconds between two copies of a running job's folder back from the cluster "
+                           "(with `slurm_remote_root`).",
     "mongo_uri": "MongoDB URI for site data; empty disables the site endpoints (503).",
     "mongo_timeout_ms": "Server-selection and socket timeout for MongoDB, in milliseconds.",
     "webhook_url": "When set, a JSON POST to this http(s) URL each time a job ends (docs/events.md); empty: off.",

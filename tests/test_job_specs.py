@@ -27,9 +27,12 @@ def test_a_config_naming_no_experiment_gets_the_id_as_its_name(client):
 
 GOOD_IMAGES = ["localhost/busybox:test", "ghcr.io/org/x:1.2", "python:3.11-slim", "busybox",
                "registry.example.com:5000/team/sub/image_name:v1.0-rc1", "library/ubuntu",
-               "name@sha256:" + "a" * 64, "ghcr.io/org/x:1.2@sha256:" + "0f" * 32]
+               "name@sha256:" + "a" * 64, "ghcr.io/org/x:1.2@sha256:" + "0f" * 32,
+               "/scratch/images/Sim_2.sif", "/scratch/images/sim/"]  # paths on a Slurm cluster
 BAD_IMAGES = ["busy\x00box", "busybox ", "bad image", "../x", "x/../y", "a/./b", "Busybox", "org/Name", "-x", "x:",
-              "x@sha256:short", "x:" + "t" * 200, "/abs", "x//y", 12, ["x"]]
+              "x@sha256:short", "x:" + "t" * 200, "x//y", 12, ["x"],
+              # an image's path on a Slurm cluster is absolute and of plain names
+              "/a/../b", "/a/./b", "/..", "//x", "/a b", "/a\nb", "/" + "a" * 256]
 
 
 def test_valid_image_references_are_accepted(client):

@@ -136,6 +136,11 @@ class Runtime(abc.ABC):
     def start(self, launch: Launch) -> Execution:
         """Start one attempt; returns an Execution. Raises RuntimeFailure if it cannot start."""
 
+    def job_root_for(self, image: str) -> str:
+        """Where the shared root appears to a job with this image ("" for none); ``job_root`` unless a
+        runtime runs some jobs in a container and others not (slurm)."""
+        return self.job_root
+
     def template_fields(self, job_id: str, config_path: str, config_file: str) -> dict[str, str]:
         """The names a command template may use; a runtime adds its own."""
         return {"job_id": job_id, "config_path": config_path, "config_file": config_file}

@@ -33,8 +33,9 @@ from ..settings import Settings
 from ..spool import Spool
 from ..states import EndReason, JobState
 from .base import Execution, Launch, Runtime
-from .slurm_cluster import Cluster, ClusterError, ClusterJob, ClusterPhase, LocalCluster
-from .slurm_containers import container_argv
+from .slurm_cluster import Cluster, ClusterError, ClusterJob, ClusterPhase, make_cluster
+from .slurm_containers import container_argv, probe_engines
+from .slurm_sync import make_sync
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ LOST_EXIT_CODE = 255  # the conventional "status unknown", as the Docker runtime
 # A pending job's queue position is rewritten into its record at most this often: every start at the cluster
 # moves every pending job up by one, and each record write is an fsync.
 POSITION_REFRESH = 10.0
+CONTAINER_ROOT = "/data"  # where a container job sees the share, as under Docker
 SCRIPT_DIR = "slurm"  # jobs/<id>/slurm/attempt-<n>.sh: a copy of what was submitted, for the user to read
 
 
@@ -200,7 +202,7 @@ class SlurmExecution(Execution):
             return self._code
         self._last = job
         if job.phase.ended:
-            self.runtime.pull(self.job_id)  # before the ending is recorded: its log and results are back
+            self.runtime.pull(self.job_id, final=True)  # before the ending is recorded: its log and results are back
             self._code = self._exit_code(job)
         elif job.phase is ClusterPhase.RUNNING:
             self.runtime.pull(self.job_id)
@@ -276,9 +278,10 @@ class SlurmRuntime(Runtime):
 
     def __init__(self, settings: Settings, cluster: Cluster | None = None) -> None:
         self.settings = settings
-        self.cluster = cluster or LocalCluster(settings.slurm_conf)
-        # Where the cluster's nodes see the shared root; the job sees it there too (no container).
-        self.cluster_root = settings.shared_root
+        self.cluster = cluster or make_cluster(settings)
+        # Where the cluster's nodes see the shared root (its own copy with slurm_remote_root); a job without
+        # an image sees it there too, a container job at CONTAINER_ROOT.
+        self.cluster_root = settings.slurm_remote_root or settings.shared_root
         self.job_root = self.cluster_root
         self.command_template = settings.slurm_command
         self.spool = Spool(settings.shared_root)
@@ -286,9 +289,13 @@ class SlurmRuntime(Runtime):
         # Runners read the poller's answer; looking twice per refresh keeps the delay under one interval
         # without waking hundreds of runner threads for nothing.
         self.poll_seconds = settings.slurm_poll_interval / 2
-        # Copies jobs/<id>/ to and from a cluster that does not see the share (runtimes/slurm_sync.py); None here.
-        self.sync = None
+        # Copies jobs/<id>/ to and from a cluster that does not see the share (slurm_remote_root); else None.
+        self.sync = make_sync(settings, self.cluster)
         self._cluster_name: str | None = None
+        self._engines: frozenset[str] | None = None  # the cluster's container tools, asked at the first image job
+
+    def job_root_for(self, image: str) -> str:
+        return CONTAINER_ROOT if image else self.job_root
 
     def template_fields(self, job_id: str, config_path: str, config_file: str) -> dict[str, str]:
         return {**super().template_fields(job_id, config_path, config_file), "python": sys.executable}
@@ -312,14 +319,23 @@ class SlurmRuntime(Runtime):
         """A path under the shared root as the cluster's nodes see it."""
         return os.path.join(self.cluster_root, os.path.relpath(path, self.settings.shared_root))
 
-    def pull(self, job_id: str) -> None:
+    def pull(self, job_id: str, *, final: bool = False) -> None:
         """Bring jobs/<id>/ back from a cluster that does not see the share (nothing to do for one that does):
-        on each look while the job runs (the sync throttles those) and once when it has ended."""
+        on each look while the job runs (the sync throttles those) and once when it has ended (``final``)."""
         if self.sync is not None and job_id:
             try:
-                self.sync.pull(job_id)
+                self.sync.pull(job_id, final=final)
             except (OSError, RuntimeFailure) as exc:  # a missed copy must not end the attempt: the next look retries
                 log.warning("cannot bring back jobs/%s from the cluster: %s", job_id, exc)
+
+    def engines(self) -> frozenset[str] | None:
+        """The container tools the cluster has, asked once; None while it cannot be asked."""
+        if self._engines is None:
+            try:
+                self._engines = probe_engines(self.cluster)
+            except ClusterError as exc:
+                log.warning("cannot ask the cluster for its container tools: %s", exc.detail)
+        return self._engines
 
     def script_for(self, launch: Launch) -> str:
         folder = JobFolder.of_log(launch.log_path)
@@ -327,7 +343,7 @@ class SlurmRuntime(Runtime):
         if not argv:
             raise RuntimeFailure(EndReason.BAD_COMMAND, "the job's command is empty")
         if launch.image:
-            argv = container_argv(launch.image, argv, self.cluster_root, self.job_root)
+            argv = container_argv(launch.image, argv, self.cluster_root, CONTAINER_ROOT, self.engines())
         return render_script(job_name=slurm_job_name(launch.job_id, launch.attempt),
                              log_path=self.on_cluster(launch.log_path), workdir=self.on_cluster(folder.path),
                              options=sbatch_options(self.settings, launch.resources, len(launch.gpus)),

@@ -2,8 +2,9 @@
 
 The ``slurm`` runtime (issue 11) drives a cluster through a ``Cluster``. Every Slurm command is
 one argv list run through ``Cluster.run``, the only place that knows *where* commands run:
-``LocalCluster`` runs them on this machine (a login node), and an ``SshCluster`` will run the
-same lists on a login node over SSH. Nothing else may start a process.
+``LocalCluster`` runs them on this machine (a login node), and ``SshCluster`` runs the same
+lists on a login node over SSH; ``make_cluster`` picks one from the settings. Nothing else may
+start a Slurm command.
 
 Facts behind the choices (Debian's Slurm 22.05, measured; see docs/slurm-notes.md):
 - no pyslurm for 22.05 and no sacct without slurmdbd, so this parses the commands' text output;
@@ -21,13 +22,21 @@ import enum
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import tempfile
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ..exceptions import RuntimeFailure
+from ..settings import Settings
 from ..states import EndReason
 
+SSH_PERSIST = 60  # seconds the shared SSH connection outlives its last command (and an agent killed with -9)
+SSH_CONNECT_TIMEOUT = 10  # seconds for the TCP connection and handshake to a login node
+SSH_FAILED = 255  # ssh's own exit code: the connection failed, the remote command did not run
+COMMAND_NOT_FOUND = 127  # the remote shell's exit code for a program it cannot find
 COMMAND_TIMEOUT = 30.0  # seconds for one Slurm command; a client blocks this long when no controller answers
 FIELD_SEPARATOR = "|"  # between squeue -O fields; the job name comes last, so it may contain one
 SQUEUE_FIELDS = ("JobID", "State", "Reason", "exit_code", "Name")  # exit_code: a raw wait status
@@ -364,3 +373,81 @@ class LocalCluster(Cluster):
         except subprocess.TimeoutExpired:
             raise ClusterError(EndReason.ENGINE_UNAVAILABLE, argv,
                                f"no answer within {self.timeout:.0f} s: {shlex.join(argv)}") from None
+
+
+class SshCluster(Cluster):
+    """A cluster whose client commands run on a login node reached over SSH (``user@login-node``).
+
+    Each argv is quoted with shlex for the remote shell, the script travels on stdin. Commands
+    share one SSH connection (ControlMaster in a private directory, kept ``SSH_PERSIST`` seconds
+    after the last command), so a poll costs a channel on it, not a new handshake. BatchMode: no
+    password or host-key prompt can block the agent; keys and known_hosts must be set up before
+    (docs/deploy.md). ``ssh_config`` is an ssh_config file used instead of ~/.ssh/config (port,
+    identity, jump host); ``slurm_conf`` is the slurm.conf path *on the login node* (SLURM_CONF
+    there), empty: the login node's default.
+    """
+
+    def __init__(self, destination: str, *, ssh_config: str = "", slurm_conf: str = "",
+                 timeout: float = COMMAND_TIMEOUT) -> None:
+        super().__init__(timeout)
+        if not destination or destination.startswith("-"):  # never let a setting become an ssh option
+            raise ValueError(f"not an SSH destination: {destination!r}")
+        self.destination = destination
+        self.ssh_config = ssh_config
+        self.slurm_conf = slurm_conf
+        # Private (0700): whoever can reach the control socket can run commands as us on the login node.
+        self.control_dir = tempfile.mkdtemp(prefix="opeva-ssh-")
+        self._finalizer = weakref.finalize(self, _end_connection, self.ssh_command(), destination, self.control_dir)
+
+    def ssh_command(self) -> list[str]:
+        """ssh with the shared connection's options, without destination or command (also rsync's ``-e``)."""
+        config = ["-F", self.ssh_config] if self.ssh_config else []
+        return ["ssh", *config, "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT}",
+                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C",
+                "-o", f"ControlPersist={SSH_PERSIST}", "-o", "ServerAliveInterval=10"]
+
+    def remote_command(self, argv: Sequence[str]) -> str:
+        """argv as one line for the login node's shell."""
+        prefix = ["env", f"SLURM_CONF={self.slurm_conf}"] if self.slurm_conf else []
+        return shlex.join([*prefix, *argv])
+
+    def run(self, argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+        feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
+        ssh = [*self.ssh_command(), self.destination, "--", self.remote_command(argv)]
+        try:
+            done = subprocess.run(ssh, capture_output=True, text=True, timeout=self.timeout, **feed)
+        except FileNotFoundError:
+            raise ClusterError(EndReason.ENGINE_UNAVAILABLE, argv, "ssh is not installed on this machine") from None
+        except subprocess.TimeoutExpired:
+            raise ClusterError(EndReason.ENGINE_UNAVAILABLE, argv, f"no answer from {self.destination} within "
+                               f"{self.timeout:.0f} s: {shlex.join(argv)}") from None
+        if done.returncode == SSH_FAILED:  # ssh failed (unreachable, refused key): not Slurm's answer
+            raise ClusterError(EndReason.ENGINE_UNAVAILABLE, argv, f"ssh to {self.destination} failed: "
+                               f"{slurm_message(done.stderr)}")
+        if done.returncode == COMMAND_NOT_FOUND:
+            raise ClusterError(EndReason.ENGINE_UNAVAILABLE, argv, f"not installed on {self.destination}")
+        return done
+
+    def close(self) -> None:
+        """End the shared connection and remove its directory; the cluster is not used after this.
+
+        Also done when the cluster is garbage-collected or the process exits (an agent stopped by
+        SIGTERM), so no master connection or directory outlives its agent for long.
+        """
+        self._finalizer()
+
+def _end_connection(ssh_command: list[str], destination: str, control_dir: str) -> None:
+    """Ask the master connection to exit and remove its directory (never raises: it runs at exit too)."""
+    try:
+        subprocess.run([*ssh_command, "-O", "exit", destination], capture_output=True, stdin=subprocess.DEVNULL,
+                       timeout=COMMAND_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        pass  # no master (never connected, or it persisted past its time): nothing to end
+    shutil.rmtree(control_dir, ignore_errors=True)
+
+
+def make_cluster(settings: Settings) -> Cluster:
+    """The cluster an agent drives: over SSH when ``slurm_ssh`` names a login node, else this machine's clients."""
+    if settings.slurm_ssh:
+        return SshCluster(settings.slurm_ssh, ssh_config=settings.slurm_ssh_config, slurm_conf=settings.slurm_conf)
+    return LocalCluster(settings.slurm_conf)
