@@ -7,6 +7,10 @@ fed three ways, and none of them alone is trusted:
 - watchdog events from the spool directories (hints: inotify misses other NFS hosts);
 - ``sync()``, a periodic listing of the spool (the truth), and ``resolve()``, which
   re-finds a single job by stat when the index's idea of it turns out to be stale.
+  Ended entries are listed only when their done/<state>/ directory's mtime moved: what
+  can change often (queued/, waiting/, running/) is small, and done/ holds only recent jobs.
+Ended jobs older than ``archive_after_days`` are in the archive (archive.py): loaded from its
+month files as arrays, never listed, and made into an IndexedJob (``ArchivedJob``) only when read.
 Events and listings can be older than the server's own writes: a deleted job leaves a
 tombstone so that they cannot bring it back (``deleted``).
 The state rule itself (location + attempt record) is the spool's (``Spool.state_at``); a
@@ -17,13 +21,15 @@ file, only for jobs on a host.
 from __future__ import annotations
 
 import bisect
+import heapq
 import os
 import threading
 import time
 from collections.abc import Callable
 
+from . import archive, fsio
 from .spool import DONE, QUEUED, RUNNING, WAITING, Entry, JobStatus, Location
-from .states import JobState
+from .states import TERMINAL_STATES, JobState
 
 # Coarse buckets the index can tell from locations alone; "active" is everything in a running/.
 ACTIVE = "active"
@@ -36,10 +42,15 @@ STATUS_BUCKET = {
 # How long a deleted entry's tombstone is kept: far longer than any event delay (the polling observer's
 # poll, a second) or a listing of the spool takes.
 TOMBSTONE_SECONDS = 300.0
+# A directory's mtime is trusted to tell "nothing changed since the listing" only once it is this old when
+# listed: a change within the same timestamp tick (coarse on some NFS servers) would not move it.
+MTIME_SETTLE_NS = 2 * 10**9
+ENDED = frozenset(state.value for state in TERMINAL_STATES)
 
 
 class IndexedJob:
     __slots__ = ("entry", "generation", "location", "meta", "ran_on")
+    archived = False
 
     def __init__(self, entry, location, ran_on, generation):
         self.entry = entry
@@ -67,6 +78,20 @@ class IndexedJob:
         return self.ran_on or self.entry.target
 
 
+class ArchivedJob(IndexedJob):
+    """An archived job, made from its month's row when read (it never moves again)."""
+
+    __slots__ = ()
+    archived = True
+
+    @classmethod
+    def of(cls, month: archive.ArchiveMonth, row: int) -> ArchivedJob:
+        entry = month.entry(row)
+        job = cls(entry, Location(DONE, month.value("state", row)), month.value("host", row), 0)
+        job.meta = (month.value("submitted_by", row), month.searched[row])
+        return job
+
+
 class JobIndex:
     def __init__(self, spool):
         self.spool = spool
@@ -79,12 +104,46 @@ class JobIndex:
         self._buckets = {}  # bucket -> order keys, newest first
         self._generation = 0
         self._tombstones = {}  # (job_id, submit_ns) of deleted entries -> when, oldest first
+        self.archive = archive.ArchiveSet()
+        # Called with the ids of live jobs that moved into the archive (not a change of state: no event).
+        self.on_archived: Callable[[list[str]], None] = lambda job_ids: None
+        self._listed_at = {}  # done/<state>/ directory -> its mtime_ns when listed (see MTIME_SETTLE_NS)
 
     def __len__(self):
-        return len(self._jobs)
+        return len(self._jobs) + len(self.archive)
 
     def __contains__(self, job_id):
-        return job_id in self._jobs
+        return job_id in self._jobs or self.archive.find(job_id) is not None
+
+    # ----- the archive --------------------------------------------------------------------
+
+    def refresh_archive(self) -> None:
+        """Load the month files that changed (all of them at start-up), and drop the live jobs they now hold.
+
+        Race: the archiver (this server's, or ``opeva-spool archive`` beside it) removes an entry from
+        done/ only after its month file is renamed into place, and this server's archiver calls this
+        before removing: a job is never missing from both. Until the entry is gone, a listing or an
+        event may still place it: ``_place`` refuses an entry the archive holds, so it is one job.
+        """
+        changed = archive.changed_months(self.spool, self.archive.months)
+        if not changed:
+            return
+        with self._lock:
+            self.archive.replace(changed)
+            moved = [job for state in TERMINAL_STATES for key in self._buckets.get(state.value, [])
+                     if self.archive.holds((job := self._jobs[key[1]]).entry)]
+            for job in moved:
+                self._drop(job)
+        self.on_archived([job.entry.job_id for job in moved])
+
+    def _drop(self, job):
+        del self._jobs[job.entry.job_id]
+        self._unbucket(job)
+        _remove_sorted(self._order, job.order_key)
+
+    def _archived(self, job_id):
+        found = self.archive.find(job_id)
+        return ArchivedJob.of(*found) if found else None
 
     # ----- feeding ------------------------------------------------------------------------
 
@@ -100,6 +159,8 @@ class JobIndex:
             if (entry.job_id, entry.submit_ns) in self._tombstones:
                 return None  # late news of a deleted job (see deleted)
             job = self._jobs.get(entry.job_id)
+            if job is None and location.kind == DONE and self.archive.holds(entry):
+                return None  # an entry a crash (or a listing made before its removal) left beside its archive row
             if job is None:
                 job = IndexedJob(entry, location, None, self._generation)
                 self._jobs[entry.job_id] = job
@@ -128,10 +189,9 @@ class JobIndex:
 
     def forget(self, job_id: str) -> None:
         with self._lock:
-            job = self._jobs.pop(job_id, None)
+            job = self._jobs.get(job_id)
             if job is not None:
-                self._unbucket(job)
-                _remove_sorted(self._order, job.order_key)
+                self._drop(job)
                 self.on_change(job_id, None)
 
     def deleted(self, entry: Entry) -> None:
@@ -157,8 +217,13 @@ class JobIndex:
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
-            return None
+            return self._archived(job_id)
         location = self.spool.find(job.entry, hint=job.location)
+        if location is None and job.location.kind == DONE:
+            # Archived by another process (opeva-spool archive) since this index listed it?
+            self.refresh_archive()
+            if self.archive.holds(job.entry):
+                return self._archived(job_id)
         if location is None:
             # A requeue renames the entry to its next attempt in queued/.
             requeued = job.entry.next_attempt()
@@ -172,17 +237,29 @@ class JobIndex:
                 return self._jobs.get(job_id)
         return self.place(location, job.entry)
 
-    def sync(self, include_done: bool = True) -> None:
-        """Reconcile with a listing of the spool; done/ is large, so callers list it less often."""
+    def sync(self, include_done: bool = False) -> None:
+        """Reconcile with a listing of the spool: queued/, waiting/ and running/ each time, a done/<state>/ only
+        when its mtime moved (``include_done``: regardless), and month files that changed."""
+        self.refresh_archive()
         with self._lock:
             self._generation += 1
             started = self._generation
         seen = {}
-        for location, entry in self.spool.scan(include_done=include_done):
-            previous = seen.get(entry.job_id)
-            # An entry moving during the listing can be seen twice; the later attempt, then the later stage wins.
-            if previous is None or (entry.attempt, _stage(location)) >= (previous[1].attempt, _stage(previous[0])):
-                seen[entry.job_id] = (location, entry)
+        listed = set()
+        for location in self.spool.locations():
+            names = self._list(location, include_done)
+            if names is None:
+                continue
+            listed.add(location)
+            for name in names:
+                entry = Entry.parse(name)
+                if entry is None:
+                    continue
+                previous = seen.get(entry.job_id)
+                # An entry moving during the listing can be seen twice; the later attempt, then the later stage wins.
+                if previous is None or (entry.attempt, _stage(location)) >= (previous[1].attempt,
+                                                                             _stage(previous[0])):
+                    seen[entry.job_id] = (location, entry)
         for location, entry in seen.values():
             job = self._jobs.get(entry.job_id)
             if job is None or job.location != location or job.entry != entry:
@@ -190,11 +267,28 @@ class JobIndex:
         with self._lock:
             missing = [
                 job_id for job_id, job in self._jobs.items()
-                if job_id not in seen and job.generation < started
-                and (include_done or job.location.kind != DONE)
+                if job_id not in seen and job.generation < started and job.location in listed
             ]
         for job_id in missing:
             self.resolve(job_id)
+
+    def _list(self, location: Location, force: bool) -> list[str] | None:
+        """The names in ``location``'s directory; None for a done/ one whose mtime did not move since it was listed."""
+        directory = self.spool.location_dir(location)
+        if location.kind != DONE:
+            return fsio.listdir(directory)
+        try:
+            mtime_ns = os.stat(directory).st_mtime_ns
+        except OSError:
+            return []
+        if not force and self._listed_at.get(directory) == mtime_ns:
+            return None
+        names = fsio.listdir(directory)
+        if time.time_ns() - mtime_ns > MTIME_SETTLE_NS:
+            self._listed_at[directory] = mtime_ns
+        else:
+            self._listed_at.pop(directory, None)  # listed again next round
+        return names
 
     # ----- reading ------------------------------------------------------------------------
 
@@ -203,7 +297,7 @@ class JobIndex:
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
-            return None
+            return self._archived(job_id)
         if job.location.kind == DONE:
             return job  # entries in done/ only ever leave by a delete, which we do ourselves
         if self.spool.find(job.entry, hint=job.location) != job.location:
@@ -225,10 +319,12 @@ class JobIndex:
         return JobStatus(job.entry, job.location, self.state_of(job), self.host_of(job))
 
     def job_ids(self) -> set[str]:
+        """The ids of the live jobs (not the archived ones: test those with ``in``)."""
         with self._lock:
             return set(self._jobs)
 
     def jobs(self) -> list[IndexedJob]:
+        """The live jobs: queued, waiting, on a host, or ended within ``archive_after_days``."""
         with self._lock:
             return list(self._jobs.values())
 
@@ -243,18 +339,27 @@ class JobIndex:
         The filters run outside the lock on a copy of the keys: they may read files (attempt
         records, entries for ``match``), and the index must keep taking events meanwhile.
         """
+        exact = host is None and match is None and status not in (JobState.DISPATCHED, JobState.RUNNING)
+        archived_states = None if status is None else frozenset({status.value} & ENDED)
         with self._lock:
             keys = self._order if status is None else self._buckets.get(STATUS_BUCKET.get(status, status.value), [])
             start = bisect.bisect_right(keys, after) if after is not None else 0
-            start += offset
-            exact = host is None and match is None and status not in (JobState.DISPATCHED, JobState.RUNNING)
-            total = len(keys) if exact else None
-            keys = keys[start:] if not exact else keys[start:start + limit + 1]
+            total = len(keys) + self.archive.count(archived_states) if exact else None
+            # Exact: no filter drops a job, so no more than this many of the live ones can be used.
+            live = keys[start:start + offset + limit + 1] if exact else keys[start:]
+            months = self.archive  # replace() swaps its lists whole, so an iteration sees one version
+        rows = () if archived_states == frozenset() else months.rows_after(after, archived_states)
+        merged = heapq.merge(((key, None, 0) for key in live), rows, key=lambda item: item[0])
+        for _ in range(offset):
+            if next(merged, None) is None:
+                break
         jobs = []
-        position = 0
-        while position < len(keys) and len(jobs) < limit:
-            job = self._jobs.get(keys[position][1])
-            position += 1
+        last = None
+        for key, month, row in merged:
+            if len(jobs) >= limit:
+                return jobs, last, total  # there is more
+            last = key
+            job = self._jobs.get(key[1]) if month is None else ArchivedJob.of(month, row)
             if job is None:
                 continue  # deleted since the copy
             if host is not None and self.host_of(job) != host:
@@ -264,8 +369,7 @@ class JobIndex:
             if match is not None and not match(job):
                 continue
             jobs.append(job)
-        next_after = keys[position - 1] if position < len(keys) and jobs else None
-        return jobs, next_after, total
+        return jobs, None, total
 
     def active(self) -> list[IndexedJob]:
         """The jobs on a host (dispatched or running: which one is in each attempt record), newest first."""
@@ -274,7 +378,10 @@ class JobIndex:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            return {bucket: len(keys) for bucket, keys in self._buckets.items() if keys}
+            counts = {bucket: len(keys) for bucket, keys in self._buckets.items() if keys}
+            for state, count in self.archive.state_counts().items():
+                counts[state] = counts.get(state, 0) + count
+            return counts
 
 
 def _remove_sorted(keys, key):

@@ -43,8 +43,10 @@ from .workers import WorkerService
 
 log = logging.getLogger(__name__)
 
-# done/ can hold every job ever run; it is listed in full only every this many scans.
-FULL_SCAN_EVERY = 12
+# The archive pass (archive.py) runs at most this often, and archives at most ARCHIVE_BATCH jobs a round: a
+# backlog (the first pass over a big tree) is worked off a batch per maintenance round, not in one long round.
+ARCHIVE_EVERY_SECONDS = 3600.0
+ARCHIVE_BATCH = 50_000
 WAITRESS_THREADS = 8
 # Connections beyond the open streams (waitress's own default limit).
 ORDINARY_CONNECTIONS = 100
@@ -74,8 +76,8 @@ class Server:
         if rolled:
             log.warning("published %d jobs of sweeps interrupted by a crash", len(rolled))
         self.index = JobIndex(self.spool)
-        self.index.sync(include_done=True)
-        removed = self.spool.recover_orphans(self.index.job_ids())
+        self.index.sync(include_done=True)  # loads the archive's month files first
+        removed = self.spool.recover_orphans(self.index)
         if removed:
             log.warning("moved %d half-published job folders to the trash: %s", len(removed), removed[:10])
         self.fairshare = FairShare()
@@ -103,6 +105,8 @@ class Server:
         # Before anything else can change the index: what happened while the server was down comes first.
         self.transitions.reconcile()
         self.index.on_change = self._job_changed
+        self.index.on_archived = self.transitions.archived
+        self._archive_due = 0.0  # monotonic time of the next archive pass
         ctx = api_app.Context(settings, spool=self.spool, index=self.index, jobs=self.jobs, monitor=self.monitor,
                               sitedata=sitedata, datasets=datasets, events=self.events, metrics=self.metrics,
                               sweeps=self.sweeps, dependency_checks=dependency_checks(settings, sitedata),
@@ -175,12 +179,12 @@ class Server:
             for state in TERMINAL_DIRS:
                 self.watcher.watch(self.spool.done_path(state), self._on_entry_event)
 
-    def maintain_once(self, rounds=0):
+    def maintain_once(self):
         """One maintenance round. Each step runs on its own: one failing (a transient NFS error,
         or an item no step expected) is logged and the rest of the round still runs."""
         steps = (
             ("watch", self._watch_entry_dirs),
-            ("sync", lambda: self.index.sync(include_done=rounds % FULL_SCAN_EVERY == 0)),
+            ("sync", self.index.sync),
             ("observe hosts", self.monitor.observe),
             ("reclaim offline hosts", self.monitor.reclaim_offline),
             ("sweeps", self.sweeps.maintain),
@@ -191,12 +195,25 @@ class Server:
             ("stop requests", self._clear_answered_stop_requests),
             ("events", self.transitions.maintain),
             ("dependencies", self.dependencies.maintain),
+            ("archive", self._archive),
         )
         for name, step in steps:
             try:
                 step()
             except Exception:
                 log.exception("maintenance step %r failed; the round goes on", name)
+
+    def _archive(self):
+        """Archive and delete what is due (rate-limited: ARCHIVE_EVERY_SECONDS, sooner while a backlog remains)."""
+        settings = self.settings
+        if time.monotonic() < self._archive_due or not (settings.archive_after_days > 0
+                                                        or settings.delete_after_days > 0):
+            return
+        outcome = self.jobs.archiver.run(settings.archive_after_days, settings.delete_after_days, limit=ARCHIVE_BATCH)
+        if outcome.archived or outcome.deleted:
+            log.info("archived %d ended jobs, deleted %d past delete_after_days", len(outcome.archived),
+                     len(outcome.deleted))
+        self._archive_due = time.monotonic() + (0.0 if outcome.remaining else ARCHIVE_EVERY_SECONDS)
 
     def _set_aside_unreadable_entries(self):
         for entry in self.spool.reject_unreadable_queued():
@@ -215,17 +232,15 @@ class Server:
                 log.warning("stop request %s: %s", name, exc)
 
     def _maintain(self):
-        rounds = 1  # the constructor did the first full sync
         while not self.stopping.is_set():
             self.nudge.wait(self.settings.scan_interval)
             self.nudge.clear()
             if self.stopping.is_set():
                 return
             try:
-                self.maintain_once(rounds)
+                self.maintain_once()
             except Exception:  # maintenance must keep running through transient NFS errors
                 log.exception("maintenance round failed")
-            rounds += 1
 
     # ----- lifecycle ----------------------------------------------------------------------
 

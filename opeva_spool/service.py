@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from . import auth, crashpoints, dependencies, fsio, jobs, logs, names, progress
+from . import archive, auth, crashpoints, dependencies, fsio, jobs, logs, names, progress
 from .configs import ConfigStore, WriteMode
 from .exceptions import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from .fairshare import FairShare
@@ -59,6 +59,7 @@ class JobService:
         self.ledger = AttemptLedger(spool)  # queue wait and run time of each job, from its attempt records
         self.usage = Usage(index, self.ledger, lambda job: self.meta(job)[0])
         self.queue = None  # the server's queue.QueueView: /status of a queued job tells its place and why it waits
+        self.archiver = archive.Archiver(spool, index, settings.lock_dir)
 
     def known_hosts(self, target: str | None = None) -> tuple[str, ...]:
         """Configured hosts and those with a running/ on the share, listed at most every second
@@ -168,6 +169,9 @@ class JobService:
         now); ``overrides`` may change target_host and priority."""
         job = self.lookup(job_id)
         spec = self.spool.read_spec(job.location, job.entry)
+        if spec is None and self.index.archive.holds(job.entry):  # no entry left: its job_info.json holds the spec
+            info = fsio.read_json_object(self.spool.folder(job.entry.job_id).job_info)
+            spec = jobs.JobSpec.from_dict(info) if info and info.get("job_id") == job.entry.job_id else None
         if spec is None:
             raise Conflict(f"job {job_id} moved while being read; try again", job_id=job_id)
         unknown = set(overrides) - RESUBMIT_OVERRIDES
@@ -459,7 +463,12 @@ class JobService:
             if job.state.active and not force:
                 raise Conflict(f"job {job_id} is {job.state.value}; stop it first or delete with ?force=1",
                                status=job.state.value, job_id=job_id)
-            if self.spool.trash(self.spool.entry_path(job.location, job.entry)):
+            trashed = self.spool.trash(self.spool.entry_path(job.location, job.entry))
+            # An archived job has no entry (or one a crash left beside its row): its row is taken out of its
+            # month file, the commit point of its delete.
+            if self.index.archive.holds(job.entry):
+                trashed = self.archiver.delete_job(job.entry) or trashed
+            if trashed:
                 break
             job = self._refound(job)
         else:

@@ -1,0 +1,478 @@
+"""The archive: ended jobs past ``archive_after_days`` leave spool/done/ for one index file per month.
+
+    <root>/spool/archive/YYYY-MM.json   the ended jobs submitted in that month (UTC); their folders stay in jobs/
+
+A month file is one JSON object of columns (docs/spool.md, "Archive"): a row per job, sorted
+as /jobs lists (newest first), holding what /jobs, /status and job-info need without the
+entry: the entry's fields (so its name can be rebuilt), the state it ended in, the host it
+ran on, its submitter, name and config file. Strings that repeat (targets, states, hosts,
+submitters) are stored once per month in a table and referred to by number.
+
+Moving a job into the archive, crash-safe in the spool's usual way (``Archiver.archive``):
+1. the month file with the job added is written to a temp file, fsynced and renamed over the old
+   one (the commit point: from here the job is archived);
+2. the server's index takes the new month (``JobIndex.adopt_month``) before anything is removed;
+3. only then the job's entry in done/ is removed.
+A crash between 1 and 3 leaves the job in both places: every reader treats the archive row as the
+job and ignores the entry (``JobIndex._place``), and the next pass removes the leftover entry.
+
+In memory a month is a few arrays (``ArchiveMonth``), not an object per job: a million archived
+jobs cost ~150 MB, and an archived job is made into an ``IndexedJob`` only when it is read.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from array import array
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from . import crashpoints, fsio, locks
+from .jobs import ANY_HOST
+from .spool import DONE, TERMINAL_DIRS, Entry, Location, Spool
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_DIR = "archive"
+MONTH_SUFFIX = ".json"
+FORMAT = 1
+NS_PER_DAY = 86400 * 10**9
+# Plain columns (numbers and strings per row) and coded ones (a number per row into a per-month table).
+NUMBER_COLUMNS = ("submit_ns", "priority", "rank", "gpus", "attempt", "legacy")
+CODED_COLUMNS = ("target", "state", "host", "submitted_by")
+TEXT_COLUMNS = ("job_id", "job_name", "config_file")
+# An id is found through a sorted array of (hash bits | position): HASH_BITS of the id's hash, POSITION_BITS of
+# its row's position among all archived rows (2**28: 268M jobs). Equal hash bits are told apart by the id itself.
+POSITION_BITS = 28
+HASH_BITS = 63 - POSITION_BITS
+POSITION_MASK = (1 << POSITION_BITS) - 1
+
+
+def month_of(submit_ns: int) -> str:
+    return time.strftime("%Y-%m", time.gmtime(submit_ns / 1e9))
+
+
+def archive_dir(spool: Spool) -> str:
+    return os.path.join(spool.spool_dir, ARCHIVE_DIR)
+
+
+def month_path(spool: Spool, month: str) -> str:
+    return os.path.join(archive_dir(spool), month + MONTH_SUFFIX)
+
+
+def listed_months(spool: Spool) -> list[str]:
+    """The months with an index file, oldest first (temp files start with '.' and are not listed)."""
+    return sorted(name[: -len(MONTH_SUFFIX)] for name in fsio.listdir(archive_dir(spool))
+                  if name.endswith(MONTH_SUFFIX) and len(name) == len("YYYY-MM") + len(MONTH_SUFFIX))
+
+
+@dataclass
+class Row:
+    """One archived job as a month file holds it."""
+
+    entry: Entry
+    state: str
+    host: str
+    submitted_by: str = ""
+    job_name: str = ""
+    config_file: str = ""
+
+    @property
+    def order_key(self) -> tuple[int, str]:
+        return (-self.entry.submit_ns, self.entry.job_id)
+
+
+def row_for(spool: Spool, location: Location, entry: Entry) -> Row:
+    """What the archive keeps of a job ended at ``location``: read from its entry (its job_info.json if the
+    entry cannot be read) and, for an ``any`` job, the host from its attempt record."""
+    spec = spool.read_spec(location, entry)
+    info = spec.to_dict() if spec is not None else (fsio.read_json_object(spool.folder(entry.job_id).job_info) or {})
+    host = spool.host_at(location, entry) if entry.target == ANY_HOST else entry.target
+    return Row(entry, location.detail, host, str(info.get("submitted_by") or ""), str(info.get("job_name") or ""),
+               str(info.get("config_file") or ""))
+
+
+# ----- the month file ----------------------------------------------------------------------
+
+def encode_month(month: str, rows: list[Row]) -> bytes:
+    rows = sorted(rows, key=lambda row: row.order_key)
+    columns: dict[str, list] = {name: [] for name in NUMBER_COLUMNS + CODED_COLUMNS + TEXT_COLUMNS}
+    tables: dict[str, dict[str, int]] = {name: {} for name in CODED_COLUMNS}
+    for row in rows:
+        entry = row.entry
+        for name, value in (("submit_ns", entry.submit_ns), ("priority", entry.priority), ("rank", entry.rank),
+                            ("gpus", entry.gpus), ("attempt", entry.attempt), ("legacy", int(entry.legacy)),
+                            ("job_id", entry.job_id), ("job_name", row.job_name), ("config_file", row.config_file)):
+            columns[name].append(value)
+        for name, value in (("target", entry.target), ("state", row.state), ("host", row.host),
+                            ("submitted_by", row.submitted_by)):
+            columns[name].append(tables[name].setdefault(value, len(tables[name])))
+    doc = {"format": FORMAT, "month": month, "count": len(rows), "columns": columns,
+           "tables": {name: list(table) for name, table in tables.items()}}
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+
+def read_month_doc(path: str) -> dict | None:
+    """A month file's columns, or None if it is gone; a file that is not one raises ValueError."""
+    try:
+        with open(path, "rb") as handle:
+            doc = json.loads(handle.read())
+    except FileNotFoundError:
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an archive month file of format {FORMAT}")
+    return doc
+
+
+def rows_of(doc: dict | None) -> list[Row]:
+    """The rows of a month file's columns (for rewriting a month; reads go through ArchiveMonth)."""
+    if not doc:
+        return []
+    columns, tables = doc["columns"], doc["tables"]
+    rows = []
+    for i in range(doc["count"]):
+        target, state, host, submitter = (tables[name][columns[name][i]] for name in CODED_COLUMNS)
+        entry = Entry(columns["priority"][i], columns["submit_ns"][i], target, columns["attempt"][i],
+                      columns["job_id"][i], columns["rank"][i], columns["gpus"][i], bool(columns["legacy"][i]))
+        rows.append(Row(entry, state, host, submitter, columns["job_name"][i], columns["config_file"][i]))
+    return rows
+
+
+def write_month(spool: Spool, month: str, rows: list[Row]) -> None:
+    """Replace a month's file (temp, fsync, rename, fsync of the directory); an empty month's file is removed."""
+    path = month_path(spool, month)
+    if rows:
+        fsio.atomic_write_bytes(path, encode_month(month, rows))
+    else:
+        fsio.unlink_quietly(path)
+        fsio.fsync_dir(os.path.dirname(path))
+
+
+# ----- in memory -----------------------------------------------------------------------------
+
+class Strings:
+    """Many strings as one (joined by newlines, which no id or name holds) and their offsets: a str per job
+    costs ~50 bytes of overhead; this costs 4."""
+
+    __slots__ = ("_offsets", "_text")
+
+    def __init__(self, strings: list[str]):
+        self._text = "\n".join(strings)
+        self._offsets = array("I", [0])
+        position = 0
+        for value in strings:
+            position += len(value) + 1
+            self._offsets.append(position)
+
+    def __len__(self):
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return self._text[self._offsets[i]:self._offsets[i + 1] - 1]
+
+
+class ArchiveMonth:
+    """One month file in memory: columns as arrays, rows in /jobs order (newest first)."""
+
+    def __init__(self, month: str, doc: dict, stamp: tuple[int, int] | None = None):
+        columns, tables = doc["columns"], doc["tables"]
+        self.month = month
+        self.stamp = stamp  # the file's (mtime_ns, size) when read: a changed file is read again
+        self.count = doc["count"]
+        self.neg_ns = array("q", (-ns for ns in columns["submit_ns"]))  # ascending: /jobs order keys
+        self.priority = array("b", columns["priority"])
+        self.rank = array("q", columns["rank"])
+        self.gpus = array("B", columns["gpus"])
+        self.attempt = array("H", columns["attempt"])
+        self.legacy = array("B", columns["legacy"])
+        self.tables = {name: tables[name] for name in CODED_COLUMNS}
+        self.codes = {name: array("I", columns[name]) for name in CODED_COLUMNS}
+        self.ids = Strings(columns["job_id"])
+        # What the list's text filter searches, as JobService.meta builds it for a live job.
+        self.searched = Strings([f"{job_id} {name} {config}".lower() for job_id, name, config
+                                 in zip(columns["job_id"], columns["job_name"], columns["config_file"], strict=True)])
+        self.state_counts = Counter(self.tables["state"][code] for code in self.codes["state"])
+
+    def value(self, name: str, row: int) -> str:
+        return self.tables[name][self.codes[name][row]]
+
+    def entry(self, row: int) -> Entry:
+        return Entry(self.priority[row], -self.neg_ns[row], self.value("target", row), self.attempt[row],
+                     self.ids[row], self.rank[row], self.gpus[row], bool(self.legacy[row]))
+
+    def key(self, row: int) -> tuple[int, str]:
+        return (self.neg_ns[row], self.ids[row])
+
+    def row_of(self, entry: Entry) -> int | None:
+        """The row of ``entry``'s job (same id and submit time), or None."""
+        row = bisect.bisect_left(self.neg_ns, -entry.submit_ns)
+        while row < self.count and self.neg_ns[row] == -entry.submit_ns:
+            if self.ids[row] == entry.job_id:
+                return row
+            row += 1
+        return None
+
+    def first_after(self, after: tuple[int, str] | None) -> int:
+        """The first row whose order key is greater than ``after``."""
+        if after is None:
+            return 0
+        row = bisect.bisect_left(self.neg_ns, after[0])
+        while row < self.count and self.neg_ns[row] == after[0] and self.ids[row] <= after[1]:
+            row += 1
+        return row
+
+
+@dataclass
+class ArchiveSet:
+    """Every loaded month, and a sorted array to find a job by its id among all of them."""
+
+    months: dict[str, ArchiveMonth] = field(default_factory=dict)
+    _order: list[ArchiveMonth] = field(default_factory=list)  # newest first: /jobs order
+    _starts: list[int] = field(default_factory=list)  # the position of each month's first row, in _order's order
+    _by_hash: array = field(default_factory=lambda: array("q"))
+
+    def __len__(self):
+        return sum(month.count for month in self._order)
+
+    def replace(self, changed: dict[str, ArchiveMonth | None]) -> None:
+        """Swap in changed months (None: a month now empty) and rebuild the id lookup."""
+        for month, loaded in changed.items():
+            if loaded is None:
+                self.months.pop(month, None)
+            else:
+                self.months[month] = loaded
+        self._order = [self.months[month] for month in sorted(self.months, reverse=True)]
+        self._starts, keys, position = [], [], 0
+        for month in self._order:
+            self._starts.append(position)
+            ids = month.ids
+            keys.extend((hash(ids[row]) & ((1 << HASH_BITS) - 1)) << POSITION_BITS | (position + row)
+                        for row in range(month.count))
+            position += month.count
+        keys.sort()
+        self._by_hash = array("q", keys)
+
+    def find(self, job_id: str) -> tuple[ArchiveMonth, int] | None:
+        """(month, row) of an archived job, or None; one binary search in C and a string compare."""
+        bits = hash(job_id) & ((1 << HASH_BITS) - 1)
+        i = bisect.bisect_left(self._by_hash, bits << POSITION_BITS)
+        while i < len(self._by_hash) and self._by_hash[i] >> POSITION_BITS == bits:
+            position = self._by_hash[i] & POSITION_MASK
+            index = bisect.bisect_right(self._starts, position) - 1
+            month = self._order[index]
+            row = position - self._starts[index]
+            if month.ids[row] == job_id:
+                return month, row
+            i += 1
+        return None
+
+    def holds(self, entry: Entry) -> bool:
+        """Whether ``entry``'s job is archived (an entry left in done/ by a crash between the month file's rename
+        and the entry's removal: see the module's docstring)."""
+        month = self.months.get(month_of(entry.submit_ns))
+        return month is not None and month.row_of(entry) is not None
+
+    def rows_after(self, after: tuple[int, str] | None, states: frozenset[str] | None = None,
+                   ) -> Iterator[tuple[tuple[int, str], ArchiveMonth, int]]:
+        """(order key, month, row) of archived jobs in /jobs order after ``after``, of ``states`` only if given."""
+        for month in self._order:
+            if month.count == 0 or (after is not None and month.key(month.count - 1) <= after):
+                continue
+            wanted = None if states is None else {code for code, state in enumerate(month.tables["state"])
+                                                   if state in states}
+            if wanted is not None and not wanted:
+                continue
+            codes = month.codes["state"]
+            for row in range(month.first_after(after), month.count):
+                if wanted is None or codes[row] in wanted:
+                    yield month.key(row), month, row
+
+    def count(self, states: frozenset[str] | None = None) -> int:
+        if states is None:
+            return len(self)
+        return sum(month.state_counts[state] for month in self._order for state in states)
+
+    def state_counts(self) -> Counter:
+        total = Counter()
+        for month in self._order:
+            total.update(month.state_counts)
+        return total
+
+
+def load_month(spool: Spool, month: str) -> ArchiveMonth | None:
+    path = month_path(spool, month)
+    try:
+        before = os.stat(path)
+    except FileNotFoundError:
+        return None
+    doc = read_month_doc(path)
+    return ArchiveMonth(month, doc, (before.st_mtime_ns, before.st_size)) if doc else None
+
+
+def changed_months(spool: Spool, loaded: dict[str, ArchiveMonth]) -> dict[str, ArchiveMonth | None]:
+    """The months whose file differs from what is ``loaded`` (read anew; None: the file is gone)."""
+    changed: dict[str, ArchiveMonth | None] = {}
+    listed = listed_months(spool)
+    for month in listed:
+        try:
+            info = os.stat(month_path(spool, month))
+        except FileNotFoundError:
+            continue
+        current = loaded.get(month)
+        if current is None or current.stamp != (info.st_mtime_ns, info.st_size):
+            try:
+                changed[month] = load_month(spool, month)
+            except ValueError as exc:  # a damaged month file: say so and keep what was loaded
+                log.error("archive: %s", exc)
+    for month in set(loaded) - set(listed):
+        changed[month] = None
+    return changed
+
+
+# ----- archiving and deleting --------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """What a pass did (or, dry, would do)."""
+
+    archived: list[str] = field(default_factory=list)  # job ids moved into the archive
+    leftovers: int = 0  # entries in done/ of jobs already archived (a crash's), removed
+    deleted: list[str] = field(default_factory=list)  # job ids deleted (folder and archive row)
+    remaining: int = 0  # archivable entries left for the next pass (over the pass's limit)
+
+    def to_dict(self) -> dict:
+        return {"archived": len(self.archived), "leftovers_removed": self.leftovers,
+                "deleted": len(self.deleted), "deleted_jobs": self.deleted, "remaining": self.remaining}
+
+
+class Archiver:
+    """One pass of archiving and retention over a spool; the server's maintenance and ``opeva-spool archive``
+    run it. ``index`` (the server's JobIndex, or None in the CLI) takes each new month before entries go."""
+
+    def __init__(self, spool: Spool, index=None, lock_dir: str = ""):
+        self.spool = spool
+        self.index = index
+        self._lock_path = locks.local_lock_path(lock_dir, spool.root, "archive", "lock")
+        self._thread_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """One writer of month files at a time: a month is rewritten whole, and two rewrites at once would lose one's
+        rows. A local flock (flock is not shared over NFS): run ``opeva-spool archive`` on the server's machine."""
+        with self._thread_lock, open(self._lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def run(self, archive_after_days: float, delete_after_days: float = 0, now_ns: int | None = None,
+            dry_run: bool = False, limit: int | None = None) -> Outcome:
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        fsio.makedirs(archive_dir(self.spool))
+        days = [d for d in (archive_after_days, delete_after_days) if d and d > 0]
+        outcome = Outcome()
+        with self._writing():
+            self._run(days, delete_after_days, now_ns, dry_run, limit, outcome)
+        return outcome
+
+    def _run(self, days, delete_after_days, now_ns, dry_run, limit, outcome):
+        if days:
+            # A job is deleted only once archived: with delete_after_days the shorter, that is when it is archived.
+            self.archive(now_ns - int(min(days) * NS_PER_DAY), outcome, dry_run, limit)
+        if delete_after_days and delete_after_days > 0:
+            self.delete(now_ns - int(delete_after_days * NS_PER_DAY), outcome, dry_run)
+
+    def archive(self, cutoff_ns: int, outcome: Outcome, dry_run: bool = False, limit: int | None = None) -> None:
+        """Move the ended jobs submitted before ``cutoff_ns`` from done/ into their month files."""
+        due: dict[str, list[tuple[Location, Entry]]] = defaultdict(list)
+        for state in TERMINAL_DIRS:
+            location = Location(DONE, state)
+            for name in fsio.listdir(self.spool.done_path(state)):
+                entry = Entry.parse(name)
+                if entry is not None and entry.submit_ns < cutoff_ns:
+                    due[month_of(entry.submit_ns)].append((location, entry))
+        taken = 0
+        for month in sorted(due):
+            if limit is not None and taken >= limit:
+                outcome.remaining += len(due[month])
+                continue
+            placed = due[month]
+            if limit is not None and taken + len(placed) > limit:
+                outcome.remaining += taken + len(placed) - limit
+                placed = placed[: limit - taken]
+            taken += len(placed)
+            rows = {row.entry.job_id: row for row in rows_of(read_month_doc(month_path(self.spool, month)))}
+            leftovers = [(location, entry) for location, entry in placed
+                         if entry.job_id in rows and rows[entry.job_id].entry.submit_ns == entry.submit_ns]
+            new = [(location, entry) for location, entry in placed if (location, entry) not in leftovers]
+            outcome.archived.extend(entry.job_id for _, entry in new)
+            outcome.leftovers += len(leftovers)
+            if dry_run:
+                continue
+            for location, entry in new:
+                rows[entry.job_id] = row_for(self.spool, location, entry)
+            if new:
+                write_month(self.spool, month, list(rows.values()))  # the commit point
+                crashpoints.reach("archive.month_written")
+                if self.index is not None:
+                    self.index.refresh_archive()  # before any entry goes: see the module's docstring
+            for location, entry in placed:
+                fsio.unlink_quietly(self.spool.entry_path(location, entry))
+        if not dry_run and taken:
+            for state in TERMINAL_DIRS:
+                fsio.fsync_dir(self.spool.done_path(state))
+
+    def delete(self, cutoff_ns: int, outcome: Outcome, dry_run: bool = False) -> None:
+        """Delete the archived jobs submitted before ``cutoff_ns``: their rows (the commit point), then their folders.
+
+        A crash between the two leaves folders with no job, which the server's start-up moves to the trash
+        (``Spool.recover_orphans``), as after a crash in the middle of an API delete.
+        """
+        for month in listed_months(self.spool):
+            if month > month_of(cutoff_ns):
+                break
+            rows = rows_of(read_month_doc(month_path(self.spool, month)))
+            gone = [row for row in rows if row.entry.submit_ns < cutoff_ns]
+            if not gone:
+                continue
+            outcome.deleted.extend(row.entry.job_id for row in gone)
+            if dry_run:
+                continue
+            write_month(self.spool, month, [row for row in rows if row.entry.submit_ns >= cutoff_ns])
+            crashpoints.reach("archive.rows_deleted")
+            if self.index is not None:
+                self.index.refresh_archive()
+            for row in gone:
+                self.spool.trash(self.spool.folder(row.entry.job_id).path)
+        if not dry_run and outcome.deleted:
+            self.spool.empty_trash()
+
+    def delete_job(self, entry: Entry) -> bool:
+        """Take one archived job out of its month file (an API delete; the caller trashes its folder after, as
+        ``delete`` does); False if it was not there (another delete won)."""
+        month = month_of(entry.submit_ns)
+        with self._writing():
+            rows = rows_of(read_month_doc(month_path(self.spool, month)))
+            kept = [row for row in rows if (row.entry.job_id, row.entry.submit_ns) != (entry.job_id, entry.submit_ns)]
+            if len(kept) == len(rows):
+                return False
+            write_month(self.spool, month, kept)
+        if self.index is not None:
+            self.index.refresh_archive()
+        return True
+
+
+def archived_ids(spool: Spool) -> set[str]:
+    """Every archived job's id, read from the month files (for fsck, which looks at every job anyway)."""
+    ids = set()
+    for month in listed_months(spool):
+        doc = read_month_doc(month_path(spool, month))
+        if doc:
+            ids.update(doc["columns"]["job_id"])
+    return ids
