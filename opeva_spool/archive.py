@@ -230,26 +230,33 @@ class ArchiveMonth:
         return row
 
 
-@dataclass
 class ArchiveSet:
-    """Every loaded month, and a sorted array to find a job by its id among all of them."""
+    """Every loaded month, and a sorted array to find a job by its id among all of them. Never changed once made
+    (``with_changes`` makes the next one): readers use the one they took without a lock."""
 
-    months: dict[str, ArchiveMonth] = field(default_factory=dict)
-    _order: list[ArchiveMonth] = field(default_factory=list)  # newest first: /jobs order
-    _starts: list[int] = field(default_factory=list)  # the position of each month's first row, in _order's order
-    _by_hash: array = field(default_factory=lambda: array("q"))
+    def __init__(self, months: dict[str, ArchiveMonth] | None = None):
+        self.months = months or {}
+        self._order = [self.months[month] for month in sorted(self.months, reverse=True)]  # newest first
+        self._size = sum(month.count for month in self._order)
+        self._state_counts = Counter()
+        for month in self._order:
+            self._state_counts.update(month.state_counts)
+        self._index_ids()
 
     def __len__(self):
-        return sum(month.count for month in self._order)
+        return self._size
 
-    def replace(self, changed: dict[str, ArchiveMonth | None]) -> None:
-        """Swap in changed months (None: a month now empty) and rebuild the id lookup."""
+    def with_changes(self, changed: dict[str, ArchiveMonth | None]) -> ArchiveSet:
+        """A new set with the ``changed`` months (None: a month now empty) swapped in."""
+        months = dict(self.months)
         for month, loaded in changed.items():
             if loaded is None:
-                self.months.pop(month, None)
+                months.pop(month, None)
             else:
-                self.months[month] = loaded
-        self._order = [self.months[month] for month in sorted(self.months, reverse=True)]
+                months[month] = loaded
+        return ArchiveSet(months)
+
+    def _index_ids(self):
         self._starts, keys, position = [], [], 0
         for month in self._order:
             self._starts.append(position)
@@ -298,13 +305,10 @@ class ArchiveSet:
     def count(self, states: frozenset[str] | None = None) -> int:
         if states is None:
             return len(self)
-        return sum(month.state_counts[state] for month in self._order for state in states)
+        return sum(self._state_counts[state] for state in states)
 
     def state_counts(self) -> Counter:
-        total = Counter()
-        for month in self._order:
-            total.update(month.state_counts)
-        return total
+        return self._state_counts
 
 
 def load_month(spool: Spool, month: str) -> ArchiveMonth | None:
@@ -347,6 +351,7 @@ class Outcome:
     leftovers: int = 0  # entries in done/ of jobs already archived (a crash's), removed
     deleted: list[str] = field(default_factory=list)  # job ids deleted (folder and archive row)
     remaining: int = 0  # archivable entries left for the next pass (over the pass's limit)
+    would_archive: list[Entry] = field(default_factory=list)  # dry run: the entries archive() left in done/
 
     def to_dict(self) -> dict:
         return {"archived": len(self.archived), "leftovers_removed": self.leftovers,
@@ -367,6 +372,7 @@ class Archiver:
     def _writing(self):
         """One writer of month files at a time: a month is rewritten whole, and two rewrites at once would lose one's
         rows. A local flock (flock is not shared over NFS): run ``opeva-spool archive`` on the server's machine."""
+        fsio.makedirs(os.path.dirname(self._lock_path))
         with self._thread_lock, open(self._lock_path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
@@ -414,6 +420,7 @@ class Archiver:
             outcome.archived.extend(entry.job_id for _, entry in new)
             outcome.leftovers += len(leftovers)
             if dry_run:
+                outcome.would_archive.extend(entry for _, entry in new)
                 continue
             for location, entry in new:
                 rows[entry.job_id] = row_for(self.spool, location, entry)
@@ -434,6 +441,8 @@ class Archiver:
         A crash between the two leaves folders with no job, which the server's start-up moves to the trash
         (``Spool.recover_orphans``), as after a crash in the middle of an API delete.
         """
+        if dry_run:  # what this pass would have archived first
+            outcome.deleted.extend(entry.job_id for entry in outcome.would_archive if entry.submit_ns < cutoff_ns)
         for month in listed_months(self.spool):
             if month > month_of(cutoff_ns):
                 break

@@ -107,6 +107,7 @@ class JobIndex:
         self.archive = archive.ArchiveSet()
         # Called with the ids of live jobs that moved into the archive (not a change of state: no event).
         self.on_archived: Callable[[list[str]], None] = lambda job_ids: None
+        self._refreshing = threading.Lock()
         self._listed_at = {}  # done/<state>/ directory -> its mtime_ns when listed (see MTIME_SETTLE_NS)
 
     def __len__(self):
@@ -125,15 +126,17 @@ class JobIndex:
         before removing: a job is never missing from both. Until the entry is gone, a listing or an
         event may still place it: ``_place`` refuses an entry the archive holds, so it is one job.
         """
-        changed = archive.changed_months(self.spool, self.archive.months)
-        if not changed:
-            return
-        with self._lock:
-            self.archive.replace(changed)
-            moved = [job for state in TERMINAL_STATES for key in self._buckets.get(state.value, [])
-                     if self.archive.holds((job := self._jobs[key[1]]).entry)]
-            for job in moved:
-                self._drop(job)
+        with self._refreshing:  # one at a time: a slower refresh must not swap in an older set after a newer one
+            changed = archive.changed_months(self.spool, self.archive.months)
+            if not changed:
+                return
+            loaded = self.archive.with_changes(changed)  # outside the index's lock: seconds at a million jobs
+            with self._lock:
+                self.archive = loaded
+                moved = [job for state in TERMINAL_STATES for key in self._buckets.get(state.value, [])
+                         if loaded.holds((job := self._jobs[key[1]]).entry)]
+                for job in moved:
+                    self._drop(job)
         self.on_archived([job.entry.job_id for job in moved])
 
     def _drop(self, job):
