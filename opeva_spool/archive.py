@@ -30,10 +30,12 @@ import logging
 import os
 import threading
 import time
+import zlib
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from . import crashpoints, fsio, locks
 from .jobs import ANY_HOST
@@ -49,15 +51,19 @@ NS_PER_DAY = 86400 * 10**9
 NUMBER_COLUMNS = ("submit_ns", "priority", "rank", "gpus", "attempt", "legacy")
 CODED_COLUMNS = ("target", "state", "host", "submitted_by")
 TEXT_COLUMNS = ("job_id", "job_name", "config_file")
-# An id is found through a sorted array of (hash bits | position): HASH_BITS of the id's hash, POSITION_BITS of
-# its row's position among all archived rows (2**28: 268M jobs). Equal hash bits are told apart by the id itself.
-POSITION_BITS = 28
-HASH_BITS = 63 - POSITION_BITS
-POSITION_MASK = (1 << POSITION_BITS) - 1
+# A month finds a job by its id through "by_crc": (crc32 of the id << ROW_BITS | row), sorted; equal CRCs are
+# told apart by the id itself. Stored in the file, so that loading a month sorts nothing.
+ROW_BITS = 32
+ROW_MASK = (1 << ROW_BITS) - 1
 
 
 def month_of(submit_ns: int) -> str:
     return time.strftime("%Y-%m", time.gmtime(submit_ns / 1e9))
+
+
+def next_month(month: str) -> str:
+    year, number = map(int, month.split("-"))
+    return f"{year + number // 12:04d}-{number % 12 + 1:02d}"
 
 
 def archive_dir(spool: Spool) -> str:
@@ -115,9 +121,14 @@ def encode_month(month: str, rows: list[Row]) -> bytes:
         for name, value in (("target", entry.target), ("state", row.state), ("host", row.host),
                             ("submitted_by", row.submitted_by)):
             columns[name].append(tables[name].setdefault(value, len(tables[name])))
+    columns["by_crc"] = sorted(id_crc(job_id) << ROW_BITS | row for row, job_id in enumerate(columns["job_id"]))
     doc = {"format": FORMAT, "month": month, "count": len(rows), "columns": columns,
            "tables": {name: list(table) for name, table in tables.items()}}
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+
+def id_crc(job_id: str) -> int:
+    return zlib.crc32(job_id.encode())
 
 
 def read_month_doc(path: str) -> dict | None:
@@ -162,21 +173,29 @@ class Strings:
     """Many strings as one (joined by newlines, which no id or name holds) and their offsets: a str per job
     costs ~50 bytes of overhead; this costs 4."""
 
-    __slots__ = ("_offsets", "_text")
+    __slots__ = ("_ends", "text")
 
     def __init__(self, strings: list[str]):
-        self._text = "\n".join(strings)
-        self._offsets = array("I", [0])
-        position = 0
-        for value in strings:
-            position += len(value) + 1
-            self._offsets.append(position)
+        self.text = "\n".join(strings)
+        # String i spans text[_ends[i] + i : _ends[i + 1] + i] (the i newlines before it are not counted).
+        self._ends = array("I", accumulate(map(len, strings), initial=0))
 
     def __len__(self):
-        return len(self._offsets) - 1
+        return len(self._ends) - 1
 
     def __getitem__(self, i: int) -> str:
-        return self._text[self._offsets[i]:self._offsets[i + 1] - 1]
+        return self.text[self._ends[i] + i:self._ends[i + 1] + i]
+
+    def index_at(self, position: int) -> int:
+        """The string the character at ``position`` of ``text`` belongs to."""
+        low, high = 0, len(self)
+        while low < high:  # the first i whose end (_ends[i + 1] + i) is at or past position
+            middle = (low + high) // 2
+            if self._ends[middle + 1] + middle < position:
+                low = middle + 1
+            else:
+                high = middle
+        return low
 
 
 class ArchiveMonth:
@@ -187,7 +206,7 @@ class ArchiveMonth:
         self.month = month
         self.stamp = stamp  # the file's (mtime_ns, size) when read: a changed file is read again
         self.count = doc["count"]
-        self.neg_ns = array("q", (-ns for ns in columns["submit_ns"]))  # ascending: /jobs order keys
+        self.neg_ns = array("q", [-ns for ns in columns["submit_ns"]])  # ascending: /jobs order keys
         self.priority = array("b", columns["priority"])
         self.rank = array("q", columns["rank"])
         self.gpus = array("B", columns["gpus"])
@@ -196,10 +215,48 @@ class ArchiveMonth:
         self.tables = {name: tables[name] for name in CODED_COLUMNS}
         self.codes = {name: array("I", columns[name]) for name in CODED_COLUMNS}
         self.ids = Strings(columns["job_id"])
-        # What the list's text filter searches, as JobService.meta builds it for a live job.
-        self.searched = Strings([f"{job_id} {name} {config}".lower() for job_id, name, config
-                                 in zip(columns["job_id"], columns["job_name"], columns["config_file"], strict=True)])
+        self.by_crc = array("Q", columns["by_crc"])
+        self.names = Strings(columns["job_name"])
+        self.config_files = Strings(columns["config_file"])
+        self._searched = None  # made at the first text search
         self.state_counts = Counter(self.tables["state"][code] for code in self.codes["state"])
+
+    def searched(self, row: int) -> str:
+        """What the list's text filter searches, as JobService.meta builds it for a live job."""
+        return f"{self.ids[row]} {self.names[row]} {self.config_files[row]}".lower()
+
+    def rows_with(self, text: str) -> set[int]:
+        """The rows whose ``searched`` holds ``text`` (lower-case): a few scans of one string, not one per row."""
+        if self._searched is None:
+            self._searched = Strings([self.searched(row) for row in range(self.count)])
+        found, position = set(), self._searched.text.find(text)
+        while position >= 0:
+            row = self._searched.index_at(position)
+            found.add(row)
+            # On from the next row's start: a row is found once however often it holds the text.
+            position = self._searched.text.find(text, self._searched._ends[row + 1] + row + 1)
+        return found
+
+    def rows_with_id_prefix(self, prefix: str) -> list[int]:
+        """The rows whose job id starts with ``prefix`` (a sweep's jobs: ``<sweep_id>-``)."""
+        text, found = self.ids.text, []
+        position = 0 if text.startswith(prefix) else text.find("\n" + prefix)
+        while position >= 0:
+            start = position + (text[position] == "\n")
+            found.append(self.ids.index_at(start))
+            position = text.find("\n" + prefix, start)
+        return found
+
+    def find(self, job_id: str) -> int | None:
+        """The row of the job ``job_id``, or None."""
+        crc = id_crc(job_id)
+        i = bisect.bisect_left(self.by_crc, crc << ROW_BITS)
+        while i < self.count and self.by_crc[i] >> ROW_BITS == crc:
+            row = self.by_crc[i] & ROW_MASK
+            if self.ids[row] == job_id:
+                return row
+            i += 1
+        return None
 
     def value(self, name: str, row: int) -> str:
         return self.tables[name][self.codes[name][row]]
@@ -231,7 +288,7 @@ class ArchiveMonth:
 
 
 class ArchiveSet:
-    """Every loaded month, and a sorted array to find a job by its id among all of them. Never changed once made
+    """Every loaded month, newest first. Never changed once made
     (``with_changes`` makes the next one): readers use the one they took without a lock."""
 
     def __init__(self, months: dict[str, ArchiveMonth] | None = None):
@@ -241,7 +298,6 @@ class ArchiveSet:
         self._state_counts = Counter()
         for month in self._order:
             self._state_counts.update(month.state_counts)
-        self._index_ids()
 
     def __len__(self):
         return self._size
@@ -256,29 +312,12 @@ class ArchiveSet:
                 months[month] = loaded
         return ArchiveSet(months)
 
-    def _index_ids(self):
-        self._starts, keys, position = [], [], 0
-        for month in self._order:
-            self._starts.append(position)
-            ids = month.ids
-            keys.extend((hash(ids[row]) & ((1 << HASH_BITS) - 1)) << POSITION_BITS | (position + row)
-                        for row in range(month.count))
-            position += month.count
-        keys.sort()
-        self._by_hash = array("q", keys)
-
     def find(self, job_id: str) -> tuple[ArchiveMonth, int] | None:
-        """(month, row) of an archived job, or None; one binary search in C and a string compare."""
-        bits = hash(job_id) & ((1 << HASH_BITS) - 1)
-        i = bisect.bisect_left(self._by_hash, bits << POSITION_BITS)
-        while i < len(self._by_hash) and self._by_hash[i] >> POSITION_BITS == bits:
-            position = self._by_hash[i] & POSITION_MASK
-            index = bisect.bisect_right(self._starts, position) - 1
-            month = self._order[index]
-            row = position - self._starts[index]
-            if month.ids[row] == job_id:
+        """(month, row) of an archived job, or None: a binary search in C per month."""
+        for month in self._order:
+            row = month.find(job_id)
+            if row is not None:
                 return month, row
-            i += 1
         return None
 
     def holds(self, entry: Entry) -> bool:
@@ -288,19 +327,28 @@ class ArchiveSet:
         return month is not None and month.row_of(entry) is not None
 
     def rows_after(self, after: tuple[int, str] | None, states: frozenset[str] | None = None,
+                   host: str | None = None, submitter: str | None = None, text: str | None = None,
                    ) -> Iterator[tuple[tuple[int, str], ArchiveMonth, int]]:
-        """(order key, month, row) of archived jobs in /jobs order after ``after``, of ``states`` only if given."""
+        """(order key, month, row) of archived jobs in /jobs order after ``after``; of ``states``, of ``host`` and
+        ``submitter`` (exactly) and holding ``text`` (lower-case) in their id, name or config file, if given."""
         for month in self._order:
             if month.count == 0 or (after is not None and month.key(month.count - 1) <= after):
                 continue
-            wanted = None if states is None else {code for code, state in enumerate(month.tables["state"])
-                                                   if state in states}
-            if wanted is not None and not wanted:
+            wanted = {name: {code for code, value in enumerate(month.tables[name]) if value in accepted}
+                      for name, accepted in (("state", states), ("host", host and {host}),
+                                             ("submitted_by", submitter and {submitter}))
+                      if accepted is not None}
+            if any(not codes for codes in wanted.values()):
+                continue  # no job of this month has that state or submitter
+            matching = month.rows_with(text) if text else None
+            if matching is not None and not matching:
                 continue
-            codes = month.codes["state"]
-            for row in range(month.first_after(after), month.count):
-                if wanted is None or codes[row] in wanted:
-                    yield month.key(row), month, row
+            first = month.first_after(after)
+            rows = range(first, month.count) if matching is None else sorted(row for row in matching if row >= first)
+            for name, codes in wanted.items():
+                rows = _having(rows, month.codes[name], codes)
+            for row in rows:
+                yield month.key(row), month, row
 
     def count(self, states: frozenset[str] | None = None) -> int:
         if states is None:
@@ -309,6 +357,10 @@ class ArchiveSet:
 
     def state_counts(self) -> Counter:
         return self._state_counts
+
+
+def _having(rows: Iterator[int], column: array, codes: set[int]) -> Iterator[int]:
+    return (row for row in rows if column[row] in codes)
 
 
 def load_month(spool: Spool, month: str) -> ArchiveMonth | None:
@@ -403,37 +455,35 @@ class Archiver:
                 entry = Entry.parse(name)
                 if entry is not None and entry.submit_ns < cutoff_ns:
                     due[month_of(entry.submit_ns)].append((location, entry))
-        taken = 0
-        for month in sorted(due):
-            if limit is not None and taken >= limit:
-                outcome.remaining += len(due[month])
+        taken, placed_all = 0, []
+        for month in sorted(due):  # oldest first
+            placed = due[month][: None if limit is None else max(0, limit - taken)]
+            outcome.remaining += len(due[month]) - len(placed)
+            if not placed:
                 continue
-            placed = due[month]
-            if limit is not None and taken + len(placed) > limit:
-                outcome.remaining += taken + len(placed) - limit
-                placed = placed[: limit - taken]
             taken += len(placed)
+            placed_all += placed
             rows = {row.entry.job_id: row for row in rows_of(read_month_doc(month_path(self.spool, month)))}
-            leftovers = [(location, entry) for location, entry in placed
-                         if entry.job_id in rows and rows[entry.job_id].entry.submit_ns == entry.submit_ns]
-            new = [(location, entry) for location, entry in placed if (location, entry) not in leftovers]
+            new = [(location, entry) for location, entry in placed
+                   if entry.job_id not in rows or rows[entry.job_id].entry.submit_ns != entry.submit_ns]
             outcome.archived.extend(entry.job_id for _, entry in new)
-            outcome.leftovers += len(leftovers)
+            outcome.leftovers += len(placed) - len(new)
             if dry_run:
                 outcome.would_archive.extend(entry for _, entry in new)
                 continue
             for location, entry in new:
                 rows[entry.job_id] = row_for(self.spool, location, entry)
             if new:
-                write_month(self.spool, month, list(rows.values()))  # the commit point
+                write_month(self.spool, month, list(rows.values()))  # the commit point of these rows
                 crashpoints.reach("archive.month_written")
-                if self.index is not None:
-                    self.index.refresh_archive()  # before any entry goes: see the module's docstring
-            for location, entry in placed:
-                fsio.unlink_quietly(self.spool.entry_path(location, entry))
-        if not dry_run and taken:
-            for state in TERMINAL_DIRS:
-                fsio.fsync_dir(self.spool.done_path(state))
+        if dry_run or not placed_all:
+            return
+        if self.index is not None:
+            self.index.refresh_archive()  # before any entry goes: see the module's docstring
+        for location, entry in placed_all:
+            fsio.unlink_quietly(self.spool.entry_path(location, entry))
+        for state in TERMINAL_DIRS:
+            fsio.fsync_dir(self.spool.done_path(state))
 
     def delete(self, cutoff_ns: int, outcome: Outcome, dry_run: bool = False) -> None:
         """Delete the archived jobs submitted before ``cutoff_ns``: their rows (the commit point), then their folders.

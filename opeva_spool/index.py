@@ -25,7 +25,8 @@ import heapq
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 
 from . import archive, fsio
 from .spool import DONE, QUEUED, RUNNING, WAITING, Entry, JobStatus, Location
@@ -88,7 +89,7 @@ class ArchivedJob(IndexedJob):
     def of(cls, month: archive.ArchiveMonth, row: int) -> ArchivedJob:
         entry = month.entry(row)
         job = cls(entry, Location(DONE, month.value("state", row)), month.value("host", row), 0)
-        job.meta = (month.value("submitted_by", row), month.searched[row])
+        job.meta = (month.value("submitted_by", row), month.searched(row))
         return job
 
 
@@ -138,6 +139,28 @@ class JobIndex:
                 for job in moved:
                     self._drop(job)
         self.on_archived([job.entry.job_id for job in moved])
+
+    def unknown_among(self, job_ids: Iterable[str]) -> set[str]:
+        """Those of ``job_ids`` that are no job, live or archived: set operations a month at a time, not a lookup
+        per id (start-up recovery passes every folder name under jobs/)."""
+        unknown = set(job_ids)
+        with self._lock:
+            unknown.difference_update(self._jobs)
+        for month in self.archive.months.values():
+            if unknown:
+                unknown.difference_update(month.ids.text.split("\n"))
+        return unknown
+
+    def archived_states(self, prefix: str, submitted_at: str) -> Counter:
+        """States of the archived jobs whose id starts with ``prefix`` (a sweep's), submitted together at
+        ``submitted_at`` (ISO): only that month and the next are looked at."""
+        counts = Counter()
+        month = submitted_at[:7]
+        for name in (month, archive.next_month(month)) if len(month) == 7 else ():
+            loaded = self.archive.months.get(name)
+            for row in loaded.rows_with_id_prefix(prefix) if loaded else ():
+                counts[loaded.value("state", row)] += 1
+        return counts
 
     def _drop(self, job):
         del self._jobs[job.entry.job_id]
@@ -333,9 +356,12 @@ class JobIndex:
 
     def page(self, status: JobState | None = None, host: str | None = None, limit: int = 100,
              after: tuple[int, str] | None = None, offset: int = 0,
-             match: Callable[[IndexedJob], bool] | None = None,
-             ) -> tuple[list[IndexedJob], tuple[int, str] | None, int | None]:
+             match: Callable[[IndexedJob], bool] | None = None, submitter: str | None = None,
+             text: str | None = None) -> tuple[list[IndexedJob], tuple[int, str] | None, int | None]:
         """Indexed jobs newest first, filtered; ``after`` is the order key of the last one seen.
+
+        ``submitter`` and ``text`` (lower-case) say what ``match`` looks for, so that the archived jobs are
+        narrowed on their month's columns first instead of being made into jobs one by one to be matched.
 
         Returns (jobs, next_after, total); total is None when counting would mean
         looking at every job (host filters, ``match``, states read from attempt records).
@@ -351,7 +377,8 @@ class JobIndex:
             # Exact: no filter drops a job, so no more than this many of the live ones can be used.
             live = keys[start:start + offset + limit + 1] if exact else keys[start:]
             months = self.archive  # replace() swaps its lists whole, so an iteration sees one version
-        rows = () if archived_states == frozenset() else months.rows_after(after, archived_states)
+        rows = () if archived_states == frozenset() else months.rows_after(after, archived_states, host, submitter,
+                                                                             text)
         merged = heapq.merge(((key, None, 0) for key in live), rows, key=lambda item: item[0])
         for _ in range(offset):
             if next(merged, None) is None:

@@ -77,7 +77,7 @@ class Server:
             log.warning("published %d jobs of sweeps interrupted by a crash", len(rolled))
         self.index = JobIndex(self.spool)
         self.index.sync(include_done=True)  # loads the archive's month files first
-        removed = self.spool.recover_orphans(self.index)
+        removed = self.spool.recover_orphans(self.index.unknown_among)
         if removed:
             log.warning("moved %d half-published job folders to the trash: %s", len(removed), removed[:10])
         self.fairshare = FairShare()

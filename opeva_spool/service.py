@@ -362,7 +362,8 @@ class JobService:
             names.host(host)
         after = _parse_cursor(cursor) if cursor else None
         match = self._matcher(submitter, text.lower() if text else None) if submitter or text else None
-        jobs_found, next_after, total = self.index.page(state, host or None, limit, after, offset, match)
+        jobs_found, next_after, total = self.index.page(state, host or None, limit, after, offset, match,
+                                                        submitter or None, text.lower() if text else None)
         items = [self._list_item(job) for job in map(self.index.status_of, jobs_found)]
         next_cursor = f"{-next_after[0]}:{next_after[1]}" if next_after else None
         return items, next_cursor, total

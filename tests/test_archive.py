@@ -198,3 +198,17 @@ def test_a_month_file_holds_each_row_once_in_list_order(tmp_path):
     assert [row.entry.job_id for row in rows] == list(reversed(ids))
     assert all(isinstance(row.entry, Entry) and row.state == "canceled" and row.host == "gpu-a" for row in rows)
     assert server.index.archive.find(ids[1])[1] == 1
+
+
+def test_a_sweep_whose_jobs_are_archived_still_counts_them(tmp_path):
+    server = Server(make_settings(tmp_path, embedded_worker=False))
+    client = WsgiClient(server.app)
+    sweep = client.post("/sweeps", json={"config": demo_config(), "target_host": "gpu-a",
+                                         "grid": {"demo.episodes": [1, 2, 3]}}).json()
+    assert client.post(f"/sweeps/{sweep['sweep_id']}/stop").status == 200
+    server.jobs.archiver.run(7, now_ns=FUTURE_NS)
+
+    assert len(server.index.jobs()) == 0
+    [listed] = client.get("/sweeps").json()
+    assert listed["counts"] == {"canceled": 3}
+    assert client.get(f"/sweeps/{sweep['sweep_id']}").json()["counts"] == {"canceled": 3}
