@@ -104,7 +104,8 @@ DESCRIPTIONS = {
                       "{config_file}).",
     "process_command": "Command template for process-runtime jobs (the same fields, and {python}: this interpreter).",
     "observer": "`native` (inotify) or `polling` (sees other hosts' writes on NFS).",
-    "scan_interval": "Seconds between full scans of the spool (events are only hints).",
+    "scan_interval": "Seconds between scans of the spool (events are only hints); an ended entries' folder is "
+                     "listed again only when its mtime moved.",
     "max_body_bytes": "Largest accepted request body; larger gets 413.",
     "api_token": "When set, an admin token: mutating endpoints need `Authorization: Bearer <token>` "
                  "(docs/security.md).",
