@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -37,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
 
-from . import crashpoints, fsio, locks
+from . import crashpoints, fsio, locks, usage
 from .jobs import ANY_HOST
 from .spool import DONE, TERMINAL_DIRS, Entry, Location, Spool
 
@@ -51,6 +52,8 @@ NS_PER_DAY = 86400 * 10**9
 NUMBER_COLUMNS = ("submit_ns", "priority", "rank", "gpus", "attempt", "legacy")
 CODED_COLUMNS = ("target", "state", "host", "submitted_by")
 TEXT_COLUMNS = ("job_id", "job_name", "config_file")
+# One element per attempt that was claimed (Row.runs): its row, host (a code of the host table), GPUs, start, end.
+RUN_COLUMNS = ("run_row", "run_host", "run_gpus", "run_start", "run_end")
 # A month finds a job by its id through "by_crc": (crc32 of the id << ROW_BITS | row), sorted; equal CRCs are
 # told apart by the id itself. Stored in the file, so that loading a month sorts nothing.
 ROW_BITS = 32
@@ -90,6 +93,9 @@ class Row:
     submitted_by: str = ""
     job_name: str = ""
     config_file: str = ""
+    # Per attempt that was claimed: (host, GPUs held, started, ended) in epoch seconds, started None if it never
+    # started; what /usage counts, so that it reads no attempt record of an archived job.
+    runs: list[tuple[str, int, float | None, float]] = field(default_factory=list)
 
     @property
     def order_key(self) -> tuple[int, str]:
@@ -102,17 +108,29 @@ def row_for(spool: Spool, location: Location, entry: Entry) -> Row:
     spec = spool.read_spec(location, entry)
     info = spec.to_dict() if spec is not None else (fsio.read_json_object(spool.folder(entry.job_id).job_info) or {})
     host = spool.host_at(location, entry) if entry.target == ANY_HOST else entry.target
+    attempts = [usage.attempt_times(spool.read_attempt(entry._replace(attempt=number)))
+                for number in range(1, entry.attempt + 1)]
+    runs = [(times.host, times.gpus, times.started, _last_of(times)) for times in usage.settled(attempts)
+            if times.claimed is not None or times.started is not None]
     return Row(entry, location.detail, host, str(info.get("submitted_by") or ""), str(info.get("job_name") or ""),
-               str(info.get("config_file") or ""))
+               str(info.get("config_file") or ""), runs)
+
+
+def _last_of(times: usage.AttemptTimes) -> float:
+    """When an ended attempt ended, by the best the record says."""
+    for moment in (times.ended, times.last_seen, times.started, times.claimed):
+        if moment is not None:
+            return moment
+    return 0.0
 
 
 # ----- the month file ----------------------------------------------------------------------
 
 def encode_month(month: str, rows: list[Row]) -> bytes:
     rows = sorted(rows, key=lambda row: row.order_key)
-    columns: dict[str, list] = {name: [] for name in NUMBER_COLUMNS + CODED_COLUMNS + TEXT_COLUMNS}
+    columns: dict[str, list] = {name: [] for name in NUMBER_COLUMNS + CODED_COLUMNS + TEXT_COLUMNS + RUN_COLUMNS}
     tables: dict[str, dict[str, int]] = {name: {} for name in CODED_COLUMNS}
-    for row in rows:
+    for number, row in enumerate(rows):
         entry = row.entry
         for name, value in (("submit_ns", entry.submit_ns), ("priority", entry.priority), ("rank", entry.rank),
                             ("gpus", entry.gpus), ("attempt", entry.attempt), ("legacy", int(entry.legacy)),
@@ -121,6 +139,11 @@ def encode_month(month: str, rows: list[Row]) -> bytes:
         for name, value in (("target", entry.target), ("state", row.state), ("host", row.host),
                             ("submitted_by", row.submitted_by)):
             columns[name].append(tables[name].setdefault(value, len(tables[name])))
+        hosts = tables["host"]
+        for host, gpus, started, ended in row.runs:
+            for name, value in (("run_row", number), ("run_host", hosts.setdefault(host, len(hosts))),
+                                ("run_gpus", gpus), ("run_start", started), ("run_end", ended)):
+                columns[name].append(value)
     columns["by_crc"] = sorted(id_crc(job_id) << ROW_BITS | row for row, job_id in enumerate(columns["job_id"]))
     doc = {"format": FORMAT, "month": month, "count": len(rows), "columns": columns,
            "tables": {name: list(table) for name, table in tables.items()}}
@@ -154,6 +177,8 @@ def rows_of(doc: dict | None) -> list[Row]:
         entry = Entry(columns["priority"][i], columns["submit_ns"][i], target, columns["attempt"][i],
                       columns["job_id"][i], columns["rank"][i], columns["gpus"][i], bool(columns["legacy"][i]))
         rows.append(Row(entry, state, host, submitter, columns["job_name"][i], columns["config_file"][i]))
+    for row, code, gpus, started, ended in zip(*(columns[name] for name in RUN_COLUMNS), strict=True):
+        rows[row].runs.append((tables["host"][code], gpus, started, ended))
     return rows
 
 
@@ -220,6 +245,12 @@ class ArchiveMonth:
         self.config_files = Strings(columns["config_file"])
         self._searched = None  # made at the first text search
         self.state_counts = Counter(self.tables["state"][code] for code in self.codes["state"])
+        # The attempts that were claimed, one element each: /usage reads these. NaN: it never started.
+        self.run_row, self.run_host = array("I", columns["run_row"]), array("I", columns["run_host"])
+        self.run_gpus = array("H", columns["run_gpus"])
+        self.run_start = array("d", [math.nan if started is None else started for started in columns["run_start"]])
+        self.run_end = array("d", columns["run_end"])
+        self.last_end = max(self.run_end, default=0.0)
 
     def searched(self, row: int) -> str:
         """What the list's text filter searches, as JobService.meta builds it for a live job."""

@@ -28,6 +28,11 @@ def run_cli(root, *argv, crash_at=""):
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
 
 
+def usage_rows(client, by):
+    answer = client.get(f"/usage?by={by}").json()
+    return answer["rows"], answer["total"]
+
+
 def submit_canceled(client, count, **fields):
     """Jobs that end at once: queued for gpu-a (no agent there), then canceled."""
     ids = []
@@ -50,6 +55,7 @@ def test_an_archived_job_answers_every_read_endpoint_as_before(tmp_path):
                  "/progress/{}/history", "/job-metrics/{}")
         before = {path: client.get(path.format(job_id)) for path in reads}
         listed = client.get("/jobs").json()
+        usage = [usage_rows(client, by) for by in ("user", "host")]
 
         outcome = server.jobs.archiver.run(7, now_ns=FUTURE_NS)
 
@@ -60,6 +66,8 @@ def test_an_archived_job_answers_every_read_endpoint_as_before(tmp_path):
             again = client.get(path.format(job_id))
             assert (again.status, again.body) == (answer.status, answer.body), path
         assert client.get("/jobs").json() == listed
+        assert [usage_rows(client, by) for by in ("user", "host")] == usage  # from the month file's run columns
+        assert usage[1][0][0]["host"] == "local" and usage[1][0][0]["attempts"] == 1
         assert client.get("/jobs?status=finished").json()[0]["job_id"] == job_id
         assert [row["job_id"] for row in client.get("/jobs?q=ARCHIVED-demo").json()] == [job_id]
         assert client.get("/jobs?q=nothing-like-it").json() == []
