@@ -351,6 +351,15 @@ class ArchiveSet:
                 return month, row
         return None
 
+    def max_ranks(self) -> dict[int, int]:
+        """Priority -> the highest fair-share rank of an archived job (the clock they leave behind, fairshare.py)."""
+        ranks: dict[int, int] = {}
+        for month in self._order:
+            for priority, rank in zip(month.priority, month.rank, strict=True):
+                if rank > ranks.get(priority, -1):
+                    ranks[priority] = rank
+        return ranks
+
     def holds(self, entry: Entry) -> bool:
         """Whether ``entry``'s job is archived (an entry left in done/ by a crash between the month file's rename
         and the entry's removal: see the module's docstring)."""

@@ -51,7 +51,6 @@ ENDED = frozenset(state.value for state in TERMINAL_STATES)
 
 class IndexedJob:
     __slots__ = ("entry", "generation", "location", "meta", "ran_on")
-    archived = False
 
     def __init__(self, entry, location, ran_on, generation):
         self.entry = entry
@@ -83,7 +82,6 @@ class ArchivedJob(IndexedJob):
     """An archived job, made from its month's row when read (it never moves again)."""
 
     __slots__ = ()
-    archived = True
 
     @classmethod
     def of(cls, month: archive.ArchiveMonth, row: int) -> ArchivedJob:

@@ -88,6 +88,7 @@ class Server:
         # The submitter of a queued job is read through JobService.meta, which keeps it for list filters too.
         self.fairshare.restore(((job.entry, job.location.kind) for job in indexed.values()),
                                lambda entry, kind: self.jobs.meta(indexed[entry.job_id])[0])
+        self.fairshare.restore_clock(self.index.archive.max_ranks())
         # A requeue renames the entry (attempt + 1): the index learns the new name at once.
         self.monitor = LivenessMonitor(self.spool, settings.hosts, settings.offline_after, on_moved=self.index.place)
         self.jobs.queue = QueueView(self.spool, self.monitor)

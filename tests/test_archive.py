@@ -220,3 +220,13 @@ def test_a_sweep_whose_jobs_are_archived_still_counts_them(tmp_path):
     [listed] = client.get("/sweeps").json()
     assert listed["counts"] == {"canceled": 3}
     assert client.get(f"/sweeps/{sweep['sweep_id']}").json()["counts"] == {"canceled": 3}
+
+
+def test_a_restart_keeps_the_fair_share_clock_that_archived_jobs_left(tmp_path):
+    settings = make_settings(tmp_path, embedded_worker=False)
+    server = Server(settings)
+    submit_canceled(WsgiClient(server.app), 3)
+    clock = server.fairshare.clock(0)
+    server.jobs.archiver.run(7, now_ns=FUTURE_NS)
+
+    assert clock == 3 and Server(settings).fairshare.clock(0) == clock
