@@ -132,11 +132,16 @@ class JobIndex:
             loaded = self.archive.with_changes(changed)  # outside the index's lock: seconds at a million jobs
             with self._lock:
                 self.archive = loaded
-                moved = [job for state in TERMINAL_STATES for key in self._buckets.get(state.value, [])
-                         if loaded.holds((job := self._jobs[key[1]]).entry)]
-                for job in moved:
-                    self._drop(job)
-        self.on_archived([job.entry.job_id for job in moved])
+                moved = {key[1] for state in ENDED for key in self._buckets.get(state, [])
+                         if loaded.holds(self._jobs[key[1]].entry)}
+                if moved:  # many at once (a pass archives thousands): each list is rebuilt once, not cut per job
+                    for job_id in moved:
+                        del self._jobs[job_id]
+                    self._order = [key for key in self._order if key[1] not in moved]
+                    for state in ENDED:
+                        if state in self._buckets:
+                            self._buckets[state] = [key for key in self._buckets[state] if key[1] not in moved]
+        self.on_archived(sorted(moved))
 
     def unknown_among(self, job_ids: Iterable[str]) -> set[str]:
         """Those of ``job_ids`` that are no job, live or archived: set operations a month at a time, not a lookup
