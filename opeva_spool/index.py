@@ -49,6 +49,31 @@ MTIME_SETTLE_NS = 2 * 10**9
 ENDED = frozenset(state.value for state in TERMINAL_STATES)
 
 
+class MtimeGate:
+    """Whether a directory may have changed since it was last looked at: its mtime moved since, or it was too recent
+    then to be trusted (MTIME_SETTLE_NS). One stat instead of a listing per look at an unchanged directory."""
+
+    def __init__(self, settle_ns: int = MTIME_SETTLE_NS) -> None:
+        self.settle_ns = settle_ns
+        self._seen: dict[str, int | None] = {}
+
+    def changed(self, directory: str) -> bool:
+        """True (and remembered as looked at now) if ``directory`` is to be looked at again."""
+        try:
+            mtime_ns = os.stat(directory).st_mtime_ns
+        except OSError:
+            return True
+        if self._seen.get(directory) == mtime_ns:
+            return False
+        # Race: a change after this stat moves the mtime again, so it is seen next time.
+        self._seen[directory] = mtime_ns if time.time_ns() - mtime_ns > self.settle_ns else None
+        return True
+
+    def forget(self, directory: str) -> None:
+        """Look at ``directory`` next time whatever its mtime (the look just made failed)."""
+        self._seen.pop(directory, None)
+
+
 class IndexedJob:
     __slots__ = ("entry", "generation", "location", "meta", "ran_on")
 
@@ -107,7 +132,7 @@ class JobIndex:
         # Called with the ids of live jobs that moved into the archive (not a change of state: no event).
         self.on_archived: Callable[[list[str]], None] = lambda job_ids: None
         self._refreshing = threading.Lock()
-        self._listed_at = {}  # done/<state>/ directory -> its mtime_ns when listed (see MTIME_SETTLE_NS)
+        self._listings = MtimeGate()
 
     def __len__(self):
         return len(self._jobs) + len(self.archive)
@@ -126,6 +151,8 @@ class JobIndex:
         event may still place it: ``_place`` refuses an entry the archive holds, so it is one job.
         """
         with self._refreshing:  # one at a time: a slower refresh must not swap in an older set after a newer one
+            if not self._listings.changed(archive.archive_dir(self.spool)):
+                return  # a month file is replaced by a rename, which moves the directory's mtime
             changed = archive.changed_months(self.spool, self.archive.months)
             if not changed:
                 return
@@ -267,8 +294,9 @@ class JobIndex:
         return self.place(location, job.entry)
 
     def sync(self, include_done: bool = False) -> None:
-        """Reconcile with a listing of the spool: queued/, waiting/ and running/ each time, a done/<state>/ only
-        when its mtime moved (``include_done``: regardless), and month files that changed."""
+        """Reconcile with a listing of the spool's directories whose mtime moved (``include_done``: every one),
+        and the archive's month files if they changed. Entries only arrive and leave by renames and unlinks,
+        which move their directory's mtime; and done/ holds only jobs ended within archive_after_days."""
         self.refresh_archive()
         with self._lock:
             self._generation += 1
@@ -297,27 +325,20 @@ class JobIndex:
             missing = [
                 job_id for job_id, job in self._jobs.items()
                 if job_id not in seen and job.generation < started and job.location in listed
-            ]
+            ] if listed else []
         for job_id in missing:
             self.resolve(job_id)
 
     def _list(self, location: Location, force: bool) -> list[str] | None:
-        """The names in ``location``'s directory; None for a done/ one whose mtime did not move since it was listed."""
+        """The names in ``location``'s directory; None if its mtime did not move since it was last listed."""
         directory = self.spool.location_dir(location)
-        if location.kind != DONE:
-            return fsio.listdir(directory)
-        try:
-            mtime_ns = os.stat(directory).st_mtime_ns
-        except OSError:
-            return []
-        if not force and self._listed_at.get(directory) == mtime_ns:
+        if not self._listings.changed(directory) and not force:
             return None
-        names = fsio.listdir(directory)
-        if time.time_ns() - mtime_ns > MTIME_SETTLE_NS:
-            self._listed_at[directory] = mtime_ns
-        else:
-            self._listed_at.pop(directory, None)  # listed again next round
-        return names
+        try:
+            return fsio.listdir(directory)
+        except OSError:
+            self._listings.forget(directory)
+            raise
 
     # ----- reading ------------------------------------------------------------------------
 

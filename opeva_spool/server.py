@@ -27,7 +27,7 @@ from .events import EventBus, EventJournal, TransitionTracker
 from .fairshare import FairShare
 from .hosts import LivenessMonitor
 from .inbox import Inbox
-from .index import JobIndex
+from .index import JobIndex, MtimeGate
 from .jobs import EMBEDDED_HOST
 from .metrics import Metrics
 from .queue import QueueView
@@ -35,7 +35,7 @@ from .runtimes import make_runtime
 from .service import JobService
 from .sitedata.mongo import SiteData
 from .sitedata.store import DatasetStore
-from .spool import QUEUED, TERMINAL_DIRS, Entry, Location, Spool
+from .spool import QUEUED, TERMINAL_DIRS, UNREADABLE_ENTRY_SETTLE_SECONDS, Entry, Location, Spool
 from .streams import StreamGate, StreamingDispatcher
 from .watching import DirectoryWatcher
 from .webhook import WebhookSender
@@ -108,6 +108,7 @@ class Server:
         self.index.on_change = self._job_changed
         self.index.on_archived = self.transitions.archived
         self._archive_due = 0.0  # monotonic time of the next archive pass
+        self._queued_gate = MtimeGate(int((UNREADABLE_ENTRY_SETTLE_SECONDS + 1) * 1e9))
         ctx = api_app.Context(settings, spool=self.spool, index=self.index, jobs=self.jobs, monitor=self.monitor,
                               sitedata=sitedata, datasets=datasets, events=self.events, metrics=self.metrics,
                               sweeps=self.sweeps, dependency_checks=dependency_checks(settings, sitedata),
@@ -190,8 +191,7 @@ class Server:
             ("reclaim offline hosts", self.monitor.reclaim_offline),
             ("sweeps", self.sweeps.maintain),
             ("inbox", self.inbox.scan),
-            ("unreadable entries", self._set_aside_unreadable_entries),
-            ("legacy entries", self._upgrade_legacy_entries),
+            ("queued entries", self._check_queued_entries),
             ("trash", self.spool.empty_trash),
             ("stop requests", self._clear_answered_stop_requests),
             ("events", self.transitions.maintain),
@@ -210,15 +210,23 @@ class Server:
         if time.monotonic() < self._archive_due or not (settings.archive_after_days > 0
                                                         or settings.delete_after_days > 0):
             return
+        # Before the pass: one that fails (a full share) is tried again at the next hour, not every round.
+        self._archive_due = time.monotonic() + ARCHIVE_EVERY_SECONDS
         outcome = self.jobs.archiver.run(settings.archive_after_days, settings.delete_after_days, limit=ARCHIVE_BATCH)
         if outcome.archived or outcome.deleted:
             log.info("archived %d ended jobs, deleted %d past delete_after_days", len(outcome.archived),
                      len(outcome.deleted))
-        self._archive_due = time.monotonic() + (0.0 if outcome.remaining else ARCHIVE_EVERY_SECONDS)
+        if outcome.remaining:
+            self._archive_due = 0.0  # the next batch at the next round
 
-    def _set_aside_unreadable_entries(self):
+    def _check_queued_entries(self):
+        """Set aside unreadable entries and upgrade legacy names in queued/, when it changed: an entry that arrived
+        is looked at once it is UNREADABLE_ENTRY_SETTLE_SECONDS old, so queued/ is looked at until its mtime is."""
+        if not self._queued_gate.changed(self.spool.queued_dir):
+            return
         for entry in self.spool.reject_unreadable_queued():
             self.index.vacate(Location(QUEUED), entry)
+        self._upgrade_legacy_entries()
 
     def _clear_answered_stop_requests(self):
         for name in fsio.listdir(self.spool.requests_dir):
