@@ -5,19 +5,20 @@
 A month file is one JSON object of columns (docs/spool.md, "Archive"): a row per job, sorted
 as /jobs lists (newest first), holding what /jobs, /status and job-info need without the
 entry: the entry's fields (so its name can be rebuilt), the state it ended in, the host it
-ran on, its submitter, name and config file. Strings that repeat (targets, states, hosts,
-submitters) are stored once per month in a table and referred to by number.
+ran on, its submitter, name and config file, and its attempts' hosts and times (for /usage).
+Strings that repeat (targets, states, hosts, submitters) are stored once per month in a table
+and referred to by number.
 
 Moving a job into the archive, crash-safe in the spool's usual way (``Archiver.archive``):
 1. the month file with the job added is written to a temp file, fsynced and renamed over the old
    one (the commit point: from here the job is archived);
-2. the server's index takes the new month (``JobIndex.adopt_month``) before anything is removed;
+2. the server's index takes the new months (``JobIndex.refresh_archive``) before anything is removed;
 3. only then the job's entry in done/ is removed.
 A crash between 1 and 3 leaves the job in both places: every reader treats the archive row as the
 job and ignores the entry (``JobIndex._place``), and the next pass removes the leftover entry.
 
 In memory a month is a few arrays (``ArchiveMonth``), not an object per job: a million archived
-jobs cost ~150 MB, and an archived job is made into an ``IndexedJob`` only when it is read.
+jobs cost ~140 MB, and an archived job is made into an ``IndexedJob`` only when it is read.
 """
 
 from __future__ import annotations
@@ -461,9 +462,10 @@ class Archiver:
         self._thread_lock = threading.Lock()
 
     @contextlib.contextmanager
-    def _writing(self):
+    def writing(self):
         """One writer of month files at a time: a month is rewritten whole, and two rewrites at once would lose one's
-        rows. A local flock (flock is not shared over NFS): run ``opeva-spool archive`` on the server's machine."""
+        rows. An API delete of an ended job holds it too, so that a pass never archives a job being deleted. A local
+        flock (flock is not shared over NFS): run ``opeva-spool archive`` on the server's machine."""
         fsio.makedirs(os.path.dirname(self._lock_path))
         with self._thread_lock, open(self._lock_path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
@@ -475,7 +477,7 @@ class Archiver:
         fsio.makedirs(archive_dir(self.spool))
         days = [d for d in (archive_after_days, delete_after_days) if d and d > 0]
         outcome = Outcome()
-        with self._writing():
+        with self.writing():
             self._run(days, delete_after_days, now_ns, dry_run, limit, outcome)
         return outcome
 
@@ -552,16 +554,15 @@ class Archiver:
         if not dry_run and outcome.deleted:
             self.spool.empty_trash()
 
-    def delete_job(self, entry: Entry) -> bool:
-        """Take one archived job out of its month file (an API delete; the caller trashes its folder after, as
-        ``delete`` does); False if it was not there (another delete won)."""
+    def remove_row(self, entry: Entry) -> bool:
+        """Take one archived job out of its month file, holding ``writing()`` (an API delete; the caller trashes its
+        folder after, as ``delete`` does); False if it was not there (another delete won)."""
         month = month_of(entry.submit_ns)
-        with self._writing():
-            rows = rows_of(read_month_doc(month_path(self.spool, month)))
-            kept = [row for row in rows if (row.entry.job_id, row.entry.submit_ns) != (entry.job_id, entry.submit_ns)]
-            if len(kept) == len(rows):
-                return False
-            write_month(self.spool, month, kept)
+        rows = rows_of(read_month_doc(month_path(self.spool, month)))
+        kept = [row for row in rows if (row.entry.job_id, row.entry.submit_ns) != (entry.job_id, entry.submit_ns)]
+        if len(kept) == len(rows):
+            return False
+        write_month(self.spool, month, kept)
         if self.index is not None:
             self.index.refresh_archive()
         return True

@@ -7,8 +7,8 @@ fed three ways, and none of them alone is trusted:
 - watchdog events from the spool directories (hints: inotify misses other NFS hosts);
 - ``sync()``, a periodic listing of the spool (the truth), and ``resolve()``, which
   re-finds a single job by stat when the index's idea of it turns out to be stale.
-  Ended entries are listed only when their done/<state>/ directory's mtime moved: what
-  can change often (queued/, waiting/, running/) is small, and done/ holds only recent jobs.
+  A directory is listed again only when its mtime moved (``MtimeGate``): an idle round is a
+  stat per directory, and done/ holds only jobs ended within ``archive_after_days``.
 Ended jobs older than ``archive_after_days`` are in the archive (archive.py): loaded from its
 month files as arrays, never listed, and made into an IndexedJob (``ArchivedJob``) only when read.
 Events and listings can be older than the server's own writes: a deleted job leaves a
@@ -349,7 +349,9 @@ class JobIndex:
         if job is None:
             return self._archived(job_id)
         if job.location.kind == DONE:
-            return job  # entries in done/ only ever leave by a delete, which we do ourselves
+            # Entries in done/ only leave by a delete, which we do ourselves, or into the archive, where the job
+            # reads the same (a refresh of the archive drops it from here).
+            return job
         if self.spool.find(job.entry, hint=job.location) != job.location:
             return self.resolve(job_id)
         return job
@@ -400,7 +402,7 @@ class JobIndex:
             total = len(keys) + self.archive.count(archived_states) if exact else None
             # Exact: no filter drops a job, so no more than this many of the live ones can be used.
             live = keys[start:start + offset + limit + 1] if exact else keys[start:]
-            months = self.archive  # replace() swaps its lists whole, so an iteration sees one version
+            months = self.archive  # never changed: a refresh makes a new set, so this iteration sees one version
         rows = () if archived_states == frozenset() else months.rows_after(after, archived_states, host, submitter,
                                                                              text)
         merged = heapq.merge(((key, None, 0) for key in live), rows, key=lambda item: item[0])

@@ -489,11 +489,14 @@ class JobService:
             if job.state.active and not force:
                 raise Conflict(f"job {job_id} is {job.state.value}; stop it first or delete with ?force=1",
                                status=job.state.value, job_id=job_id)
-            trashed = self.spool.trash(self.spool.entry_path(job.location, job.entry))
-            # An archived job has no entry (or one a crash left beside its row): its row is taken out of its
-            # month file, the commit point of its delete.
-            if self.index.archive.holds(job.entry):
-                trashed = self.archiver.delete_job(job.entry) or trashed
+            # Race: an archive pass moves ended jobs from done/ into month files; holding its lock, this delete
+            # finds the job in one place or the other, never half moved.
+            with self.archiver.writing() if job.location.kind == DONE else contextlib.nullcontext():
+                trashed = self.spool.trash(self.spool.entry_path(job.location, job.entry))
+                # An archived job has no entry (or one a crash left beside its row): its row is taken out of its
+                # month file, the commit point of its delete.
+                if self.index.archive.holds(job.entry):
+                    trashed = self.archiver.remove_row(job.entry) or trashed
             if trashed:
                 break
             job = self._refound(job)

@@ -12,7 +12,7 @@ from opeva_spool.server import Server
 from opeva_spool.spool import Entry
 
 from .clients import WsgiClient
-from .conftest import PROJECT_ROOT, demo_config, make_settings, wait_for_status
+from .conftest import PROJECT_ROOT, demo_config, make_settings, wait_for, wait_for_status
 
 FUTURE_NS = time.time_ns() + 40 * archive.NS_PER_DAY  # "now" for a pass that finds every job old enough
 
@@ -53,6 +53,12 @@ def test_an_archived_job_answers_every_read_endpoint_as_before(tmp_path):
         wait_for_status(client, job_id, "finished", timeout=60)
         reads = ("/status/{}", "/job-info/{}", "/result/{}", "/progress/{}", "/logs/{}", "/job-config/{}",
                  "/progress/{}/history", "/job-metrics/{}")
+
+        def settled():  # the agent's last writes (log, progress history) may follow the move into done/
+            first = {path: client.get(path.format(job_id)).body for path in reads}
+            return first if first == {path: client.get(path.format(job_id)).body for path in reads} else None
+
+        wait_for(settled, message="the ended job's reads to settle")
         before = {path: client.get(path.format(job_id)) for path in reads}
         listed = client.get("/jobs").json()
         usage = [usage_rows(client, by) for by in ("user", "host")]
