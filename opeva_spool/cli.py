@@ -981,7 +981,7 @@ def cmd_archive(args):
     settings = _settings(args, archive_after_days=args.after_days, delete_after_days=args.delete_after_days)
     spool = Spool(settings.shared_root)
     if not os.path.isdir(spool.queued_dir):
-        raise SystemExit(f"{spool.root} is not an initialised shared root (it has no spool/queued/)")
+        raise FileNotFoundError(f"{spool.root} is not an initialised shared root (it has no spool/queued/)")
     outcome = Archiver(spool, lock_dir=settings.lock_dir).run(settings.archive_after_days, settings.delete_after_days,
                                                               dry_run=args.dry_run)
     if args.json:

@@ -12,7 +12,7 @@ from opeva_spool.server import Server
 from opeva_spool.spool import Entry
 
 from .clients import WsgiClient
-from .conftest import PROJECT_ROOT, demo_config, make_settings, wait_for, wait_for_status
+from .conftest import PROJECT_ROOT, assert_one_line_error, demo_config, make_settings, wait_for, wait_for_status
 
 FUTURE_NS = time.time_ns() + 40 * archive.NS_PER_DAY  # "now" for a pass that finds every job old enough
 
@@ -236,3 +236,7 @@ def test_a_restart_keeps_the_fair_share_clock_that_archived_jobs_left(tmp_path):
     server.jobs.archiver.run(7, now_ns=FUTURE_NS)
 
     assert clock == 3 and Server(settings).fairshare.clock(0) == clock
+
+
+def test_archive_of_a_directory_that_is_no_shared_root_is_a_one_line_refusal(tmp_path):
+    assert_one_line_error(run_cli(str(tmp_path / "nothing")), exit_code=2)
