@@ -974,6 +974,29 @@ def cmd_fsck(args):
     return EXIT_OK if report.clean else EXIT_ERROR_ANSWER
 
 
+def cmd_archive(args):
+    from .archive import Archiver
+    from .spool import Spool
+
+    settings = _settings(args, archive_after_days=args.after_days, delete_after_days=args.delete_after_days)
+    spool = Spool(settings.shared_root)
+    if not os.path.isdir(spool.queued_dir):
+        raise FileNotFoundError(f"{spool.root} is not an initialised shared root (it has no spool/queued/)")
+    outcome = Archiver(spool, lock_dir=settings.lock_dir).run(settings.archive_after_days, settings.delete_after_days,
+                                                              dry_run=args.dry_run)
+    if args.json:
+        print_json({"dry_run": args.dry_run, **outcome.to_dict()})
+        return EXIT_OK
+    would = "would " if args.dry_run else ""
+    for job_id in outcome.deleted:
+        print(f"{would}delete jobs/{job_id}")
+    deleting = (f", {would}delete {len(outcome.deleted)} (older than {settings.delete_after_days:g} days)"
+                if settings.delete_after_days > 0 else "; delete_after_days is off")
+    print(f"{spool.root}: {would}archive {len(outcome.archived)} ended jobs (older than "
+          f"{settings.archive_after_days:g} days){deleting}")
+    return EXIT_OK
+
+
 def print_fsck(report, repairing: bool) -> None:
     """One block per finding (kind and path, what is wrong, what repair did or would do), then the verdict."""
     out = console()
@@ -1232,6 +1255,19 @@ def parser():
                       help="leave alone what changed more recently than this: it may be in flight (default: the "
                            "server's own thresholds, 60 s, and 600 s for a dataset build; 0 only while no server "
                            "or agent runs)")
+
+    archive = command("archive", cmd_archive, "move ended jobs past archive_after_days into the month files of "
+                                              "spool/archive/ and delete those past delete_after_days, as the "
+                                              "server's maintenance does (run it on the server's machine)",
+                      (common, json_option))
+    archive.add_argument("--root", help=_from_setting("shared root", "shared_root"))
+    archive.add_argument("--after-days", type=float, metavar="DAYS",
+                         help=_from_setting("archive ended jobs submitted more than DAYS ago", "archive_after_days"))
+    archive.add_argument("--delete-after-days", type=float, metavar="DAYS",
+                         help=_from_setting("delete ended jobs submitted more than DAYS ago, folders and all; 0: "
+                                            "never", "delete_after_days"))
+    archive.add_argument("--dry-run", action="store_true", help="only list what would be archived and deleted "
+                                                                "(default: do it)")
 
     settings = command("settings", cmd_settings, "print the effective settings (secrets masked)")
     settings.add_argument("--markdown", action="store_true", help="print the settings table for docs (default: off)")

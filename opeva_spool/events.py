@@ -345,7 +345,17 @@ class TransitionTracker:
                 continue
             self._changed(job_id, job, live=False)
         for job_id in [job_id for job_id in self._jobs if job_id not in present]:
-            self._changed(job_id, None, live=False)  # deleted while the server was down
+            if job_id in self.index:
+                del self._jobs[job_id]  # archived: history now, as the jobs from before the journal
+            else:
+                self._changed(job_id, None, live=False)  # deleted while the server was down
+
+    def archived(self, job_ids: list[str]) -> None:
+        """Jobs that moved into the archive: no change of state (no event), and no longer tracked, so that what
+        this tracker holds stays the live jobs, not every job ever run."""
+        with self._lock:
+            for job_id in job_ids:
+                self._jobs.pop(job_id, None)
 
     # ----- job transitions ----------------------------------------------------------------
 

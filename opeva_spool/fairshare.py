@@ -14,7 +14,8 @@ time (the next field of the name), so one submitter's jobs keep their order.
 
 Only the server publishes, so only it computes ranks; agents never do: they sort names.
 The state is rebuilt at start-up from the index (``restore``): the clock from the entries
-that left the queue, each submitter's last rank from its entries still queued or waiting.
+that left the queue (and the archive's highest ranks, ``restore_clock``), each submitter's last
+rank from its entries still queued or waiting.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ class FairShare:
             left = self._queued.pop(job_id, None) or entry
             if left is not None and left.rank > self._clock.get(left.priority, 0):
                 self._clock[left.priority] = left.rank
+
+    def restore_clock(self, max_ranks: dict[int, int]) -> None:
+        """Raise each priority's clock to the highest rank of jobs no longer indexed one by one (archived ones)."""
+        with self._lock:
+            for priority, rank in max_ranks.items():
+                self._clock[priority] = max(self._clock.get(priority, 0), rank)
 
     def restore(self, placed: Iterable[tuple[Entry, str]], submitter_of: Callable[[Entry, str], str]) -> None:
         """Rebuild from (entry, location kind) pairs of every known job; ``submitter_of`` reads the

@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
-from . import fsio, names, sweeps
+from . import archive, fsio, names, sweeps
 from .jobs import JobFolder
 from .sitedata.mongo import iso_now
 from .sitedata.store import STALE_BUILD_SECONDS
@@ -102,7 +102,9 @@ class Checker:
         # second pass, made after the folders were listed, misses it too (a publish commits its folder first).
         listed_again = self._entry_places()
         self._check_duplicates(places)
-        self._check_folders(places, folders, staged | listed_again.keys())
+        # Read after the listings: an archived job's month file is written before its entry leaves done/.
+        archived = archive.archived_ids(self.spool)
+        self._check_folders(places, folders, staged | listed_again.keys() | archived)
         self._check_records(places)
         self._check_staging()
         self._check_trash()

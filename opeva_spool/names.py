@@ -18,7 +18,7 @@ DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 RESERVED_HOSTS = {"any", "queued", "waiting", "done", "staging", "requests", "trash", "inbox", "rejected", "hosts",
-                  "events", "sweeps"}
+                  "events", "sweeps", "archive"}
 
 
 def _check(kind, pattern, value):

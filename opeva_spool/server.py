@@ -27,7 +27,7 @@ from .events import EventBus, EventJournal, TransitionTracker
 from .fairshare import FairShare
 from .hosts import LivenessMonitor
 from .inbox import Inbox
-from .index import JobIndex
+from .index import JobIndex, MtimeGate
 from .jobs import EMBEDDED_HOST
 from .metrics import Metrics
 from .queue import QueueView
@@ -35,7 +35,7 @@ from .runtimes import make_runtime
 from .service import JobService
 from .sitedata.mongo import SiteData
 from .sitedata.store import DatasetStore
-from .spool import QUEUED, TERMINAL_DIRS, Entry, Location, Spool
+from .spool import QUEUED, TERMINAL_DIRS, UNREADABLE_ENTRY_SETTLE_SECONDS, Entry, Location, Spool
 from .streams import StreamGate, StreamingDispatcher
 from .watching import DirectoryWatcher
 from .webhook import WebhookSender
@@ -43,8 +43,10 @@ from .workers import WorkerService
 
 log = logging.getLogger(__name__)
 
-# done/ can hold every job ever run; it is listed in full only every this many scans.
-FULL_SCAN_EVERY = 12
+# The archive pass (archive.py) runs at most this often, and archives at most ARCHIVE_BATCH jobs a round: a
+# backlog (the first pass over a big tree) is worked off a batch per maintenance round, not in one long round.
+ARCHIVE_EVERY_SECONDS = 3600.0
+ARCHIVE_BATCH = 50_000
 WAITRESS_THREADS = 16
 # Connections beyond the open streams (waitress's own default limit).
 ORDINARY_CONNECTIONS = 100
@@ -74,8 +76,8 @@ class Server:
         if rolled:
             log.warning("published %d jobs of sweeps interrupted by a crash", len(rolled))
         self.index = JobIndex(self.spool)
-        self.index.sync(include_done=True)
-        removed = self.spool.recover_orphans(self.index.job_ids())
+        self.index.sync(include_done=True)  # loads the archive's month files first
+        removed = self.spool.recover_orphans(self.index.unknown_among)
         if removed:
             log.warning("moved %d half-published job folders to the trash: %s", len(removed), removed[:10])
         self.fairshare = FairShare()
@@ -86,6 +88,7 @@ class Server:
         # The submitter of a queued job is read through JobService.meta, which keeps it for list filters too.
         self.fairshare.restore(((job.entry, job.location.kind) for job in indexed.values()),
                                lambda entry, kind: self.jobs.meta(indexed[entry.job_id])[0])
+        self.fairshare.restore_clock(self.index.archive.max_ranks())
         # A requeue renames the entry (attempt + 1): the index learns the new name at once.
         self.monitor = LivenessMonitor(self.spool, settings.hosts, settings.offline_after, on_moved=self.index.place)
         self.jobs.queue = QueueView(self.spool, self.monitor)
@@ -103,6 +106,9 @@ class Server:
         # Before anything else can change the index: what happened while the server was down comes first.
         self.transitions.reconcile()
         self.index.on_change = self._job_changed
+        self.index.on_archived = self.transitions.archived
+        self._archive_due = 0.0  # monotonic time of the next archive pass
+        self._queued_gate = MtimeGate(int((UNREADABLE_ENTRY_SETTLE_SECONDS + 1) * 1e9))
         ctx = api_app.Context(settings, spool=self.spool, index=self.index, jobs=self.jobs, monitor=self.monitor,
                               sitedata=sitedata, datasets=datasets, events=self.events, metrics=self.metrics,
                               sweeps=self.sweeps, dependency_checks=dependency_checks(settings, sitedata),
@@ -175,22 +181,22 @@ class Server:
             for state in TERMINAL_DIRS:
                 self.watcher.watch(self.spool.done_path(state), self._on_entry_event)
 
-    def maintain_once(self, rounds=0):
+    def maintain_once(self):
         """One maintenance round. Each step runs on its own: one failing (a transient NFS error,
         or an item no step expected) is logged and the rest of the round still runs."""
         steps = (
             ("watch", self._watch_entry_dirs),
-            ("sync", lambda: self.index.sync(include_done=rounds % FULL_SCAN_EVERY == 0)),
+            ("sync", self.index.sync),
             ("observe hosts", self.monitor.observe),
             ("reclaim offline hosts", self.monitor.reclaim_offline),
             ("sweeps", self.sweeps.maintain),
             ("inbox", self.inbox.scan),
-            ("unreadable entries", self._set_aside_unreadable_entries),
-            ("legacy entries", self._upgrade_legacy_entries),
+            ("queued entries", self._check_queued_entries),
             ("trash", self.spool.empty_trash),
             ("stop requests", self._clear_answered_stop_requests),
             ("events", self.transitions.maintain),
             ("dependencies", self.dependencies.maintain),
+            ("archive", self._archive),
         )
         for name, step in steps:
             try:
@@ -198,9 +204,29 @@ class Server:
             except Exception:
                 log.exception("maintenance step %r failed; the round goes on", name)
 
-    def _set_aside_unreadable_entries(self):
+    def _archive(self):
+        """Archive and delete what is due (rate-limited: ARCHIVE_EVERY_SECONDS, sooner while a backlog remains)."""
+        settings = self.settings
+        if time.monotonic() < self._archive_due or not (settings.archive_after_days > 0
+                                                        or settings.delete_after_days > 0):
+            return
+        # Before the pass: one that fails (a full share) is tried again at the next hour, not every round.
+        self._archive_due = time.monotonic() + ARCHIVE_EVERY_SECONDS
+        outcome = self.jobs.archiver.run(settings.archive_after_days, settings.delete_after_days, limit=ARCHIVE_BATCH)
+        if outcome.archived or outcome.deleted:
+            log.info("archived %d ended jobs, deleted %d past delete_after_days", len(outcome.archived),
+                     len(outcome.deleted))
+        if outcome.remaining:
+            self._archive_due = 0.0  # the next batch at the next round
+
+    def _check_queued_entries(self):
+        """Set aside unreadable entries and upgrade legacy names in queued/, when it changed: an entry that arrived
+        is looked at once it is UNREADABLE_ENTRY_SETTLE_SECONDS old, so queued/ is looked at until its mtime is."""
+        if not self._queued_gate.changed(self.spool.queued_dir):
+            return
         for entry in self.spool.reject_unreadable_queued():
             self.index.vacate(Location(QUEUED), entry)
+        self._upgrade_legacy_entries()
 
     def _clear_answered_stop_requests(self):
         for name in fsio.listdir(self.spool.requests_dir):
@@ -215,17 +241,15 @@ class Server:
                 log.warning("stop request %s: %s", name, exc)
 
     def _maintain(self):
-        rounds = 1  # the constructor did the first full sync
         while not self.stopping.is_set():
             self.nudge.wait(self.settings.scan_interval)
             self.nudge.clear()
             if self.stopping.is_set():
                 return
             try:
-                self.maintain_once(rounds)
+                self.maintain_once()
             except Exception:  # maintenance must keep running through transient NFS errors
                 log.exception("maintenance round failed")
-            rounds += 1
 
     # ----- lifecycle ----------------------------------------------------------------------
 

@@ -41,6 +41,9 @@ DEFAULT_SLURM_SYNC_INTERVAL = 10.0  # seconds between two copies of a running Sl
 DEFAULT_RETRY_BACKOFF = 10.0
 DEFAULT_RETRY_BACKOFF_MAX = 600.0
 RUNTIMES = ("process", "docker", "slurm")
+# Archiving hides nothing from readers (docs/spool.md, "Archive"): the window only bounds what done/ holds and the
+# server lists. A week keeps the current week's jobs in done/ for `ls`, and done/ at ~7,000 entries at 1,000 jobs a day.
+DEFAULT_ARCHIVE_AFTER_DAYS = 7.0
 # open_reads: "auto" keeps reads open with only api_token set (as before roles) and closes them with a tokens file.
 OPEN_READS_AUTO = "auto"
 OPEN_READS_VALUES = {OPEN_READS_AUTO: None, "true": True, "yes": True, "on": True, "1": True,
@@ -105,6 +108,9 @@ class Settings:
     mongo_timeout_ms: int = DEFAULT_MONGO_TIMEOUT_MS
     # --- events ---
     webhook_url: str = ""
+    # --- archive and retention ---
+    archive_after_days: float = DEFAULT_ARCHIVE_AFTER_DAYS
+    delete_after_days: float = 0.0
 
 
 DESCRIPTIONS = {
@@ -117,7 +123,8 @@ DESCRIPTIONS = {
                       "{config_file}).",
     "process_command": "Command template for process-runtime jobs (the same fields, and {python}: this interpreter).",
     "observer": "`native` (inotify) or `polling` (sees other hosts' writes on NFS).",
-    "scan_interval": "Seconds between full scans of the spool (events are only hints).",
+    "scan_interval": "Seconds between scans of the spool (events are only hints); an ended entries' folder is "
+                     "listed again only when its mtime moved.",
     "commit_flush": "How a submission's files are made durable before its commit: `fsync` (each by its writer; "
                     "the filesystem's journal merges concurrent ones) or `syncfs` (one syncfs of the share per "
                     "batch of concurrent submissions: group commit, for a share where each fsync is a round "
@@ -173,6 +180,10 @@ DESCRIPTIONS = {
                            "(with `slurm_remote_root`).",
     "mongo_uri": "MongoDB URI for site data; empty disables the site endpoints (503).",
     "mongo_timeout_ms": "Server-selection and socket timeout for MongoDB, in milliseconds.",
+    "archive_after_days": "Ended jobs submitted more than this many days ago move from spool/done/ into the "
+                          "month files of spool/archive/ (still answering every read); 0: never.",
+    "delete_after_days": "Jobs ended and submitted more than this many days ago are deleted, folder and all "
+                         "(`opeva-spool archive --dry-run` lists them); 0: never (the default).",
     "webhook_url": "When set, a JSON POST to this http(s) URL each time a job ends (docs/events.md); empty: off.",
 }
 

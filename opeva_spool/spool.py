@@ -32,7 +32,7 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from . import crashpoints, fsio, names
@@ -733,13 +733,15 @@ class Spool:
         self._readable_queued &= listed
         return rejected
 
-    def recover_orphans(self, known_job_ids: set[str], min_age: float = ORPHAN_MIN_AGE) -> list[str]:
+    def recover_orphans(self, unknown: Callable[[Iterable[str]], set[str]],
+                        min_age: float = ORPHAN_MIN_AGE) -> list[str]:
         """Clean what a crash in the middle of publish() or delete can leave behind.
 
         Staging dirs older than ``min_age`` are removed (never published). A job folder
         with no entry anywhere and older than ``min_age`` belongs to a submission that
         never got its 2xx, or to a delete that trashed the entry and died before the
-        folder: it goes to the trash.
+        folder: it goes to the trash. ``unknown`` picks, from the folder names, the ids of no
+        job (the index's ``unknown_among``: live and archived jobs, in bulk).
         """
         removed = []
         for name in fsio.listdir(self.staging_dir):
@@ -747,9 +749,7 @@ class Spool:
             if fsio.age(path) > min_age:
                 shutil.rmtree(path, ignore_errors=True)
                 fsio.unlink_quietly(path)  # a staged entry is a file
-        for job_id in fsio.listdir(self.jobs_dir):
-            if job_id in known_job_ids:
-                continue
+        for job_id in sorted(unknown(fsio.listdir(self.jobs_dir))):
             path = os.path.join(self.jobs_dir, job_id)
             if fsio.age(path) > min_age and self.trash(path):
                 removed.append(job_id)

@@ -541,6 +541,9 @@ class SweepService:
             tally = counts.get(sweep_of(job.entry.job_id))
             if tally is not None:
                 tally[self.index.state_of(job).value] += 1
+        for header in headers:  # its jobs archived since (an ended sweep past archive_after_days)
+            counts[header["sweep_id"]].update(self.index.archived_states(f"{header['sweep_id']}-",
+                                                                         str(header.get("submitted_at") or "")))
         rows = []
         for header in headers:
             tally = counts[header["sweep_id"]]

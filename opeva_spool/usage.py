@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import jobs
 from .exceptions import BadRequest
-from .index import IndexedJob, JobIndex
 from .spool import DONE, RUNNING, Entry, Spool
 from .states import JobState
+
+if TYPE_CHECKING:  # the index imports the archive, which uses this module's reading of attempt records
+    from .index import IndexedJob, JobIndex
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +143,12 @@ class AttemptLedger:
             wait = max(0.0, now - submitted)
         else:
             wait = None
-        run = sum(times.run_seconds(now) for times in _ran(attempts))
+        run = sum(times.run_seconds(now) for times in settled(attempts))
         return {"queue_wait_seconds": round(wait, SECONDS_DIGITS) if wait is not None else None,
                 "run_seconds": round(run, SECONDS_DIGITS)}
 
 
-def _ran(attempts: list[AttemptTimes]) -> list[AttemptTimes]:
+def settled(attempts: list[AttemptTimes]) -> list[AttemptTimes]:
     """The attempts with their ends settled: every attempt but the last has ended, and one that was taken
     away without an ending (a lost host) ran until its record was last written."""
     settled = []
@@ -212,7 +215,7 @@ class Usage:
             present.append((entry.job_id, entry.submit_ns))
             if entry.attempt == 1 and job.location.kind not in (RUNNING, DONE):
                 continue  # queued or waiting for the first time: nothing ran
-            for times in _ran(self.ledger.attempts(entry)):
+            for times in settled(self.ledger.attempts(entry)):
                 if times.claimed is None and times.started is None:
                     continue  # never claimed (or its record is not written yet)
                 if start is not None and (times.ended if times.ended is not None else now) < start:
@@ -221,11 +224,32 @@ class Usage:
                 seconds = times.run_seconds(now, start)
                 rows.setdefault(name, UsageRow()).add(entry.job_id, seconds, times.gpus)
                 total.add(entry.job_id, seconds, times.gpus)
+        self._archived(rows, total, by, start)
         self.ledger.forget_all_but(present)
         ordered = sorted(rows.items(), key=lambda item: (-item[1].gpu_seconds, -item[1].run_seconds, item[0]))
         return {"by": by, "since": _iso(start), "until": _iso(now),
                 "rows": [row.as_dict(by, name) for name, row in ordered],
                 "total": {key: value for key, value in total.as_dict(by, "").items() if key != by}}
+
+
+    def _archived(self, rows: dict[str, UsageRow], total: UsageRow, by: str, start: float | None) -> None:
+        """Add the archived jobs' attempts, from their month files' run columns (no record is read again). A job is
+        counted by (month, row) rather than by its id: no string is made per archived job."""
+        for number, month in enumerate(self.index.archive.months.values()):
+            if start is not None and month.last_end < start:
+                continue  # every attempt of the month ended before the window
+            by_user = by == BY_USER
+            names = month.tables["submitted_by" if by_user else "host"]
+            for run in range(len(month.run_row)):
+                if start is not None and month.run_end[run] < start:
+                    continue
+                row, began = month.run_row[run], month.run_start[run]
+                seconds = 0.0 if math.isnan(began) else max(0.0, month.run_end[run] - (began if start is None
+                                                                                       else max(began, start)))
+                name = names[month.codes["submitted_by"][row] if by_user else month.run_host[run]]
+                key = number << 32 | row
+                rows.setdefault(name, UsageRow()).add(key, seconds, month.run_gpus[run])
+                total.add(key, seconds, month.run_gpus[run])
 
 
 def _iso(epoch: float | None) -> str | None:

@@ -187,3 +187,23 @@ def test_a_late_event_of_an_earlier_attempt_never_takes_a_requeued_job_back(spoo
     index.sync()  # a listing cannot take it back either
     assert held.entry == requeued and index.status_of(held).entry.attempt == 2
     assert index.get(entry.job_id).location == Location(QUEUED)
+
+
+def test_a_sync_lists_an_entry_directory_again_only_when_its_mtime_moved(spool):
+    first, second = publish(spool, 2)
+    for entry in (first, second):
+        assert spool.cancel_queued(entry)
+    done = spool.done_path(JobState.CANCELED.value)
+    old = os.stat(done).st_mtime - 60
+    os.utime(done, (old, old))  # older than the settling time: its mtime is trusted
+    index = JobIndex(spool)
+    index.sync()
+
+    os.unlink(os.path.join(done, first.name))  # behind the index's back, and the mtime put back
+    os.utime(done, (old, old))
+    index.sync()
+    assert first.job_id in index  # not listed again: nothing moved its mtime
+
+    os.unlink(os.path.join(done, second.name))  # a real change moves it
+    index.sync()
+    assert first.job_id not in index and second.job_id not in index
