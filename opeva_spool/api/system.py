@@ -13,6 +13,8 @@ from .openapi import BOOLEAN, STRING, array, describe, nullable, obj
 from .ui import UI_PATH, wants_html
 
 DEPENDENCY_CHECK_TTL = 10.0
+# /health's look at the shared root (a probe file written and removed, stats, rejected/ listed) is reused this long.
+STORAGE_CHECK_TTL = 1.0
 DRAIN_REPLY = obj({"host": STRING, "draining": BOOLEAN, "message": STRING}, ["host", "draining", "message"])
 
 
@@ -48,10 +50,42 @@ class CachedCheck:
             self.result, self.checked_at, self._running = result, time.monotonic(), False
 
 
+class RecentResult:
+    """A check run by the request that finds its last result older than ``ttl`` s; others reuse that result.
+
+    For /health's look at the shared root: probes every few milliseconds would otherwise each write and
+    remove a file in staging/ (an inotify event for the server's own watcher; on NFS a round trip). A
+    request arriving while another one runs the check gets the previous result instead of queueing behind
+    a slow share; only the very first requests wait for the first result.
+    """
+
+    def __init__(self, check: Callable[[], object], ttl: float = STORAGE_CHECK_TTL) -> None:
+        self.check = check
+        self.ttl = ttl
+        self.result = None
+        self.checked_at = None
+        self._running = threading.Lock()
+
+    def get(self):
+        fresh = self.checked_at is not None and time.monotonic() - self.checked_at <= self.ttl
+        if fresh or not self._running.acquire(blocking=self.checked_at is None):
+            return self.result
+        try:
+            if self.checked_at is None or time.monotonic() - self.checked_at > self.ttl:  # not refreshed meanwhile
+                # result is stored before checked_at: a reader that sees the new time sees the new result.
+                self.result, self.checked_at = self.check(), time.monotonic()
+            return self.result
+        finally:
+            self._running.release()
+
+
 def install(app: bottle.Bottle, ctx: Context) -> None:
     spool = ctx.spool
     monitor = ctx.monitor
     dependency_checks = {name: CachedCheck(check) for name, check in ctx.dependency_checks.items()}
+    storage = RecentResult(lambda: (
+        [problem for problem in (spool.check_writable(), spool.check_one_filesystem()) if problem],
+        spool.rejected_summary()))  # dropped folders and queued/ garbage set aside
 
     @app.get("/whoami")
     @describe("Who the caller is: the token's user and the roles it holds (an admin holds every role); with auth "
@@ -92,14 +126,14 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
               reply=obj({"status": STRING, "version": STRING, "shared_root": STRING, "jobs": obj(), "mongodb": obj(),
                          "docker": obj()}, ["status"]), statuses=(503,))
     def health():
-        problems = [problem for problem in (spool.check_writable(), spool.check_one_filesystem()) if problem]
+        problems, rejected = storage.get()
         body = {
             "status": "ok" if not problems else "error",
             "version": __version__,
             "shared_root": spool.root,
             "problems": problems,
             "jobs": ctx.index.counts(),
-            "rejected": spool.rejected_summary(),  # dropped folders and queued/ garbage set aside
+            "rejected": rejected,
             "mongodb": dependency_checks["mongodb"].get() if "mongodb" in dependency_checks
             else {"status": "not_configured"},
             "docker": dependency_checks["docker"].get() if "docker" in dependency_checks
