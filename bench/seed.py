@@ -32,6 +32,7 @@ SEED_HOST = "benchhost"
 KNOWN_HOSTS = ("local", SEED_HOST)
 # (location kind, detail, share of N), in the order the job numbers are handed out.
 MIX = (("done", "finished", 0.95), ("done", "failed", 0.02), ("done", "canceled", 0.01), ("queued", "", 0.02))
+ENDED_MIX = (("done", "finished", 0.95), ("done", "failed", 0.03), ("done", "canceled", 0.02))  # history only
 
 DEFAULT_SPAN_DAYS = 30
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -41,10 +42,10 @@ def _iso(ns):
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
 
 
-def plan(n):
-    """[Location] for job numbers 0..n-1: the MIX, interleaved so every state spans all times."""
+def plan(n, mix=MIX):
+    """[Location] for job numbers 0..n-1: the mix, interleaved so every state spans all times."""
     kinds = []
-    for kind, detail, share in MIX:
+    for kind, detail, share in mix:
         kinds.extend([Location(kind, detail)] * round(n * share))
     kinds = (kinds + [Location("done", "finished")] * n)[:n]
     # Interleave deterministically: job i gets kinds[(i * 7919) % n] (7919 is prime, so a permutation
@@ -120,8 +121,8 @@ def _seed_slice(args):
             for number, location in enumerate(kinds, first)]
 
 
-def seed(root, n, processes=None, span_days=DEFAULT_SPAN_DAYS):
-    """Write n jobs under ``root``, submitted over the ``span_days`` before now.
+def seed(root, n, processes=None, span_days=DEFAULT_SPAN_DAYS, mix=MIX):
+    """Write n jobs (in the proportions of ``mix``) under ``root``, submitted over the ``span_days`` before now.
 
     Returns {"seconds", "jobs": [(job_id, kind, detail)]}. Several processes write at once (more than
     the cores: much of a create is waiting on the filesystem's journal).
@@ -134,7 +135,7 @@ def seed(root, n, processes=None, span_days=DEFAULT_SPAN_DAYS):
     processes = processes or 2 * (os.cpu_count() or 1)
     span_ns = int(span_days * 24 * 3600 * 10**9)
     start_ns, step_ns = time.time_ns() - span_ns, max(1, span_ns // n)
-    kinds = plan(n)
+    kinds = plan(n, mix)
     chunk = max(1, min(20_000, (n + processes * 4 - 1) // (processes * 4)))
     slices = [(spool.root, i, kinds[i:i + chunk], start_ns, step_ns) for i in range(0, n, chunk)]
     result = []
