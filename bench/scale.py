@@ -11,7 +11,7 @@ What it does: seeds N jobs straight onto disk with bench/seed.py (submit times s
 ``--span-days``, 1000 by default: a lab's thousand jobs a day), then starts ``python -m
 opeva_spool.cli serve`` from ``--repo`` as a process on that root (embedded worker on, as a default
 server runs; OPEVA_HOSTS=local,benchhost) and measures, with one keep-alive HTTP client:
-1. start-up: process start until /health answers 200 and its job counts add up to N (the index is complete);
+1. start-up: process start until /health answers 200 and GET /jobs counts N jobs (the index is complete);
 2. idle CPU: the server's user+system CPU over ``--idle-seconds`` (60) with no requests, % of a core;
 3. RSS: VmRSS after start-up and after the idle window (VmHWM: the peak);
 4. /health every 10 ms for ``--health-seconds`` (30): p50 and p99 on an idle server;
@@ -22,7 +22,6 @@ run on: a server that moves entries (archiving) finds it as that run left it.
 """
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -76,23 +75,26 @@ class Server:
         self.startup_s = self._wait_indexed(started, jobs)
 
     def _wait_indexed(self, started, jobs):
-        """Seconds until /health answers and counts every seeded job (an index built after listening counts)."""
+        """Seconds until /health answers and /jobs counts every seeded job (X-Total-Count; an index built
+        after the listener opened counts too)."""
         client = None
         while time.perf_counter() - started < READY_TIMEOUT_S:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
             try:
                 client = client or run.Client(self.port)
-                status, payload, _ = client.request("GET", "/health")
+                path = "/jobs?limit=1" if self.first_answer_s else "/health"
+                status, _, response = client.request("GET", path)
             except OSError:
                 client = None
                 time.sleep(0.05)
                 continue
-            if status == 200:
-                self.first_answer_s = self.first_answer_s or time.perf_counter() - started
-                if sum(json.loads(payload).get("jobs", {}).values()) >= jobs:
-                    client.close()
-                    return time.perf_counter() - started
+            if status == 200 and not self.first_answer_s:
+                self.first_answer_s = time.perf_counter() - started
+                continue
+            if status == 200 and int(response.getheader("X-Total-Count") or 0) >= jobs:
+                client.close()
+                return time.perf_counter() - started
             time.sleep(0.05)
         raise RuntimeError(f"the server had not indexed {jobs} jobs after {READY_TIMEOUT_S}s; see {self.log_path}")
 
