@@ -226,14 +226,15 @@ def main():
     finally:
         hosts.close()  # unmounts, removes the namespace, stops sshd
         raw["loadavg_after"] = os.getloadavg()
+        if len(raw["sizes"]) == len(args.sizes):
+            run.save_figures(args.out, raw)  # before deleting the share, which takes minutes at 100k
+            report(raw)
+            print(f"raw figures: {args.out}")
         if args.profile:
             log(f"profiles kept in {work}; the share is deleted")
             shutil.rmtree(root, ignore_errors=True)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    run.save_figures(args.out, raw)
-    report(raw)
-    print(f"raw figures: {args.out}")
 
 
 if __name__ == "__main__":

@@ -213,8 +213,8 @@ def measure(args, root, workdir):
         ids = sample_ids(root, args.requests)
         spy.start("reads", 60)
         raw["status"] = run.summary_ms(timed(client, lambda i: f"/status/{ids[i % len(ids)]}", args.requests))
-        raw["jobs_first_page"] = run.summary_ms(timed(client, "/jobs?limit=100", args.requests // 4))
-        raw["jobs_cursor_pages"] = run.summary_ms(cursor_pages(client, args.requests // 4))
+        raw["jobs_first_page"] = run.summary_ms(timed(client, "/jobs?limit=100", args.requests // 10))
+        raw["jobs_cursor_pages"] = run.summary_ms(cursor_pages(client, args.requests // 10))
         raw["jobs_failed_filter"] = run.summary_ms(timed(client, "/jobs?limit=100&status=failed", args.requests // 10))
         spy.stop()
         client.close()
@@ -268,7 +268,8 @@ def main():
     parser.add_argument("--span-days", type=float, default=DEFAULT_SPAN_DAYS, help="submit times spread over")
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--health-seconds", type=float, default=30.0)
-    parser.add_argument("--requests", type=int, default=2000, help="GET /status requests (a quarter as many /jobs)")
+    parser.add_argument("--requests", type=int, default=2000,
+                        help="GET /status requests (a tenth as many of each /jobs kind)")
     parser.add_argument("--profile", action="store_true", help="record py-spy profiles into <workdir>/profiles")
     parser.add_argument("--out", help="raw figures (default bench/results/scale-<jobs>.json)")
     args = parser.parse_args()
@@ -293,14 +294,14 @@ def main():
             log(f"seeded in {seeded['seconds']:.0f}s ({args.jobs / max(seeded['seconds'], 1e-9):,.0f} jobs/s)")
         raw = measure(args, root, workdir)
         raw["reused_tree"] = reused
+        out = args.out or os.path.join(HERE, "results", f"scale-{args.jobs}.json")
+        run.save_figures(out, raw)
+        report(raw)
+        print(f"raw figures: {out}")
     finally:
-        if not args.keep:
+        if not args.keep:  # minutes at 1M: after the table
             log(f"deleting {workdir}")
             shutil.rmtree(workdir, ignore_errors=True)
-    out = args.out or os.path.join(HERE, "results", f"scale-{args.jobs}.json")
-    run.save_figures(out, raw)
-    report(raw)
-    print(f"raw figures: {out}")
 
 
 if __name__ == "__main__":
