@@ -1,6 +1,6 @@
 """opeva-spool at a million jobs: start-up, idle cost, RSS and read latency of a server on a big tree.
 
-    python bench/scale.py                       # seed 1M jobs (~7 min here), start the server, measure
+    python bench/scale.py                       # seed 1M jobs (~15 min here), start the server, measure
     python bench/scale.py --jobs 100000         # a smaller tree
     python bench/scale.py --repo /work/wt/other # the server runs that source tree (another branch)
     python bench/scale.py --keep                # keep the seeded tree; a later run on the same
