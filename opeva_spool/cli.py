@@ -5,6 +5,7 @@ sweeps, queue, usage, hosts, configs, datasets, status). See docs/cli.md."""
 import argparse
 import datetime as dt
 import email.message
+import gc
 import getpass
 import json
 import logging
@@ -91,6 +92,9 @@ def cmd_serve(args):
     settings = _settings(args, bind=args.bind, port=args.port,
                          embedded_worker=False if args.no_worker else None)
     server = Server(settings)
+    # What start-up built (the index of every job) lives as long as the process: frozen out of the cyclic
+    # GC's sight, a full collection no longer walks it (~0.6 s with every thread stopped at 1M jobs).
+    gc.freeze()
     server.listen()  # first: a port already taken starts nothing
     _stop_on_signals(server.shutdown)
     server.start()

@@ -61,3 +61,16 @@ def test_drain_file_is_visible_in_hosts_and_stops_claims(client, server):
     server.agent.wake.set()
     wait_for(lambda: client.get(f"/status/{job['job_id']}").json()["status"] == "finished", message="undrained run")
     assert not os.path.exists(server.spool.drain_path("local"))
+
+
+def test_health_answers_from_facts_refreshed_in_the_background_and_sees_a_broken_root_within_seconds(tmp_path):
+    server = Server(make_settings(tmp_path, embedded_worker=False))
+    client = WsgiClient(server.app)
+    assert client.get("/health").status == 200  # the first probe computes the facts itself
+    shutil.rmtree(server.spool.staging_dir)
+    with open(server.spool.staging_dir, "w") as handle:  # a file where the staging dir must be
+        handle.write("x")
+    # Probes keep answering at once from the last facts; a refresh started by a stale probe reports the problem.
+    response = wait_for(lambda: (lambda r: r if r.status == 503 else None)(client.get("/health")), timeout=10,
+                        message="/health to report the unusable root")
+    assert "not writable" in response.json()["detail"]

@@ -1,5 +1,6 @@
 """Hosts and health."""
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +13,12 @@ from .app import Context
 from .openapi import BOOLEAN, STRING, array, describe, nullable, obj
 from .ui import UI_PATH, wants_html
 
+log = logging.getLogger(__name__)
+
 DEPENDENCY_CHECK_TTL = 10.0
+# /health's own facts (a probe file written and removed, stats, rejected/ listed, the index's counts) are
+# refreshed in the background at most this often.
+HEALTH_FACTS_TTL = 1.0
 DRAIN_REPLY = obj({"host": STRING, "draining": BOOLEAN, "message": STRING}, ["host", "draining", "message"])
 
 
@@ -48,10 +54,55 @@ class CachedCheck:
             self.result, self.checked_at, self._running = result, time.monotonic(), False
 
 
+class RecentResult:
+    """A result refreshed in the background at most every ``ttl`` s; only the very first requests wait for it.
+
+    For /health's own facts. Probes every few milliseconds would otherwise each write and remove a file
+    in staging/ (an inotify event for the server's own watcher; on NFS a round trip) and wait for the
+    index's lock, which a maintenance pass over a big tree holds for a while: /health's p99 was that wait.
+    A request finding the result stale starts one refresh and answers with the previous result.
+    """
+
+    def __init__(self, compute: Callable[[], object], ttl: float = HEALTH_FACTS_TTL) -> None:
+        self.compute = compute
+        self.ttl = ttl
+        self.result = None
+        self.computed_at = None
+        self._first = threading.Lock()
+        self._lock = threading.Lock()
+        self._refreshing = False
+
+    def get(self):
+        if self.computed_at is None:
+            with self._first:  # a server's first probes: there is nothing older to answer with
+                if self.computed_at is None:
+                    self.result, self.computed_at = self.compute(), time.monotonic()
+        with self._lock:
+            if time.monotonic() - self.computed_at > self.ttl and not self._refreshing:
+                self._refreshing = True
+                threading.Thread(target=self._refresh, name="health-facts", daemon=True).start()
+            return self.result
+
+    def _refresh(self):
+        try:
+            result = self.compute()
+        except Exception:  # the previous facts stay; the next stale request tries again
+            log.exception("refreshing /health's facts failed")
+            result = None
+        with self._lock:
+            if result is not None:
+                self.result = result
+            self.computed_at, self._refreshing = time.monotonic(), False
+
+
 def install(app: bottle.Bottle, ctx: Context) -> None:
     spool = ctx.spool
     monitor = ctx.monitor
     dependency_checks = {name: CachedCheck(check) for name, check in ctx.dependency_checks.items()}
+    facts = RecentResult(lambda: (
+        [problem for problem in (spool.check_writable(), spool.check_one_filesystem()) if problem],
+        ctx.index.counts(),
+        spool.rejected_summary()))  # dropped folders and queued/ garbage set aside
 
     @app.get("/whoami")
     @describe("Who the caller is: the token's user and the roles it holds (an admin holds every role); with auth "
@@ -92,14 +143,14 @@ def install(app: bottle.Bottle, ctx: Context) -> None:
               reply=obj({"status": STRING, "version": STRING, "shared_root": STRING, "jobs": obj(), "mongodb": obj(),
                          "docker": obj()}, ["status"]), statuses=(503,))
     def health():
-        problems = [problem for problem in (spool.check_writable(), spool.check_one_filesystem()) if problem]
+        problems, counts, rejected = facts.get()
         body = {
             "status": "ok" if not problems else "error",
             "version": __version__,
             "shared_root": spool.root,
             "problems": problems,
-            "jobs": ctx.index.counts(),
-            "rejected": spool.rejected_summary(),  # dropped folders and queued/ garbage set aside
+            "jobs": counts,
+            "rejected": rejected,
             "mongodb": dependency_checks["mongodb"].get() if "mongodb" in dependency_checks
             else {"status": "not_configured"},
             "docker": dependency_checks["docker"].get() if "docker" in dependency_checks
