@@ -5,6 +5,7 @@ import http.server
 import json
 import os
 import pty
+import select
 import signal
 import stat
 import subprocess
@@ -432,10 +433,14 @@ def test_jobs_watch_refreshes_until_ctrl_c(api, tmp_path):
     job_id = cli.ok("submit", config_file(tmp_path), "-q").strip()
     watcher = cli.popen("jobs", "--watch", "--interval", "0.2")
     try:
-        time.sleep(1.5)
+        # Three refreshes read as they come (a loaded machine may take a second to start the CLI at all).
+        shown, deadline = b"", time.monotonic() + 30
+        while shown.count(job_id.encode()) < 3 and time.monotonic() < deadline:
+            if select.select([watcher.stdout], [], [], 0.5)[0]:
+                shown += os.read(watcher.stdout.fileno(), 65536)
         watcher.send_signal(signal.SIGINT)
         assert watcher.wait(10) == 130
-        out = watcher.stdout.read().decode()
+        out = (shown + watcher.stdout.read()).decode()
         assert "Traceback" not in watcher.stderr.read().decode()
         assert out.count(job_id) >= 3 and "\x1b[" not in out
     finally:
