@@ -12,18 +12,19 @@ arrives. Latency = arrival - stamp (one clock: the same machine). Prints p50/p95
 """
 
 import argparse
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from run import end_process, free_port, pct, request, start_plain_server  # noqa: E402
+
 TARGET_P95_MS = 200
 JOB = """\
 import random, sys, time
@@ -36,48 +37,13 @@ for i in range({lines}):
 """
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def request(url, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as answer:
-        return json.loads(answer.read())
-
-
-def start_server(root, port):
-    env = {**os.environ, "PYTHONPATH": REPO, "OPEVA_SHARED_ROOT": root, "OPEVA_LOCK_DIR": os.path.join(root, "locks"),
-           "OPEVA_PORT": str(port), "OPEVA_BIND": "127.0.0.1"}
-    env.pop("OPEVA_CONFIG", None)
-    server = subprocess.Popen([sys.executable, "-m", "opeva_spool.cli", "serve", "--log-level", "WARNING"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            request(f"http://127.0.0.1:{port}/health")
-            return server
-        except OSError:
-            time.sleep(0.05)
-    server.kill()
-    raise SystemExit("the server did not answer /health within 20 s")
-
-
-def pct(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=200, help="lines the job writes (default: %(default)s)")
     args = parser.parse_args(argv)
     root = tempfile.mkdtemp(prefix="opeva-bench-follow-")
     port = free_port()
-    server = start_server(root, port)
+    server = start_plain_server(REPO, root, port)
     follower = None
     try:
         url = f"http://127.0.0.1:{port}"
@@ -96,8 +62,7 @@ def main(argv=None):
     finally:
         if follower and follower.poll() is None:
             follower.kill()
-        server.terminate()
-        server.wait(30)
+        end_process(server, 30)
         shutil.rmtree(root, ignore_errors=True)
     if len(latencies) != args.lines or code != 0:
         raise SystemExit(f"got {len(latencies)} of {args.lines} lines, follower exit status {code}")

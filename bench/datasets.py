@@ -18,7 +18,6 @@ bench/results/datasets.json.
 
 import argparse
 import datetime as dt
-import json
 import os
 import random
 import shutil
@@ -26,13 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from run import free_port, save_figures  # noqa: E402
+from run import end_process, free_port, request, save_figures, start_plain_server  # noqa: E402
 
 TARGET_SECONDS = 20.0
 TARGET_RSS_MB = 1024.0
@@ -156,29 +154,8 @@ def start_mongo(work):
             time.sleep(0.05)
 
 
-def request(url, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as answer:
-        return json.loads(answer.read())
 
 
-def start_server(repo, root, port, mongo_uri, timeout_ms):
-    env = {**os.environ, "PYTHONPATH": repo, "OPEVA_SHARED_ROOT": root, "OPEVA_LOCK_DIR": os.path.join(root, "locks"),
-           "OPEVA_PORT": str(port), "OPEVA_BIND": "127.0.0.1", "OPEVA_MONGO_URI": mongo_uri,
-           "OPEVA_MONGO_TIMEOUT_MS": str(timeout_ms)}
-    env.pop("OPEVA_CONFIG", None)
-    server = subprocess.Popen([sys.executable, "-m", "opeva_spool.cli", "serve", "--log-level", "WARNING"], env=env,
-                              cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            request(f"http://127.0.0.1:{port}/health")
-            return server
-        except OSError:
-            time.sleep(0.05)
-    server.kill()
-    raise SystemExit("the server did not answer /health within 30 s")
 
 
 def proc_status_mb(pid, field):
@@ -239,7 +216,8 @@ def main(argv=None):
         seed_seconds, documents = seed(uri, args.days)
         print(f"seeded {documents} documents in {seed_seconds:.1f} s")
         port = free_port()
-        server = start_server(os.path.abspath(args.repo), os.path.join(work, "root"), port, uri, args.mongo_timeout_ms)
+        server = start_plain_server(os.path.abspath(args.repo), os.path.join(work, "root"), port,
+                                    {"OPEVA_MONGO_URI": uri, "OPEVA_MONGO_TIMEOUT_MS": str(args.mongo_timeout_ms)})
         rss_before = proc_status_mb(server.pid, "VmRSS")
         cpu_before = cpu_seconds(server.pid), cpu_seconds(mongo.pid)
         seconds, status, stages = build(f"http://127.0.0.1:{port}", args.days, server.pid, args.profile)
@@ -268,12 +246,7 @@ def main(argv=None):
     finally:
         for proc in (server, mongo):
             if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                end_process(proc)
         shutil.rmtree(work, ignore_errors=True)
 
 

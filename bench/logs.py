@@ -19,7 +19,6 @@ import argparse
 import http.client
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,8 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from datasets import proc_status_mb, request  # noqa: E402
-from run import free_port, pct, save_figures, summary_ms  # noqa: E402
+from datasets import proc_status_mb  # noqa: E402
+from run import end_process, free_port, pct, request, save_figures, start_plain_server, summary_ms  # noqa: E402
 
 TARGET_P50_MS = 200.0
 # "Flat": over the whole run (tails, three whole reads of the log, the follow) the server may grow by at most
@@ -76,21 +75,6 @@ class RssSampler(threading.Thread):
         return max(self.samples)
 
 
-def start_server(repo, root, port):
-    env = {**os.environ, "PYTHONPATH": repo, "OPEVA_SHARED_ROOT": root, "OPEVA_LOCK_DIR": os.path.join(root, "locks"),
-           "OPEVA_PORT": str(port), "OPEVA_BIND": "127.0.0.1"}
-    env.pop("OPEVA_CONFIG", None)
-    server = subprocess.Popen([sys.executable, "-m", "opeva_spool.cli", "serve", "--log-level", "WARNING"], env=env,
-                              cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            request(f"http://127.0.0.1:{port}/health")
-            return server
-        except OSError:
-            time.sleep(0.05)
-    server.kill()
-    raise SystemExit("the server did not answer /health within 30 s")
 
 
 def get(port, path):
@@ -132,7 +116,7 @@ def main(argv=None):
     server = None
     try:
         port = free_port()
-        server = start_server(os.path.abspath(args.repo), os.path.join(work, "root"), port)
+        server = start_plain_server(os.path.abspath(args.repo), os.path.join(work, "root"), port)
         go = os.path.join(work, "go")
         job = request(f"http://127.0.0.1:{port}/run-simulation", {
             "command": [sys.executable, "-c", JOB.format(mb=args.mb, go=go, lines=args.lines)],
@@ -189,12 +173,7 @@ def main(argv=None):
         save_figures(args.out, figures)
     finally:
         if server is not None:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            end_process(server)
         shutil.rmtree(work, ignore_errors=True)
 
 

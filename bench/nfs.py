@@ -64,13 +64,8 @@ def env_for(root, local, **settings):
 
 
 def stop(proc, timeout=20):
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    if proc is not None:
+        run.end_process(proc, timeout)
 
 
 def start_server(root, work):

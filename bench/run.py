@@ -47,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -90,6 +91,44 @@ def save_figures(path, figures):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(figures, handle, indent=2)
+
+
+def request(url, body=None, timeout=60):
+    """GET (or POST ``body`` as JSON) and the answer's JSON."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers=HEADERS)
+    with urllib.request.urlopen(req, timeout=timeout) as answer:
+        return json.loads(answer.read())
+
+
+def start_plain_server(repo, root, port, env=None, timeout=30):
+    """``opeva-spool serve`` from ``repo`` on ``root``, configured by the environment only (plus ``env``),
+    returned once /health answers."""
+    environment = {**os.environ, "PYTHONPATH": repo, "OPEVA_SHARED_ROOT": root,
+                   "OPEVA_LOCK_DIR": os.path.join(root, "locks"), "OPEVA_PORT": str(port), "OPEVA_BIND": "127.0.0.1",
+                   **(env or {})}
+    environment.pop("OPEVA_CONFIG", None)
+    server = subprocess.Popen([sys.executable, "-m", "opeva_spool.cli", "serve", "--log-level", "WARNING"],
+                              env=environment, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            request(f"http://127.0.0.1:{port}/health")
+            return server
+        except OSError:
+            time.sleep(0.05)
+    server.kill()
+    raise SystemExit(f"the server did not answer /health within {timeout} s")
+
+
+def end_process(proc, timeout=10):
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def summary_ms(seconds):

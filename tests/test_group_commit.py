@@ -75,6 +75,15 @@ def submit_concurrently(port, count=CLIENTS):
     return threads, answers
 
 
+def start_clients(port, answered, stop_event):
+    """CLIENTS threads submitting until the server dies or ``stop_event`` is set."""
+    threads = [threading.Thread(target=submit_until_killed, args=(port, answered, stop_event))
+               for _ in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
 def join_all(threads):
     for thread in threads:
         thread.join(60)
@@ -210,10 +219,7 @@ def test_a_server_killed_in_the_middle_of_batches_loses_no_answered_submit(tmp_p
     proc, http_client = start_server(root, tmp_path, commit_flush=commit_flush, **FAST)
     port = port_of(http_client)
     answered, stop_event = [], threading.Event()
-    threads = [threading.Thread(target=submit_until_killed, args=(port, answered, stop_event))
-               for _ in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
+    threads = start_clients(port, answered, stop_event)
     try:
         wait_for(lambda: len(answered) >= 300, timeout=60, message="300 answered submits")
         proc.send_signal(signal.SIGKILL)  # while 8 submissions are in flight, in some phase of their batch
@@ -232,10 +238,7 @@ def test_a_server_killed_at_a_flush_answers_none_of_its_batch_and_leaves_no_half
     proc, http_client = start_server(root, tmp_path, crash_at=point, commit_flush="syncfs", **FAST)
     port = port_of(http_client)
     answered, stop_event = [], threading.Event()
-    threads = [threading.Thread(target=submit_until_killed, args=(port, answered, stop_event))
-               for _ in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
+    threads = start_clients(port, answered, stop_event)
     try:
         proc.wait(30)  # the first flush kills it
     finally:
