@@ -2,7 +2,7 @@
 
     python bench/scale.py                       # seed 1M jobs (~15 min here), start the server, measure
     python bench/scale.py --jobs 100000         # a smaller tree
-    python bench/scale.py --repo /work/wt/other # the server runs that source tree (another branch)
+    python bench/scale.py --repo /tmp/other     # the server runs that source tree (another branch)
     python bench/scale.py --keep                # keep the seeded tree; a later run on the same
                                                 # --workdir reuses it instead of seeding again
     python bench/scale.py --profile             # py-spy the server while idle and under the probes

@@ -1,4 +1,4 @@
-"""Slurm runtime figures (issue 11, section 4), against a real one-node Slurm cluster.
+"""Slurm runtime figures against a real one-node Slurm cluster.
 
     python bench/slurm.py            # ~3 min: 20 latency jobs, 100 handed, CPU at 1/10/100/500 jobs
     python bench/slurm.py --quick    # ~1 min: 10 latency jobs, 100 handed, CPU at 1/10/100 jobs

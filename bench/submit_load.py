@@ -18,7 +18,7 @@ connection each, released together):
    in ``spool/queued/`` afterwards is checked against the 2xx count;
 3. meanwhile ``GET /health`` every 10 ms on its own connection: p50 / p99.
 
-Targets (issue 12, section 3): >= 1,000 submits/s with 8 clients; /health p50 <= 2 ms while they submit.
+Targets: >= 1,000 submits/s with 8 clients; /health p50 <= 2 ms while they submit.
 The clients run on the same cores as the server, so on a small machine they take CPU from it.
 """
 

@@ -1,12 +1,12 @@
 """The transport to a Slurm cluster: submit, release, cancel and query batch jobs with Slurm's own commands.
 
-The ``slurm`` runtime (issue 11) drives a cluster through a ``Cluster``. Every Slurm command is
+The ``slurm`` runtime drives a cluster through a ``Cluster``. Every Slurm command is
 one argv list run through ``Cluster.run``, the only place that knows *where* commands run:
 ``LocalCluster`` runs them on this machine (a login node), and ``SshCluster`` runs the same
 lists on a login node over SSH; ``make_cluster`` picks one from the settings. Nothing else may
 start a Slurm command.
 
-Facts behind the choices (Debian's Slurm 22.05, measured; see docs/slurm-notes.md):
+Facts behind the choices (Debian's Slurm 22.05, measured; see docs/slurm.md):
 - no pyslurm for 22.05 and no sacct without slurmdbd, so this parses the commands' text output;
 - ``squeue --json`` ignores ``-j`` and ``-t`` and returns every job of every user, so ``states``
   asks ``squeue -t all -j <ids>`` with a delimited ``-O`` format: one call for all ids;
