@@ -1,6 +1,7 @@
 """Shared fixtures: a shared root in a temp dir, a started Server, in-process and real HTTP clients."""
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -12,6 +13,12 @@ from opeva_spool.server import Server
 from opeva_spool.settings import Settings
 
 from .clients import HttpClient, ThreadedServer, WsgiClient
+
+# A suite started in the background by a shell without job control (`cmd &`) ignores SIGINT, and every
+# process it starts inherits that: the CLI under test would never see the Ctrl-C its tests send. Tests
+# run as from a terminal; a handler set here is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 pytest_plugins = ["tests.mongo_support", "tests.docker_support", "tests.browser_support", "tests.slurm_support"]
 
