@@ -207,11 +207,37 @@ def vm_status(pid):
     return out
 
 
+class Spy:
+    """py-spy recordings (collapsed stacks, idle included) of one process into ``directory``; nothing when
+    ``directory`` is empty (profiling off). ``stop`` ends a recording; ``seconds + slack`` is only its backstop."""
+
+    def __init__(self, directory, pid, slack=0):
+        self.directory, self.pid, self.slack, self.proc = directory, pid, slack, None
+
+    def start(self, name, seconds):
+        if not self.directory:
+            return
+        out = os.path.join(self.directory, f"{name}.txt")
+        argv = ["py-spy", "record", "-p", str(self.pid), "-d", str(int(seconds) + self.slack), "-r", "250",
+                "--format", "raw", "--threads", "--idle", "-o", out, "--nonblocking"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # let it attach
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+
 # ----- the server under test ---------------------------------------------------------------
 
 class ServerProcess:
     def __init__(self, root, workdir, worker=True, profile=None):
-        self.root, self.workdir, self.profile = root, workdir, profile
+        self.root, self.workdir = root, workdir
         self.port = free_port()
         self.log_path = os.path.join(workdir, f"server-{self.port}.log")
         env = dict(os.environ)
@@ -226,7 +252,7 @@ class ServerProcess:
         started = time.perf_counter()
         self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.startup_s = self._wait_ready(started)
-        self._spy = None
+        self.spy = Spy(profile, self.proc.pid)
 
     def _wait_ready(self, started, timeout=300):
         while time.perf_counter() - started < timeout:
@@ -247,27 +273,8 @@ class ServerProcess:
     def pid(self):
         return self.proc.pid
 
-    def spy(self, name, seconds):
-        """Start a py-spy recording of the server (collapsed stacks) if --profile is on."""
-        if not self.profile:
-            return
-        out = os.path.join(self.profile, f"{name}.txt")
-        self._spy = subprocess.Popen(["py-spy", "record", "-p", str(self.pid), "-d", str(int(seconds)), "-r", "250",
-                                      "--format", "raw", "--threads", "--idle", "-o", out, "--nonblocking"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)  # let it attach
-
-    def unspy(self):
-        if self._spy is not None:
-            self._spy.send_signal(signal.SIGINT)
-            try:
-                self._spy.wait(30)
-            except subprocess.TimeoutExpired:
-                self._spy.kill()
-            self._spy = None
-
     def stop(self):
-        self.unspy()
+        self.spy.stop()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -747,12 +754,12 @@ def main(argv=None):
             log(f"server pid {server.pid} ready in {server.startup_s:.2f}s")
             try:
                 point = {}
-                server.spy(f"submit-1client-{n}", 60)
+                server.spy.start(f"submit-1client-{n}", 60)
                 point["one"] = http_load(server.port, "submit", 1, cfg["submit_one"], server_pid=server.pid)
-                server.unspy()
-                server.spy(f"submit-8clients-{n}", 60)
+                server.spy.stop()
+                server.spy.start(f"submit-8clients-{n}", 60)
                 point["eight"] = http_load(server.port, "submit", 8, cfg["submit_each"], server_pid=server.pid)
-                server.unspy()
+                server.spy.stop()
                 raw["submit"][str(n)] = point
                 log(f"submit at {n:,}: 1 client p50 {point['one']['p50_ms']:.2f} ms, "
                     f"8 clients {point['eight']['per_s']:.0f} jobs/s")
@@ -761,25 +768,25 @@ def main(argv=None):
                     # watcher's pipeline). Back-to-back: 20 ms after, as on a busy queue.
                     for mode, gap in (("idle queue", 0.7), ("back-to-back", 0.02)):
                         label = f"{n:,} jobs, {mode}"
-                        server.spy(f"to-running-{n}-{mode.replace(' ', '-')}", 60)
+                        server.spy.start(f"to-running-{n}-{mode.replace(' ', '-')}", 60)
                         raw["to_running"][label] = submit_to_running(server.port, root, cfg["to_running"], gap)
-                        server.unspy()
+                        server.spy.stop()
                         log(f"submit -> running at {label}: p50 {raw['to_running'][label]['running']['p50_ms']:.1f} ms")
                 if n == sizes[-1]:
                     raw["rss"] = {"after_start": vm_status(server.pid)}
                     ids = [job_id for job_id, _, _ in seeded["jobs"]] or ["missing"]
                     raw["health_idle"] = http_load(server.port, "health", 1, 200, server_pid=server.pid)
-                    server.spy(f"status-{n}", 60)
+                    server.spy.start(f"status-{n}", 60)
                     raw["status"] = http_load(server.port, "status", 1, cfg["status"], ids=ids, server_pid=server.pid)
-                    server.unspy()
-                    server.spy(f"jobs-page-{n}", 60)
+                    server.spy.stop()
+                    server.spy.start(f"jobs-page-{n}", 60)
                     raw["jobs_page"] = http_load(server.port, "jobs", 1, cfg["pages"], server_pid=server.pid)
-                    server.unspy()
+                    server.spy.stop()
                     log(f"status p50 {raw['status']['p50_ms']:.2f} ms, /jobs p50 {raw['jobs_page']['p50_ms']:.2f} ms")
-                    server.spy(f"health-under-load-{n}", 60)
+                    server.spy.start(f"health-under-load-{n}", 60)
                     raw["health_under_load"] = http_load(server.port, "submit", 8, cfg["health_submit_each"],
                                                          during=health_prober(server.port), server_pid=server.pid)
-                    server.unspy()
+                    server.spy.stop()
                     log(f"/health under load p50 {raw['health_under_load']['during']['p50_ms']:.2f} ms")
                     raw["rss"]["after_load"] = vm_status(server.pid)
             finally:

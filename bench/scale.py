@@ -114,30 +114,6 @@ class Server:
         self._log.close()
 
 
-class Spy:
-    """A py-spy recording (collapsed stacks, idle included) of the server, if profiling is on."""
-
-    def __init__(self, directory, pid):
-        self.directory, self.pid, self.proc = directory, pid, None
-
-    def start(self, name, seconds):
-        if not self.directory:
-            return
-        out = os.path.join(self.directory, f"{name}.txt")
-        self.proc = subprocess.Popen(["py-spy", "record", "-p", str(self.pid), "-d", str(int(seconds) + 5), "-r", "250",
-                                      "--format", "raw", "--threads", "--idle", "-o", out, "--nonblocking"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)  # let it attach
-
-    def stop(self):
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
-
 
 def timed(client, path, count):
     """Latencies (s) of ``count`` GETs of ``path`` (a callable gives the path per request)."""
@@ -191,7 +167,7 @@ def measure(args, root, workdir):
            "loadavg_before": os.getloadavg()}
     log(f"starting the server from {args.repo}")
     server = Server(args.repo, root, workdir, args.jobs)
-    spy = Spy(args.profile_dir, server.pid)
+    spy = run.Spy(args.profile_dir, server.pid, slack=5)
     try:
         raw["startup_s"] = round(server.startup_s, 3)
         raw["first_answer_s"] = round(server.first_answer_s, 3)
